@@ -1,0 +1,1 @@
+"""The trellis console script: dispatches to the services' commands."""

@@ -1,0 +1,1 @@
+"""Shared runtime: settings, gRPC server kit, Kafka helpers, event codec, generated contracts."""

@@ -1,0 +1,1 @@
+"""Trellis ingest: validated, authenticated, idempotent activity, roster and catalog ingest."""

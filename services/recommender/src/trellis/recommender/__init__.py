@@ -1,0 +1,1 @@
+"""Trellis recommender: next activities, learning paths and groups."""

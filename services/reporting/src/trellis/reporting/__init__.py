@@ -1,0 +1,1 @@
+"""Trellis reporting: ClickHouse sink and teacher and district reports."""
