@@ -1,0 +1,132 @@
+"""kafka-python producers, consumers and topic administration, configured one way for every service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import TopicAlreadyExistsError
+
+from trellis.common.codec import headers_for
+from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.settings import KafkaSettings
+
+COMPACTED = ("roster", "catalog")
+ALL_TOPICS = ("activity", "roster", "catalog", "mastery", "deadletter")
+
+
+def create_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas: nothing is acked before it is stored."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": kafka.compression_type,
+        "linger_ms": 5,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "delivery_timeout_ms": kafka.delivery_timeout_ms,
+    }
+    return KafkaProducer(**{**config, **overrides})
+
+
+def create_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) -> KafkaConsumer:
+    """A consumer that commits only when told: offsets follow processing, never run ahead of it."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    return KafkaConsumer(**{**config, **overrides})
+
+
+def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
+    topics = kafka.topics
+    specs = []
+    for topic in ALL_TOPICS:
+        configs = (
+            {"cleanup.policy": "compact"}
+            if topic in COMPACTED
+            else {"cleanup.policy": "delete", "retention.ms": str(topics.retention_ms)}
+        )
+        specs.append(
+            NewTopic(
+                name=topics.name(topic),
+                num_partitions=topics.partitions,
+                replication_factor=topics.replication_factor,
+                topic_configs=configs,
+            )
+        )
+    return specs
+
+
+def ensure_topics(kafka: KafkaSettings) -> list[str]:
+    """Create the topics of DESIGN.md §3 that do not exist yet; returns the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=kafka.client_id)
+    try:
+        existing = set(admin.list_topics())
+        missing = [spec for spec in topic_specs(kafka) if spec.name not in existing]
+        created = []
+        for spec in missing:
+            try:
+                admin.create_topics([spec])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # another process created it first
+        return created
+    finally:
+        admin.close()
+
+
+def dead_letter(record: ConsumerRecord, error: str, consumer: str) -> envelope_pb2.DeadLetter:
+    failed_at = Timestamp()
+    failed_at.GetCurrentTime()
+    return envelope_pb2.DeadLetter(
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        original_key=record.key or b"",
+        original_value=record.value or b"",
+        error=error,
+        consumer=consumer,
+        failed_at=failed_at,
+    )
+
+
+def send_dead_letters(
+    producer: KafkaProducer, kafka: KafkaSettings, letters: Iterable[envelope_pb2.DeadLetter]
+) -> None:
+    """Send poison messages to the dead-letter topic and wait until Kafka stored them."""
+    futures = [
+        producer.send(
+            kafka.topics.name("deadletter"),
+            key=letter.original_key or None,
+            value=letter.SerializeToString(),
+            headers=headers_for(letter),
+        )
+        for letter in letters
+    ]
+    for future in futures:
+        future.get(timeout=kafka.request_timeout_ms / 1000)
+
+
+def main() -> None:
+    """`python -m trellis.common.kafka`: create the topics named by the settings."""
+    from trellis.common.settings import Settings
+
+    settings = Settings()
+    created = ensure_topics(settings.kafka)
+    print(f"topics ready ({len(created)} created): {', '.join(created) or 'none missing'}")
+
+
+if __name__ == "__main__":
+    main()

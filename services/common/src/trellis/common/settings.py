@@ -1,0 +1,171 @@
+"""Settings for every Trellis process: environment variables with prefix `TRELLIS_`, nested with `__`.
+
+Built once in a service's `__main__` and passed down; nothing reads the environment elsewhere.
+Examples: `TRELLIS_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `TRELLIS_CLICKHOUSE__URL=http://ch:8123`,
+`TRELLIS_AUTH__TOKENS_FILE=/var/run/secrets/trellis/tokens.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["service", "teacher", "learner", "district_admin", "platform_admin"]
+
+
+class TopicSettings(BaseModel):
+    """Topic names. A prefix keeps tests and tenants of a shared cluster apart."""
+
+    prefix: str = ""
+    activity: str = "trellis.activity.v1"
+    roster: str = "trellis.roster.v1"
+    catalog: str = "trellis.catalog.v1"
+    mastery: str = "trellis.mastery.v1"
+    deadletter: str = "trellis.deadletter.v1"
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Activity and mastery logs hold pseudonymous records only and expire by retention.
+    retention_ms: int = 90 * 24 * 3600 * 1000
+
+    def name(self, topic: str) -> str:
+        return f"{self.prefix}{getattr(self, topic)}"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "trellis"
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 45_000
+    heartbeat_interval_ms: int = 3_000
+    delivery_timeout_ms: int = 120_000
+    compression_type: str = "gzip"
+    topics: TopicSettings = TopicSettings()
+
+
+class ClickHouseSettings(BaseModel):
+    """No `url`: embedded chDB at `chdb_path`. With `url`: a ClickHouse server over HTTP."""
+
+    url: str | None = None
+    chdb_path: Path = Path(".local/chdb")
+    database: str = "trellis"
+
+
+class Principal(BaseModel):
+    """What a bearer token may do: one tenant, one role, and a scope inside the tenant."""
+
+    tenant_id: str
+    role: Role = "service"
+    # Empty: every school of the tenant.
+    schools: list[str] = []
+    classes: list[str] = []
+    # For role `learner`: the learner's own SIS id.
+    learner_id: str | None = None
+
+
+class AuthSettings(BaseModel):
+    """Bearer tokens, inline (`TRELLIS_AUTH__TOKENS` as JSON) or from a mounted secret file."""
+
+    tokens: dict[str, Principal] = {}
+    tokens_file: Path | None = None
+
+    def all_tokens(self) -> dict[str, Principal]:
+        if self.tokens_file is None:
+            return dict(self.tokens)
+        loaded = json.loads(self.tokens_file.read_text())
+        return {**{t: Principal.model_validate(p) for t, p in loaded.items()}, **self.tokens}
+
+
+class PseudonymSettings(BaseModel):
+    """Per-tenant HMAC keys, versioned so that a key can be rotated: {tenant: {version: secret}}."""
+
+    keys: dict[str, dict[int, SecretStr]] = {}
+    keys_file: Path | None = None
+
+    def all_keys(self) -> dict[str, dict[int, SecretStr]]:
+        if self.keys_file is None:
+            return dict(self.keys)
+        loaded = json.loads(self.keys_file.read_text())
+        from_file = {
+            tenant: {int(v): SecretStr(k) for v, k in versions.items()}
+            for tenant, versions in loaded.items()
+        }
+        return {**from_file, **self.keys}
+
+
+class ServerSettings(BaseModel):
+    """Where one service listens. Loopback by default; a pod sets host 0.0.0.0."""
+
+    host: str = "127.0.0.1"
+    port: int
+    metrics_port: int
+    grace_seconds: float = 5.0
+
+
+# One class per service so that overriding one field from the environment keeps the other defaults.
+class IngestServer(ServerSettings):
+    port: int = 50051
+    metrics_port: int = 9101
+
+
+class MasteryServer(ServerSettings):
+    port: int = 50052
+    metrics_port: int = 9102
+
+
+class RecommenderServer(ServerSettings):
+    port: int = 50053
+    metrics_port: int = 9103
+
+
+class ReportingServer(ServerSettings):
+    port: int = 50054
+    metrics_port: int = 9104
+
+
+class ServicesSettings(BaseModel):
+    ingest: IngestServer = IngestServer()
+    mastery: MasteryServer = MasteryServer()
+    recommender: RecommenderServer = RecommenderServer()
+    reporting: ReportingServer = ReportingServer()
+
+
+class MasterySettings(BaseModel):
+    data_dir: Path = Path(".local/mastery")
+    # Faust's own timeouts are long by default; the test profile shortens them.
+    broker_session_timeout_s: float = 45.0
+    broker_heartbeat_interval_s: float = 3.0
+    consumer_group: str = "trellis-mastery"
+
+
+class ReportingSettings(BaseModel):
+    consumer_group: str = "trellis-reporting"
+    batch_max_rows: int = 5_000
+    batch_max_seconds: float = 1.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRELLIS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    log_level: str = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    auth: AuthSettings = AuthSettings()
+    pseudonym: PseudonymSettings = PseudonymSettings()
+    services: ServicesSettings = ServicesSettings()
+    mastery: MasterySettings = MasterySettings()
+    reporting: ReportingSettings = ReportingSettings()
+
+    @model_validator(mode="after")
+    def _tokens_name_known_tenants(self) -> Settings:
+        keys = self.pseudonym.all_keys()
+        if keys:
+            for principal in self.auth.all_tokens().values():
+                if principal.tenant_id not in keys:
+                    raise ValueError(f"token for tenant {principal.tenant_id!r} has no pseudonym key")
+        return self
