@@ -23,7 +23,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def test_settings(prefix: str, **overrides: object) -> Settings:
+def make_test_settings(prefix: str, **overrides: object) -> Settings:
     """Settings of the test profile: unique topics and groups, short Kafka and Faust timeouts."""
     base = Settings()
     values: dict[str, object] = {
@@ -53,6 +53,14 @@ def test_settings(prefix: str, **overrides: object) -> Settings:
 @pytest.fixture
 def settings() -> Iterator[Settings]:
     """Test-profile settings with this test's own topics created on the test broker."""
-    current = test_settings(unique_name("t"))
+    current = make_test_settings(unique_name("t"))
     ensure_topics(current.kafka)
     yield current
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the level its folder names: tests/unit -> unit, and so on."""
+    for item in items:
+        level = item.path.relative_to(item.config.rootpath / "tests").parts[0]
+        if level in ("unit", "contract", "integration", "e2e"):
+            item.add_marker(level if level != "contract" else "integration")
