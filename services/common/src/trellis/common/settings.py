@@ -133,6 +133,13 @@ class ServicesSettings(BaseModel):
     reporting: ReportingServer = ReportingServer()
 
 
+class IngestSettings(BaseModel):
+    max_batch_size: int = Field(default=1_000, ge=1)
+    # Batches being produced at once; one more answers RESOURCE_EXHAUSTED instead of queueing.
+    max_in_flight_batches: int = Field(default=32, ge=1)
+    dedup_capacity: int = Field(default=1_000_000, ge=0)
+
+
 class MasterySettings(BaseModel):
     data_dir: Path = Path(".local/mastery")
     # Faust's own timeouts are long by default; the test profile shortens them.
@@ -158,6 +165,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     pseudonym: PseudonymSettings = PseudonymSettings()
     services: ServicesSettings = ServicesSettings()
+    ingest: IngestSettings = IngestSettings()
     mastery: MasterySettings = MasterySettings()
     reporting: ReportingSettings = ReportingSettings()
 

@@ -1,0 +1,57 @@
+"""Publishes encoded records with kafka-python and reports, per record, whether Kafka stored it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from trellis.common.codec import Encoded
+from trellis.common.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+
+class KafkaPublisher:
+    def __init__(self, producer: KafkaProducer, kafka: KafkaSettings, max_in_flight: int) -> None:
+        self._producer = producer
+        self._kafka = kafka
+        # kafka-python blocks while waiting for acks: each in-flight batch waits in its own thread.
+        self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="ingest-publish")
+
+    async def __call__(self, topic: str, records: Sequence[Encoded]) -> list[bool]:
+        if not records:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._send_and_wait, topic, records)
+
+    def _send_and_wait(self, topic: str, records: Sequence[Encoded]) -> list[bool]:
+        name = self._kafka.topics.name(topic)
+        futures = []
+        for record in records:
+            try:
+                futures.append(
+                    self._producer.send(
+                        name, key=record.key, value=record.value, headers=record.headers
+                    )
+                )
+            except KafkaError as exc:
+                log.warning("produce failed", topic=name, error=str(exc))
+                futures.append(None)
+        self._producer.flush(timeout=self._kafka.delivery_timeout_ms / 1000)
+        stored = []
+        for future in futures:
+            try:
+                stored.append(future is not None and future.get(timeout=0) is not None)
+            except KafkaError as exc:
+                log.warning("record not stored", topic=name, error=str(exc))
+                stored.append(False)
+        return stored
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._producer.close(timeout=self._kafka.request_timeout_ms / 1000)

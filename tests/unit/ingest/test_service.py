@@ -1,0 +1,125 @@
+"""The ingest use case with an in-memory publisher: per-item answers, pseudonymization, dedup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from trellis.common.codec import Encoded, decode_envelope
+from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
+from trellis.common.pseudonym import Pseudonymizer
+from trellis.ingest.dedup import DedupWindow
+from trellis.ingest.service import IngestService, Status
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+TENANT = "district-a"
+
+
+class MemoryPublisher:
+    def __init__(self, fail: bool = False) -> None:
+        self.records: dict[str, list[Encoded]] = {}
+        self.fail = fail
+
+    async def __call__(self, topic: str, records: Sequence[Encoded]) -> list[bool]:
+        if self.fail:
+            return [False] * len(records)
+        self.records.setdefault(topic, []).extend(records)
+        return [True] * len(records)
+
+
+def attempt(event_id: str, learner: str = "sis-1", correct: bool = True) -> envelope_pb2.Envelope:
+    event = envelope_pb2.Envelope(event_id=event_id, learner_id=learner, class_id="c1")
+    event.occurred_at.FromDatetime(NOW - timedelta(minutes=1))
+    event.item_attempted.item_id = "item-1"
+    event.item_attempted.skill_ids.append("fractions")
+    event.item_attempted.correct = correct
+    return event
+
+
+@pytest.fixture
+def pseudonymizer() -> Pseudonymizer:
+    return Pseudonymizer({TENANT: {1: SecretStr("k1")}})
+
+
+async def test_mixed_batch_answers_each_item(pseudonymizer: Pseudonymizer) -> None:
+    publisher = MemoryPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    bad_score = attempt("e3")
+    bad_score.item_attempted.score = 1.5
+    future = attempt("e4")
+    future.occurred_at.FromDatetime(NOW + timedelta(hours=1))
+    batch = [attempt("e1"), attempt("e1"), bad_score, future, attempt("e1", correct=False)]
+
+    outcomes = await service.record_events(TENANT, batch, NOW)
+
+    assert [o.status for o in outcomes] == [
+        Status.ACCEPTED,
+        Status.DUPLICATE,
+        Status.REJECTED,
+        Status.REJECTED,
+        Status.REJECTED,
+    ]
+    assert [v.field for v in outcomes[2].violations] == ["events[2].item_attempted.score"]
+    assert [v.field for v in outcomes[3].violations] == ["events[3].occurred_at"]
+    assert [v.field for v in outcomes[4].violations] == ["events[4].event_id"]
+    assert len(publisher.records["activity"]) == 1
+
+
+async def test_stored_events_are_pseudonymous(pseudonymizer: Pseudonymizer) -> None:
+    publisher = MemoryPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+
+    await service.record_events(TENANT, [attempt("e1", learner="sis-42")], NOW)
+
+    stored = publisher.records["activity"][0]
+    event = decode_envelope(stored.value, stored.headers)
+    assert event.learner_id == pseudonymizer.pseudonymize(TENANT, "sis-42")
+    assert b"sis-42" not in stored.value and b"sis-42" not in stored.key
+    assert stored.key == f"{TENANT}/{event.learner_id}".encode()
+    assert event.tenant_id == TENANT and event.ingested_at.ToDatetime(UTC) == NOW
+
+
+async def test_duplicate_across_batches_and_not_stored(pseudonymizer: Pseudonymizer) -> None:
+    publisher = MemoryPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    await service.record_events(TENANT, [attempt("e1")], NOW)
+
+    again = await service.record_events(TENANT, [attempt("e1")], NOW + timedelta(seconds=5))
+    assert again[0].status is Status.DUPLICATE
+
+    publisher.fail = True
+    lost = await service.record_events(TENANT, [attempt("e2")], NOW)
+    assert lost[0].status is Status.NOT_STORED
+    publisher.fail = False
+    retried = await service.record_events(TENANT, [attempt("e2")], NOW)
+    assert retried[0].status is Status.ACCEPTED
+
+
+async def test_roster_learners_and_enrollments_share_the_pseudonym(
+    pseudonymizer: Pseudonymizer,
+) -> None:
+    publisher = MemoryPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    learner = roster_pb2.RosterRecord(learner=roster_pb2.Learner(sourced_id="sis-7", grade="5"))
+    enrollment = roster_pb2.RosterRecord(
+        enrollment=roster_pb2.Enrollment(
+            sourced_id="enr-1", class_id="c1", user_id="sis-7", role="learner"
+        )
+    )
+    bad = roster_pb2.RosterRecord(enrollment=roster_pb2.Enrollment(sourced_id="enr-2"))
+
+    outcomes = await service.upsert_roster(TENANT, [learner, enrollment, bad])
+
+    assert [o.status for o in outcomes] == [Status.ACCEPTED, Status.ACCEPTED, Status.REJECTED]
+    assert {v.field for v in outcomes[2].violations} == {
+        "records[2].enrollment.class_id",
+        "records[2].enrollment.user_id",
+        "records[2].enrollment.role",
+    }
+    pseudonym = pseudonymizer.pseudonymize(TENANT, "sis-7")
+    stored = [roster_pb2.RosterRecord.FromString(r.value) for r in publisher.records["roster"]]
+    assert stored[0].learner.sourced_id == pseudonym == stored[1].enrollment.user_id
+    assert publisher.records["roster"][0].key == f"{TENANT}/learner/{pseudonym}".encode()
