@@ -1,0 +1,47 @@
+# Trellis: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+export UV
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## Install uv if missing, then the locked Python environment (.venv)
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv==0.13.9"
+	$(UV) sync --all-packages --frozen --quiet
+
+.PHONY: proto
+proto: setup ## Generate Python code and mypy stubs from proto/
+	$(PY) tools/gen_proto.py
+
+.PHONY: lint
+lint: setup ## ruff, mypy, import contracts and the proto compatibility check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	.venv/bin/lint-imports
+	$(PY) tools/proto_compat.py
+
+.PHONY: test
+test: setup lint ## Lint, then unit, contract, integration and e2e tests on a Kafka broker of their own
+	tools/run-tests.sh
+
+.PHONY: up
+up: setup ## Start Kafka and the four services in the background (see `make down`)
+	deploy/local/stack.sh up
+
+.PHONY: down
+down: ## Stop what `make up` started
+	deploy/local/stack.sh down
+
+.PHONY: run
+run: setup ## Start everything, load the demo district, and run until Ctrl-C
+	deploy/local/stack.sh run
+
+.PHONY: clean
+clean: down ## Stop the stack and remove local state (.local/)
+	rm -rf .local
