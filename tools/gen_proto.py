@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "services/common/src/trellis/common/pb"
 AREAS = ("events", "ingest", "mastery", "recommender", "reporting")
-_MODULE = re.compile(rf"\btrellis\.({'|'.join(AREAS)})\.v1\b")
+# Module references only: quoted names ('/trellis.ingest.v1.IngestService/RecordEvents') are
+# wire names and stay as the proto packages say.
+_MODULE = re.compile(rf"(?<![/'\"])\btrellis\.({'|'.join(AREAS)})\.v1\b")
+_MODULE_NAME = re.compile(rf"'trellis\.({'|'.join(AREAS)})\.v1\.(\w+_pb2)'")
 HEADER = '"""Generated from proto/ by `make proto`. Do not edit."""\n'
 
 
@@ -60,9 +63,14 @@ def generate(out_dir: Path) -> None:
 def _rewrite(source: str) -> str:
     # The serialized descriptor keeps the proto package names: only code lines are rewritten.
     return "".join(
-        line if "AddSerializedFile" in line else _MODULE.sub(r"trellis.common.pb.\1.v1", line)
+        line if "AddSerializedFile" in line else _rewrite_line(line)
         for line in source.splitlines(keepends=True)
     )
+
+
+def _rewrite_line(line: str) -> str:
+    line = _MODULE_NAME.sub(r"'trellis.common.pb.\1.v1.\2'", line)  # the module's own name
+    return _MODULE.sub(r"trellis.common.pb.\1.v1", line)
 
 
 def main() -> None:

@@ -32,3 +32,16 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
     assert sorted(fresh) == sorted(committed), "run `make proto`: generated files differ"
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"run `make proto`: out of date: {stale}"
+
+
+def test_wire_names_are_the_proto_packages() -> None:
+    """Moving the modules under trellis.common.pb must not change what goes on the wire."""
+    from trellis.common.pb.events.v1 import envelope_pb2
+    from trellis.common.pb.ingest.v1 import ingest_pb2_grpc
+
+    assert envelope_pb2.Envelope.DESCRIPTOR.full_name == "trellis.events.v1.Envelope"
+    assert envelope_pb2.Envelope.__module__ == "trellis.common.pb.events.v1.envelope_pb2"
+    source = (ROOT / "services/common/src/trellis/common/pb/ingest/v1/ingest_pb2_grpc.py").read_text()
+    assert "'/trellis.ingest.v1.IngestService/RecordEvents'" in source
+    assert "trellis.common.pb.ingest.v1.IngestService" not in source
+    assert ingest_pb2_grpc.IngestServiceStub

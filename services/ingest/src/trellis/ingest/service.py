@@ -42,11 +42,18 @@ class IngestService:
         self._dedup = dedup
 
     async def record_events(
-        self, tenant_id: str, events: Sequence[envelope_pb2.Envelope], now: datetime
+        self,
+        tenant_id: str,
+        events: Sequence[envelope_pb2.Envelope],
+        now: datetime,
+        first_index: int = 0,
     ) -> list[ItemOutcome]:
-        outcomes = [ItemOutcome(i, e.event_id, Status.ACCEPTED) for i, e in enumerate(events)]
-        pending: dict[str, int] = {}  # event_id -> index of its first copy in this batch
-        to_publish: list[tuple[int, bytes, envelope_pb2.Envelope]] = []
+        """Answers each event; `first_index` numbers them within a longer stream."""
+        outcomes = [
+            ItemOutcome(first_index + i, e.event_id, Status.ACCEPTED) for i, e in enumerate(events)
+        ]
+        pending: dict[str, int] = {}  # event_id -> position of its first copy in to_publish
+        to_publish: list[tuple[ItemOutcome, bytes, envelope_pb2.Envelope]] = []
         for outcome, event in zip(outcomes, events, strict=True):
             path = f"events[{outcome.index}]"
             outcome.violations = validate_event(event, path, tenant_id, now)
@@ -67,13 +74,13 @@ class IngestService:
                 outcome.status = Status.DUPLICATE
             else:
                 pending[event.event_id] = len(to_publish)
-                to_publish.append((outcome.index, digest, self._stored_form(tenant_id, event, now)))
+                to_publish.append((outcome, digest, self._stored_form(tenant_id, event, now)))
         stored = await self._publish("activity", [encode_envelope(e) for _, _, e in to_publish])
-        for (index, digest, event), ok in zip(to_publish, stored, strict=True):
+        for (outcome, digest, event), ok in zip(to_publish, stored, strict=True):
             if ok:
                 self._dedup.remember(tenant_id, event.event_id, digest)
             else:
-                outcomes[index].status = Status.NOT_STORED
+                outcome.status = Status.NOT_STORED
         return outcomes
 
     def _stored_form(

@@ -36,22 +36,22 @@ class IngestServiceStub:
             channel: A grpc.Channel.
         """
         self.RecordEvents = channel.unary_unary(
-                '/trellis.common.pb.ingest.v1.IngestService/RecordEvents',
+                '/trellis.ingest.v1.IngestService/RecordEvents',
                 request_serializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.RecordEventsRequest.SerializeToString,
                 response_deserializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.RecordEventsResponse.FromString,
                 _registered_method=True)
         self.StreamEvents = channel.stream_stream(
-                '/trellis.common.pb.ingest.v1.IngestService/StreamEvents',
+                '/trellis.ingest.v1.IngestService/StreamEvents',
                 request_serializer=trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
                 response_deserializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.ItemResult.FromString,
                 _registered_method=True)
         self.UpsertRoster = channel.unary_unary(
-                '/trellis.common.pb.ingest.v1.IngestService/UpsertRoster',
+                '/trellis.ingest.v1.IngestService/UpsertRoster',
                 request_serializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertRosterRequest.SerializeToString,
                 response_deserializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertResponse.FromString,
                 _registered_method=True)
         self.UpsertCatalog = channel.unary_unary(
-                '/trellis.common.pb.ingest.v1.IngestService/UpsertCatalog',
+                '/trellis.ingest.v1.IngestService/UpsertCatalog',
                 request_serializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertCatalogRequest.SerializeToString,
                 response_deserializer=trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertResponse.FromString,
                 _registered_method=True)
@@ -111,9 +111,9 @@ def add_IngestServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'trellis.common.pb.ingest.v1.IngestService', rpc_method_handlers)
+            'trellis.ingest.v1.IngestService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('trellis.common.pb.ingest.v1.IngestService', rpc_method_handlers)
+    server.add_registered_method_handlers('trellis.ingest.v1.IngestService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -134,7 +134,7 @@ class IngestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.ingest.v1.IngestService/RecordEvents',
+            '/trellis.ingest.v1.IngestService/RecordEvents',
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.RecordEventsRequest.SerializeToString,
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.RecordEventsResponse.FromString,
             options,
@@ -161,7 +161,7 @@ class IngestService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/trellis.common.pb.ingest.v1.IngestService/StreamEvents',
+            '/trellis.ingest.v1.IngestService/StreamEvents',
             trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.ItemResult.FromString,
             options,
@@ -188,7 +188,7 @@ class IngestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.ingest.v1.IngestService/UpsertRoster',
+            '/trellis.ingest.v1.IngestService/UpsertRoster',
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertRosterRequest.SerializeToString,
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertResponse.FromString,
             options,
@@ -215,7 +215,7 @@ class IngestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.ingest.v1.IngestService/UpsertCatalog',
+            '/trellis.ingest.v1.IngestService/UpsertCatalog',
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertCatalogRequest.SerializeToString,
             trellis_dot_ingest_dot_v1_dot_ingest__pb2.UpsertResponse.FromString,
             options,

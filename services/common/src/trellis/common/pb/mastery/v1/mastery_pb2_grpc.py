@@ -36,27 +36,27 @@ class MasteryServiceStub:
             channel: A grpc.Channel.
         """
         self.GetLearnerMastery = channel.unary_unary(
-                '/trellis.common.pb.mastery.v1.MasteryService/GetLearnerMastery',
+                '/trellis.mastery.v1.MasteryService/GetLearnerMastery',
                 request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.GetLearnerMasteryRequest.SerializeToString,
                 response_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.LearnerMastery.FromString,
                 _registered_method=True)
         self.GetLearnerProfile = channel.unary_unary(
-                '/trellis.common.pb.mastery.v1.MasteryService/GetLearnerProfile',
+                '/trellis.mastery.v1.MasteryService/GetLearnerProfile',
                 request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.GetLearnerProfileRequest.SerializeToString,
                 response_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.LearnerProfile.FromString,
                 _registered_method=True)
         self.GetClassMastery = channel.unary_unary(
-                '/trellis.common.pb.mastery.v1.MasteryService/GetClassMastery',
+                '/trellis.mastery.v1.MasteryService/GetClassMastery',
                 request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.GetClassMasteryRequest.SerializeToString,
                 response_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.ClassMastery.FromString,
                 _registered_method=True)
         self.PredictItems = channel.unary_unary(
-                '/trellis.common.pb.mastery.v1.MasteryService/PredictItems',
+                '/trellis.mastery.v1.MasteryService/PredictItems',
                 request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.PredictItemsRequest.SerializeToString,
                 response_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.PredictItemsResponse.FromString,
                 _registered_method=True)
         self.SubscribeMastery = channel.unary_stream(
-                '/trellis.common.pb.mastery.v1.MasteryService/SubscribeMastery',
+                '/trellis.mastery.v1.MasteryService/SubscribeMastery',
                 request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.SerializeToString,
                 response_deserializer=trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.FromString,
                 _registered_method=True)
@@ -127,9 +127,9 @@ def add_MasteryServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'trellis.common.pb.mastery.v1.MasteryService', rpc_method_handlers)
+            'trellis.mastery.v1.MasteryService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('trellis.common.pb.mastery.v1.MasteryService', rpc_method_handlers)
+    server.add_registered_method_handlers('trellis.mastery.v1.MasteryService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -150,7 +150,7 @@ class MasteryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.mastery.v1.MasteryService/GetLearnerMastery',
+            '/trellis.mastery.v1.MasteryService/GetLearnerMastery',
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.GetLearnerMasteryRequest.SerializeToString,
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.LearnerMastery.FromString,
             options,
@@ -177,7 +177,7 @@ class MasteryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.mastery.v1.MasteryService/GetLearnerProfile',
+            '/trellis.mastery.v1.MasteryService/GetLearnerProfile',
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.GetLearnerProfileRequest.SerializeToString,
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.LearnerProfile.FromString,
             options,
@@ -204,7 +204,7 @@ class MasteryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.mastery.v1.MasteryService/GetClassMastery',
+            '/trellis.mastery.v1.MasteryService/GetClassMastery',
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.GetClassMasteryRequest.SerializeToString,
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.ClassMastery.FromString,
             options,
@@ -231,7 +231,7 @@ class MasteryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.mastery.v1.MasteryService/PredictItems',
+            '/trellis.mastery.v1.MasteryService/PredictItems',
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.PredictItemsRequest.SerializeToString,
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.PredictItemsResponse.FromString,
             options,
@@ -258,7 +258,7 @@ class MasteryService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/trellis.common.pb.mastery.v1.MasteryService/SubscribeMastery',
+            '/trellis.mastery.v1.MasteryService/SubscribeMastery',
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.SerializeToString,
             trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.FromString,
             options,

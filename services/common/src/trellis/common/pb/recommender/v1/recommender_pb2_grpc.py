@@ -35,17 +35,17 @@ class RecommenderServiceStub:
             channel: A grpc.Channel.
         """
         self.NextActivities = channel.unary_unary(
-                '/trellis.common.pb.recommender.v1.RecommenderService/NextActivities',
+                '/trellis.recommender.v1.RecommenderService/NextActivities',
                 request_serializer=trellis_dot_recommender_dot_v1_dot_recommender__pb2.NextActivitiesRequest.SerializeToString,
                 response_deserializer=trellis_dot_recommender_dot_v1_dot_recommender__pb2.NextActivitiesResponse.FromString,
                 _registered_method=True)
         self.LearningPath = channel.unary_unary(
-                '/trellis.common.pb.recommender.v1.RecommenderService/LearningPath',
+                '/trellis.recommender.v1.RecommenderService/LearningPath',
                 request_serializer=trellis_dot_recommender_dot_v1_dot_recommender__pb2.LearningPathRequest.SerializeToString,
                 response_deserializer=trellis_dot_recommender_dot_v1_dot_recommender__pb2.LearningPathResponse.FromString,
                 _registered_method=True)
         self.GroupLearners = channel.unary_unary(
-                '/trellis.common.pb.recommender.v1.RecommenderService/GroupLearners',
+                '/trellis.recommender.v1.RecommenderService/GroupLearners',
                 request_serializer=trellis_dot_recommender_dot_v1_dot_recommender__pb2.GroupLearnersRequest.SerializeToString,
                 response_deserializer=trellis_dot_recommender_dot_v1_dot_recommender__pb2.GroupLearnersResponse.FromString,
                 _registered_method=True)
@@ -92,9 +92,9 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'trellis.common.pb.recommender.v1.RecommenderService', rpc_method_handlers)
+            'trellis.recommender.v1.RecommenderService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('trellis.common.pb.recommender.v1.RecommenderService', rpc_method_handlers)
+    server.add_registered_method_handlers('trellis.recommender.v1.RecommenderService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -115,7 +115,7 @@ class RecommenderService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.recommender.v1.RecommenderService/NextActivities',
+            '/trellis.recommender.v1.RecommenderService/NextActivities',
             trellis_dot_recommender_dot_v1_dot_recommender__pb2.NextActivitiesRequest.SerializeToString,
             trellis_dot_recommender_dot_v1_dot_recommender__pb2.NextActivitiesResponse.FromString,
             options,
@@ -142,7 +142,7 @@ class RecommenderService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.recommender.v1.RecommenderService/LearningPath',
+            '/trellis.recommender.v1.RecommenderService/LearningPath',
             trellis_dot_recommender_dot_v1_dot_recommender__pb2.LearningPathRequest.SerializeToString,
             trellis_dot_recommender_dot_v1_dot_recommender__pb2.LearningPathResponse.FromString,
             options,
@@ -169,7 +169,7 @@ class RecommenderService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.recommender.v1.RecommenderService/GroupLearners',
+            '/trellis.recommender.v1.RecommenderService/GroupLearners',
             trellis_dot_recommender_dot_v1_dot_recommender__pb2.GroupLearnersRequest.SerializeToString,
             trellis_dot_recommender_dot_v1_dot_recommender__pb2.GroupLearnersResponse.FromString,
             options,

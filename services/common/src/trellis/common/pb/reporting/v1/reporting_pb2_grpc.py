@@ -35,17 +35,17 @@ class ReportingServiceStub:
             channel: A grpc.Channel.
         """
         self.GetLearnerProgress = channel.unary_unary(
-                '/trellis.common.pb.reporting.v1.ReportingService/GetLearnerProgress',
+                '/trellis.reporting.v1.ReportingService/GetLearnerProgress',
                 request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerProgressRequest.SerializeToString,
                 response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerProgress.FromString,
                 _registered_method=True)
         self.GetClassHeatmap = channel.unary_unary(
-                '/trellis.common.pb.reporting.v1.ReportingService/GetClassHeatmap',
+                '/trellis.reporting.v1.ReportingService/GetClassHeatmap',
                 request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetClassHeatmapRequest.SerializeToString,
                 response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ClassHeatmap.FromString,
                 _registered_method=True)
         self.GetStoreStats = channel.unary_unary(
-                '/trellis.common.pb.reporting.v1.ReportingService/GetStoreStats',
+                '/trellis.reporting.v1.ReportingService/GetStoreStats',
                 request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetStoreStatsRequest.SerializeToString,
                 response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.StoreStats.FromString,
                 _registered_method=True)
@@ -95,9 +95,9 @@ def add_ReportingServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'trellis.common.pb.reporting.v1.ReportingService', rpc_method_handlers)
+            'trellis.reporting.v1.ReportingService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('trellis.common.pb.reporting.v1.ReportingService', rpc_method_handlers)
+    server.add_registered_method_handlers('trellis.reporting.v1.ReportingService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -118,7 +118,7 @@ class ReportingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.reporting.v1.ReportingService/GetLearnerProgress',
+            '/trellis.reporting.v1.ReportingService/GetLearnerProgress',
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerProgressRequest.SerializeToString,
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerProgress.FromString,
             options,
@@ -145,7 +145,7 @@ class ReportingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.reporting.v1.ReportingService/GetClassHeatmap',
+            '/trellis.reporting.v1.ReportingService/GetClassHeatmap',
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetClassHeatmapRequest.SerializeToString,
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.ClassHeatmap.FromString,
             options,
@@ -172,7 +172,7 @@ class ReportingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trellis.common.pb.reporting.v1.ReportingService/GetStoreStats',
+            '/trellis.reporting.v1.ReportingService/GetStoreStats',
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetStoreStatsRequest.SerializeToString,
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.StoreStats.FromString,
             options,

@@ -1,0 +1,114 @@
+"""The ingest gRPC servicer: authorizes, translates protobuf to the use case and back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import grpc
+
+from trellis.common.grpc.auth import authorize_school, authorize_tenant, current_principal, require_role
+from trellis.common.grpc.errors import InvalidArgument, ResourceExhausted, Unavailable
+from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from trellis.ingest.service import IngestService, ItemOutcome, Status
+
+_STATUS = {
+    Status.ACCEPTED: ingest_pb2.ITEM_STATUS_ACCEPTED,
+    Status.DUPLICATE: ingest_pb2.ITEM_STATUS_DUPLICATE,
+    Status.REJECTED: ingest_pb2.ITEM_STATUS_REJECTED,
+    Status.NOT_STORED: ingest_pb2.ITEM_STATUS_NOT_STORED,
+}
+WRITERS = ("service", "teacher", "district_admin", "platform_admin")
+ROSTER_WRITERS = ("service", "district_admin", "platform_admin")
+
+
+def _result(outcome: ItemOutcome) -> ingest_pb2.ItemResult:
+    return ingest_pb2.ItemResult(
+        index=outcome.index,
+        event_id=outcome.event_id,
+        status=_STATUS[outcome.status],
+        violations=[
+            ingest_pb2.FieldViolation(field=v.field, reason=v.reason) for v in outcome.violations
+        ],
+    )
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, service: IngestService, max_batch_size: int, max_in_flight: int) -> None:
+        self._service = service
+        self._max_batch_size = max_batch_size
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    def _check_batch(self, tenant_id: str, field: str, size: int, writers: Sequence[str]) -> None:
+        principal = current_principal()
+        require_role(principal, *writers)  # type: ignore[arg-type]
+        authorize_tenant(principal, tenant_id)
+        if size == 0:
+            raise InvalidArgument([(field, "must not be empty")])
+        if size > self._max_batch_size:
+            raise InvalidArgument([(field, f"holds {size} items, at most {self._max_batch_size}")])
+        if self._in_flight.locked():
+            # Bounded in-flight work: refuse rather than queue without bound.
+            raise ResourceExhausted(retry_after_s=0.5)
+
+    async def _answer(self, outcomes: list[ItemOutcome]) -> list[ingest_pb2.ItemResult]:
+        storable = [o for o in outcomes if o.status is not Status.REJECTED]
+        if storable and all(o.status is Status.NOT_STORED for o in storable):
+            raise Unavailable("Kafka did not confirm any record: nothing was stored, retry")
+        return [_result(o) for o in outcomes]
+
+    async def RecordEvents(
+        self, request: ingest_pb2.RecordEventsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RecordEventsResponse:
+        self._check_batch(request.tenant_id, "events", len(request.events), WRITERS)
+        _authorize_schools(request.events)
+        async with self._in_flight:
+            outcomes = await self._service.record_events(
+                request.tenant_id, request.events, datetime.now(UTC)
+            )
+        return ingest_pb2.RecordEventsResponse(results=await self._answer(outcomes))
+
+    async def StreamEvents(
+        self,
+        request_iterator: AsyncIterator[envelope_pb2.Envelope],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ingest_pb2.ItemResult]:
+        principal = current_principal()
+        require_role(principal, *WRITERS)
+        index = 0
+        async for event in request_iterator:
+            # A stream belongs to the caller's tenant; events may leave tenant_id empty.
+            tenant_id = event.tenant_id or principal.tenant_id
+            authorize_tenant(principal, tenant_id)
+            _authorize_schools([event])
+            async with self._in_flight:
+                (outcome,) = await self._service.record_events(
+                    tenant_id, [event], datetime.now(UTC), first_index=index
+                )
+            index += 1
+            yield _result(outcome)
+
+    async def UpsertRoster(
+        self, request: ingest_pb2.UpsertRosterRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.UpsertResponse:
+        self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
+        async with self._in_flight:
+            outcomes = await self._service.upsert_roster(request.tenant_id, request.records)
+        return ingest_pb2.UpsertResponse(results=await self._answer(outcomes))
+
+    async def UpsertCatalog(
+        self, request: ingest_pb2.UpsertCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.UpsertResponse:
+        self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
+        async with self._in_flight:
+            outcomes = await self._service.upsert_catalog(request.tenant_id, request.records)
+        return ingest_pb2.UpsertResponse(results=await self._answer(outcomes))
+
+
+def _authorize_schools(events: Sequence[envelope_pb2.Envelope]) -> None:
+    principal = current_principal()
+    if principal.schools:
+        for school_id in {e.school_id for e in events}:
+            authorize_school(principal, school_id)

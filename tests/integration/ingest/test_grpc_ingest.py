@@ -1,0 +1,145 @@
+"""Ingest over gRPC against the real broker: per-item answers, and exactly the accepted events on
+the activity topic, once each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from tests.conftest import TEST_TENANT
+from trellis.common.codec import decode_envelope
+from trellis.common.grpc.errors import bad_request_fields
+from trellis.common.grpc.server import ServiceBinding, create_server
+from trellis.common.kafka import create_consumer, create_producer
+from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.settings import Principal, Settings
+from trellis.ingest.adapters.grpc import IngestServicer
+from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
+from trellis.ingest.dedup import DedupWindow
+from trellis.ingest.service import IngestService
+
+TOKEN = "ingest-test-token"
+OTHER_TENANT_TOKEN = "other-tenant-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+OCCURRED = datetime.now(UTC) - timedelta(minutes=1)
+
+
+@pytest.fixture
+async def ingest(settings: Settings) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
+    publisher = KafkaPublisher(create_producer(settings.kafka), settings.kafka, max_in_flight=4)
+    service = IngestService(
+        publisher, Pseudonymizer(settings.pseudonym.all_keys()), DedupWindow(1_000)
+    )
+    server = create_server(
+        settings.services.ingest.model_copy(update={"port": 0}),
+        {
+            TOKEN: Principal(tenant_id=TEST_TENANT),
+            OTHER_TENANT_TOKEN: Principal(tenant_id="another-district"),
+        },
+        [
+            ServiceBinding(
+                "trellis.ingest.v1.IngestService",
+                ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+                IngestServicer(service, max_batch_size=10, max_in_flight=4),
+            )
+        ],
+    )
+    await server.start()
+    await server.set_serving(True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield ingest_pb2_grpc.IngestServiceStub(channel)
+    await server.stop()
+    publisher.close()
+
+
+def attempt(event_id: str, score: float = 1.0) -> envelope_pb2.Envelope:
+    event = envelope_pb2.Envelope(event_id=event_id, learner_id="sis-1", class_id="c1")
+    event.occurred_at.FromDatetime(OCCURRED)
+    event.item_attempted.item_id = "item-1"
+    event.item_attempted.skill_ids.append("fractions")
+    event.item_attempted.score = score
+    return event
+
+
+def topic_values(settings: Settings) -> list[envelope_pb2.Envelope]:
+    consumer = create_consumer(
+        settings.kafka, group_id=None, consumer_timeout_ms=3_000, auto_offset_reset="earliest"
+    )
+    consumer.subscribe([settings.kafka.topics.name("activity")])
+    try:
+        return [decode_envelope(r.value, r.headers) for r in consumer]
+    finally:
+        consumer.close()
+
+
+async def test_mixed_batch_on_the_real_broker(
+    ingest: ingest_pb2_grpc.IngestServiceStub, settings: Settings
+) -> None:
+    conflicting = attempt("e1", score=0.0)
+    batch = [attempt("e1"), attempt("e2"), attempt("e3", score=2.0), attempt("e1"), conflicting]
+    reply = await ingest.RecordEvents(
+        ingest_pb2.RecordEventsRequest(tenant_id=TEST_TENANT, events=batch), metadata=AUTH
+    )
+    again = await ingest.RecordEvents(
+        ingest_pb2.RecordEventsRequest(tenant_id=TEST_TENANT, events=[attempt("e2")]),
+        metadata=AUTH,
+    )
+
+    assert [r.status for r in reply.results] == [
+        ingest_pb2.ITEM_STATUS_ACCEPTED,
+        ingest_pb2.ITEM_STATUS_ACCEPTED,
+        ingest_pb2.ITEM_STATUS_REJECTED,
+        ingest_pb2.ITEM_STATUS_DUPLICATE,
+        ingest_pb2.ITEM_STATUS_REJECTED,
+    ]
+    assert [v.field for v in reply.results[2].violations] == ["events[2].item_attempted.score"]
+    assert [v.field for v in reply.results[4].violations] == ["events[4].event_id"]
+    assert again.results[0].status == ingest_pb2.ITEM_STATUS_DUPLICATE
+    stored = topic_values(settings)
+    assert sorted(e.event_id for e in stored) == ["e1", "e2"]
+    assert all(e.learner_id != "sis-1" and e.tenant_id == TEST_TENANT for e in stored)
+
+
+async def test_whole_request_errors(ingest: ingest_pb2_grpc.IngestServiceStub) -> None:
+    too_many = [attempt(f"e{i}") for i in range(11)]
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        await ingest.RecordEvents(
+            ingest_pb2.RecordEventsRequest(tenant_id=TEST_TENANT, events=too_many), metadata=AUTH
+        )
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(invalid.value) == ["events"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+        await ingest.RecordEvents(
+            ingest_pb2.RecordEventsRequest(tenant_id=TEST_TENANT, events=[attempt("x")])
+        )
+    assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await ingest.RecordEvents(
+            ingest_pb2.RecordEventsRequest(tenant_id=TEST_TENANT, events=[attempt("x")]),
+            metadata=(("authorization", f"Bearer {OTHER_TENANT_TOKEN}"),),
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_stream_answers_each_event_in_order(
+    ingest: ingest_pb2_grpc.IngestServiceStub,
+) -> None:
+    async def events() -> AsyncIterator[envelope_pb2.Envelope]:
+        for event in (attempt("s1"), attempt("s2", score=-1.0), attempt("s1")):
+            yield event
+
+    results = [r async for r in ingest.StreamEvents(events(), metadata=AUTH)]
+
+    assert [(r.index, r.status) for r in results] == [
+        (0, ingest_pb2.ITEM_STATUS_ACCEPTED),
+        (1, ingest_pb2.ITEM_STATUS_REJECTED),
+        (2, ingest_pb2.ITEM_STATUS_DUPLICATE),
+    ]
+    assert results[1].violations[0].field == "events[1].item_attempted.score"
