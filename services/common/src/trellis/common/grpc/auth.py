@@ -1,0 +1,134 @@
+"""Bearer-token authentication and the scope checks every servicer calls (DESIGN.md §3a).
+
+The interceptor authenticates each call and puts the caller's Principal in a contextvar;
+servicers read it with `current_principal()` and check the request against it with the
+`authorize_*` and `require_role` helpers, which raise the errors of `trellis.common.grpc.errors`.
+Tokens are never logged, and never stored here in the clear: only their digests are kept.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+
+from trellis.common.grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from trellis.common.settings import Principal, Role
+
+__all__ = [
+    "Authenticator",
+    "authorize_class",
+    "authorize_learner",
+    "authorize_school",
+    "authorize_tenant",
+    "current_principal",
+    "require_role",
+]
+
+_BEARER = "bearer "
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "trellis_principal", default=None
+)
+
+
+def _digest(token: str) -> bytes:
+    # Comparing fixed-length digests keeps compare_digest from leaking the token's length.
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Authenticator:
+    """Maps the `authorization: Bearer <token>` metadata of a call to its Principal."""
+
+    def __init__(self, tokens: Mapping[str, Principal]) -> None:
+        self._principals = [(_digest(token), principal) for token, principal in tokens.items()]
+
+    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
+        """The caller's Principal; Unauthenticated if the token is missing or unknown."""
+        presented = _bearer_token(metadata)
+        if presented is None:
+            raise Unauthenticated("missing bearer token")
+        candidate = _digest(presented)
+        found: Principal | None = None
+        # Every token is compared, without early exit, so timing says nothing about which matched.
+        for digest, principal in self._principals:
+            if hmac.compare_digest(candidate, digest):
+                found = principal
+        if found is None:
+            raise Unauthenticated("unknown bearer token")
+        return found
+
+
+def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            if value[: len(_BEARER)].lower() == _BEARER:
+                token = value[len(_BEARER) :].strip()
+                return token or None
+            return None
+    return None
+
+
+def set_current_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    """Used by the interceptor; each RPC runs in its own task, so this stays with the call."""
+    return _principal.set(principal)
+
+
+def reset_current_principal(token: contextvars.Token[Principal | None]) -> None:
+    _principal.reset(token)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the current RPC; Unauthenticated outside an authenticated call."""
+    principal = _principal.get()
+    if principal is None:
+        raise Unauthenticated()
+    return principal
+
+
+def require_role(principal: Principal, *roles: Role) -> None:
+    if principal.role not in roles:
+        raise PermissionDenied(f"role {principal.role} may not call this method")
+
+
+def authorize_tenant(principal: Principal, tenant_id: str) -> None:
+    """The request names the caller's tenant (a platform admin may name any tenant)."""
+    if not tenant_id:
+        raise InvalidArgument([("tenant_id", "must not be empty")])
+    if principal.role == "platform_admin":
+        return
+    if principal.tenant_id != tenant_id:
+        raise PermissionDenied("tenant outside the caller's scope")
+
+
+def authorize_school(principal: Principal, school_id: str) -> None:
+    """The school is in the caller's scope: an empty school list means every school of the tenant.
+
+    Call after authorize_tenant. Teachers and learners reach schools only through their lists.
+    """
+    if principal.role == "platform_admin":
+        return
+    if principal.schools:
+        if school_id not in principal.schools:
+            raise PermissionDenied("school outside the caller's scope")
+    elif principal.role in ("teacher", "learner"):
+        raise PermissionDenied("school outside the caller's scope")
+
+
+def authorize_class(principal: Principal, class_id: str) -> None:
+    """Teachers (and learners) are scoped to their classes; services and admins see every class.
+
+    Call after authorize_tenant. Whether an admin's class lies in one of their schools needs the
+    roster, so servicers that know the class's school also call authorize_school.
+    """
+    if principal.role in ("teacher", "learner") and class_id not in principal.classes:
+        raise PermissionDenied("class outside the caller's scope")
+
+
+def authorize_learner(principal: Principal, learner_id: str) -> None:
+    """A learner may only read their own records (by SIS id). Other roles pass: a teacher's scope
+    over a learner is their classes, which the servicer checks against the roster."""
+    if principal.role == "learner" and (
+        principal.learner_id is None or principal.learner_id != learner_id
+    ):
+        raise PermissionDenied("learner outside the caller's scope")

@@ -1,0 +1,100 @@
+"""Structured JSON logs on stdout, one object per line (DESIGN.md §5).
+
+structlog renders both its own loggers and the standard library's (grpc, kafka, faust), so every
+line has the same shape: timestamp, level, logger, event, plus the request's contextvars
+(request_id, tenant_id, method) that the gRPC interceptor binds. Keys that could carry a token or
+learner PII are masked before rendering, whoever logged them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = ["configure_logging", "get_logger"]
+
+# Keys never rendered in clear: credentials, and learner identity at the edges (SIS ids, names).
+_SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "token",
+        "bearer",
+        "password",
+        "secret",
+        "sis_id",
+        "learner_sis_id",
+        "learner_id",
+        "display_name",
+        "given_name",
+        "family_name",
+        "email",
+    }
+)
+_MASK = "[redacted]"
+
+
+def _redact(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    for key in _SENSITIVE_KEYS.intersection(event_dict):
+        event_dict[key] = _MASK
+    return event_dict
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Looks sys.stdout up per record: test runners and daemons replace it after configuration."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route structlog and stdlib logging to stdout as JSON at `level` (e.g. "INFO", "debug")."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[
+            # Drop below-level calls before any work is done.
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # No caching: module-level loggers created before configuration must still follow it.
+        cache_logger_on_first_use=False,
+    )
+    handler = _StdoutHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger whose lines carry `logger=name`."""
+    return structlog.stdlib.get_logger(name)
