@@ -1,8 +1,8 @@
 """Fixtures shared by every test level.
 
-Integration and end-to-end tests need the broker that `make test` starts (TRELLIS_KAFKA__BOOTSTRAP_SERVERS);
-they fail, never skip, when it is not there. Each test gets its own topic prefix and consumer groups,
-and the test profile's short timeouts.
+Integration and end-to-end tests need the broker that `make test` starts
+(TRELLIS_KAFKA__BOOTSTRAP_SERVERS); they fail, never skip, when it is not there. Each test gets its
+own topic prefix and consumer groups, and the test profile's short timeouts.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from trellis.common.kafka import ensure_topics
 from trellis.common.settings import Settings
 
@@ -29,7 +28,9 @@ def make_test_settings(prefix: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "kafka": base.kafka.model_copy(
             update={
-                "topics": base.kafka.topics.model_copy(update={"prefix": f"{prefix}.", "partitions": 2}),
+                "topics": base.kafka.topics.model_copy(
+                    update={"prefix": f"{prefix}.", "partitions": 2}
+                ),
                 "session_timeout_ms": 6_000,
                 "heartbeat_interval_ms": 1_000,
                 "request_timeout_ms": 10_000,

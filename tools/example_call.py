@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 import grpc
-
 from trellis.common.pb.events.v1 import mastery_pb2
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 
@@ -31,7 +30,10 @@ def main() -> None:
     print(f"learner {args.learner_id}: {len(progress.skills)} skills")
     for skill in progress.skills:
         level = mastery_pb2.MasteryLevel.Name(skill.level).removeprefix("MASTERY_LEVEL_").lower()
-        print(f"  {skill.skill_id:24} P(mastered)={skill.p_mastered:.3f}  {level}  ({skill.attempts} attempts)")
+        print(
+            f"  {skill.skill_id:24} P(mastered)={skill.p_mastered:.3f}"
+            f"  {level}  ({skill.attempts} attempts)"
+        )
 
 
 if __name__ == "__main__":

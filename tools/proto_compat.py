@@ -44,7 +44,9 @@ def _messages(prefix: str, messages, elements: dict[str, str]) -> None:  # type:
         name = f"{prefix}.{message.name}"
         elements[f"message {name}"] = ""
         for field in message.field:
-            oneof = message.oneof_decl[field.oneof_index].name if field.HasField("oneof_index") else ""
+            oneof = (
+                message.oneof_decl[field.oneof_index].name if field.HasField("oneof_index") else ""
+            )
             kind = field.type_name or descriptor_pb2.FieldDescriptorProto.Type.Name(field.type)
             elements[f"field {name}#{field.number}"] = f"{field.name} {field.label} {kind} {oneof}"
         _messages(name, message.nested_type, elements)
@@ -81,7 +83,7 @@ def main() -> int:
     baseline: dict[str, str] = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
     current = contract_elements()
     broken = [
-        f"{key}: was {'<present>' if not old else old!r}, now {current.get(key, '<removed>')!r}"
+        f"{key}: was {old or '<present>'!r}, now {current.get(key, '<removed>')!r}"
         for key, old in baseline.items()
         if current.get(key) != old
     ]

@@ -41,7 +41,9 @@ def test_wire_names_are_the_proto_packages() -> None:
 
     assert envelope_pb2.Envelope.DESCRIPTOR.full_name == "trellis.events.v1.Envelope"
     assert envelope_pb2.Envelope.__module__ == "trellis.common.pb.events.v1.envelope_pb2"
-    source = (ROOT / "services/common/src/trellis/common/pb/ingest/v1/ingest_pb2_grpc.py").read_text()
+    source = (
+        ROOT / "services/common/src/trellis/common/pb/ingest/v1/ingest_pb2_grpc.py"
+    ).read_text()
     assert "'/trellis.ingest.v1.IngestService/RecordEvents'" in source
     assert "trellis.common.pb.ingest.v1.IngestService" not in source
     assert ingest_pb2_grpc.IngestServiceStub

@@ -1,4 +1,4 @@
-"""kafka-python producers, consumers and topic administration, configured one way for every service."""
+"""kafka-python producers, consumers and topic administration, one configuration for all."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
-
 from trellis.common.codec import headers_for
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.settings import KafkaSettings
@@ -20,7 +19,7 @@ ALL_TOPICS = ("activity", "roster", "catalog", "mastery", "deadletter")
 
 
 def create_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer that waits for all in-sync replicas: nothing is acked before it is stored."""
+    """An idempotent producer that waits for all in-sync replicas: an ack means stored."""
     config: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": kafka.client_id,

@@ -1,4 +1,4 @@
-"""Settings for every Trellis process: environment variables with prefix `TRELLIS_`, nested with `__`.
+"""Settings of every Trellis process: environment variables `TRELLIS_...`, nested with `__`.
 
 Built once in a service's `__main__` and passed down; nothing reads the environment elsewhere.
 Examples: `TRELLIS_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `TRELLIS_CLICKHOUSE__URL=http://ch:8123`,
@@ -175,5 +175,7 @@ class Settings(BaseSettings):
         if keys:
             for principal in self.auth.all_tokens().values():
                 if principal.tenant_id not in keys:
-                    raise ValueError(f"token for tenant {principal.tenant_id!r} has no pseudonym key")
+                    raise ValueError(
+                        f"token for tenant {principal.tenant_id!r} has no pseudonym key"
+                    )
         return self

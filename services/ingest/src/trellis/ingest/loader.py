@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -39,7 +38,9 @@ async def _send_batches(
     return accepted
 
 
-async def load_directory(directory: Path, tenant_id: str, token: str, target: str) -> dict[str, int]:
+async def load_directory(
+    directory: Path, tenant_id: str, token: str, target: str
+) -> dict[str, int]:
     """Catalog first, then roster, then activity, so that every reference already exists."""
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(target) as channel:

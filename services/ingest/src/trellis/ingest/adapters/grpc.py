@@ -7,8 +7,12 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import grpc
-
-from trellis.common.grpc.auth import authorize_school, authorize_tenant, current_principal, require_role
+from trellis.common.grpc.auth import (
+    authorize_school,
+    authorize_tenant,
+    current_principal,
+    require_role,
+)
 from trellis.common.grpc.errors import InvalidArgument, ResourceExhausted, Unavailable
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
