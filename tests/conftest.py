@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from trellis.common.kafka import ensure_topics
 from trellis.common.settings import Settings
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 import grpc
+
 from trellis.common.pb.events.v1 import mastery_pb2
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 

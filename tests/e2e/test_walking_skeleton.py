@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from tests.conftest import TEST_PSEUDONYM_KEY, TEST_TENANT, make_test_settings, unique_name
 from trellis.common.kafka import ensure_topics
 from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-
-from tests.conftest import TEST_PSEUDONYM_KEY, TEST_TENANT, make_test_settings, unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "mastery", "recommender", "reporting")

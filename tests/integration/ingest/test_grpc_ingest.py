@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+
+from tests.conftest import TEST_TENANT
 from trellis.common.codec import decode_envelope
 from trellis.common.grpc.errors import bad_request_fields
 from trellis.common.grpc.server import ServiceBinding, create_server
@@ -20,8 +22,6 @@ from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
 from trellis.ingest.dedup import DedupWindow
 from trellis.ingest.service import IngestService
-
-from tests.conftest import TEST_TENANT
 
 TOKEN = "ingest-test-token"
 OTHER_TENANT_TOKEN = "other-tenant-token"

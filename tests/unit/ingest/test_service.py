@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
+
 from trellis.common.codec import Encoded, decode_envelope
 from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.pseudonym import Pseudonymizer

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
+
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 
 CONTENT_TYPE = b"application/x-protobuf"

@@ -10,6 +10,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
+
 from trellis.common.codec import headers_for
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.settings import KafkaSettings

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
+from trellis.common.pb.events.v1 import activity_pb2, catalog_pb2, envelope_pb2, roster_pb2
 
 MAX_ID_LENGTH = 128
 MAX_DURATION_SECONDS = 24 * 3600.0
@@ -17,7 +17,7 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 ACTIVITY_PAYLOADS = frozenset(
     f.name
     for f in envelope_pb2.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
-    if f.message_type.file.name == "trellis/events/v1/activity.proto"
+    if f.message_type is not None and f.message_type.file.name == "trellis/events/v1/activity.proto"
 )
 
 
@@ -43,7 +43,7 @@ def _check_fraction(path: str, value: float) -> list[Violation]:
     return []
 
 
-def _check_item_attempted(path: str, attempt: envelope_pb2.ItemAttempted) -> list[Violation]:
+def _check_item_attempted(path: str, attempt: activity_pb2.ItemAttempted) -> list[Violation]:
     violations = _check_id(f"{path}.item_id", attempt.item_id)
     for i, skill_id in enumerate(attempt.skill_ids):
         violations += _check_id(f"{path}.skill_ids[{i}]", skill_id)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+
 from trellis.common.grpc.auth import (
     authorize_school,
     authorize_tenant,
@@ -16,6 +18,7 @@ from trellis.common.grpc.auth import (
 from trellis.common.grpc.errors import InvalidArgument, ResourceExhausted, Unavailable
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from trellis.common.settings import Role
 from trellis.ingest.service import IngestService, ItemOutcome, Status
 
 _STATUS = {
@@ -24,8 +27,9 @@ _STATUS = {
     Status.REJECTED: ingest_pb2.ITEM_STATUS_REJECTED,
     Status.NOT_STORED: ingest_pb2.ITEM_STATUS_NOT_STORED,
 }
-WRITERS = ("service", "teacher", "district_admin", "platform_admin")
-ROSTER_WRITERS = ("service", "district_admin", "platform_admin")
+WRITERS: tuple[Role, ...] = ("service", "teacher", "district_admin", "platform_admin")
+ROSTER_WRITERS: tuple[Role, ...] = ("service", "district_admin", "platform_admin")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _result(outcome: ItemOutcome) -> ingest_pb2.ItemResult:
@@ -45,9 +49,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._max_batch_size = max_batch_size
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
-    def _check_batch(self, tenant_id: str, field: str, size: int, writers: Sequence[str]) -> None:
+    def _check_batch(
+        self, tenant_id: str, field: str, size: int, writers: tuple[Role, ...]
+    ) -> None:
         principal = current_principal()
-        require_role(principal, *writers)  # type: ignore[arg-type]
+        require_role(principal, *writers)
         authorize_tenant(principal, tenant_id)
         if size == 0:
             raise InvalidArgument([(field, "must not be empty")])
@@ -64,7 +70,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return [_result(o) for o in outcomes]
 
     async def RecordEvents(
-        self, request: ingest_pb2.RecordEventsRequest, context: grpc.aio.ServicerContext
+        self, request: ingest_pb2.RecordEventsRequest, context: Context
     ) -> ingest_pb2.RecordEventsResponse:
         self._check_batch(request.tenant_id, "events", len(request.events), WRITERS)
         _authorize_schools(request.events)
@@ -77,7 +83,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def StreamEvents(
         self,
         request_iterator: AsyncIterator[envelope_pb2.Envelope],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[ingest_pb2.ItemResult]:
         principal = current_principal()
         require_role(principal, *WRITERS)
@@ -95,7 +101,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             yield _result(outcome)
 
     async def UpsertRoster(
-        self, request: ingest_pb2.UpsertRosterRequest, context: grpc.aio.ServicerContext
+        self, request: ingest_pb2.UpsertRosterRequest, context: Context
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
         async with self._in_flight:
@@ -103,7 +109,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.UpsertResponse(results=await self._answer(outcomes))
 
     async def UpsertCatalog(
-        self, request: ingest_pb2.UpsertCatalogRequest, context: grpc.aio.ServicerContext
+        self, request: ingest_pb2.UpsertCatalogRequest, context: Context
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
         async with self._in_flight:

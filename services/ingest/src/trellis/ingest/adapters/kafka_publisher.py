@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+
 from trellis.common.codec import Encoded
 from trellis.common.settings import KafkaSettings
 
