@@ -1,17 +1,17 @@
 # Trellis: `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV_VERSION := 0.13.9
+UV := .local/tools/bin/uv
 PY := .venv/bin/python
-export UV
 
 .PHONY: help
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: setup
-setup: ## Install uv if missing, then the locked Python environment (.venv)
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv==0.13.9"
+setup: ## Install the pinned uv (in .local/tools), then the locked Python environment (.venv)
+	@[ -x $(UV) ] || { python3 -m venv .local/tools && .local/tools/bin/pip install --quiet "uv==$(UV_VERSION)"; }
 	$(UV) sync --all-packages --frozen --quiet
 
 .PHONY: proto
