@@ -1,8 +1,9 @@
-"""trellis.common.grpc: a real grpc.aio server on port 0 with fake servicers, called over the wire."""
+"""trellis.common.grpc: a real grpc.aio server on port 0 with fake servicers, over the wire."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from trellis.common.grpc import (
     current_principal,
     retry_after_seconds,
 )
+from trellis.common.metrics import start_metrics_server
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pb.mastery.v1 import mastery_pb2, mastery_pb2_grpc
@@ -77,7 +79,7 @@ class FakeMastery(mastery_pb2_grpc.MasteryServiceServicer):
 
 
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
-    async def StreamEvents(self, request_iterator: Any, context: Any) -> None:
+    async def StreamEvents(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
         # The coroutine style: write responses instead of yielding them.
         tenant = current_principal().tenant_id
         async for envelope in request_iterator:
@@ -91,12 +93,20 @@ def make_server(grace_seconds: float = 2.0) -> GrpcServer:
         TOKENS,
         [
             ServiceBinding(
-                REPORTING, reporting_pb2_grpc.add_ReportingServiceServicer_to_server, FakeReporting()
+                REPORTING,
+                reporting_pb2_grpc.add_ReportingServiceServicer_to_server,
+                FakeReporting(),
             ),
             ServiceBinding(
-                MASTERY, mastery_pb2_grpc.add_MasteryServiceServicer_to_server, FakeMastery()
+                MASTERY,
+                mastery_pb2_grpc.add_MasteryServiceServicer_to_server,
+                FakeMastery(),  # type: ignore[abstract]
             ),
-            ServiceBinding(INGEST, ingest_pb2_grpc.add_IngestServiceServicer_to_server, FakeIngest()),
+            ServiceBinding(
+                INGEST,
+                ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+                FakeIngest(),  # type: ignore[abstract]
+            ),
         ],
     )
 
@@ -147,7 +157,9 @@ async def test_health_is_not_serving_until_set_serving(
 
 async def test_reflection_lists_services_without_a_token(channel: grpc.aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    call = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name async for response in call for s in response.list_services_response.service}
 
     assert {REPORTING, MASTERY, INGEST, "grpc.health.v1.Health"} <= names
@@ -260,7 +272,8 @@ async def test_a_request_id_is_made_when_missing_and_kept_on_errors(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await reporting(channel).GetLearnerProgress(request, metadata=auth())
 
-    ids = [v for k, v in raised.value.trailing_metadata() or () if k == "x-request-id"]
+    trailing: Any = raised.value.trailing_metadata()
+    ids = [value for key, value in trailing if key == "x-request-id"]
     assert len(ids) == 1 and len(ids[0]) == 32
 
 
@@ -365,3 +378,23 @@ async def test_stop_is_idempotent() -> None:
 async def test_a_taken_port_fails_loudly(server: GrpcServer) -> None:
     with pytest.raises(RuntimeError):
         create_server(ServerSettings(port=server.port, metrics_port=0), TOKENS, [])
+
+
+async def test_the_metrics_endpoint_counts_calls(channel: grpc.aio.Channel) -> None:
+    port = start_metrics_server(0)
+    request = reporting_pb2.GetLearnerProgressRequest(tenant_id=TENANT, learner_id="S1")
+    await reporting(channel).GetLearnerProgress(request, metadata=auth())
+
+    text = await asyncio.to_thread(scrape, port)
+
+    assert (
+        'trellis_grpc_server_handled_total{grpc_code="OK",grpc_method="GetLearnerProgress",'
+        f'grpc_service="{REPORTING}"}}'
+    ) in text
+    assert "trellis_grpc_server_handling_seconds_count" in text
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()

@@ -43,10 +43,10 @@ def _redact(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdoutHandler(logging.StreamHandler[Any]):
     """Looks sys.stdout up per record: test runners and daemons replace it after configuration."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 

@@ -25,7 +25,7 @@ RPC_LATENCY = Histogram(
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
-    """Serve /metrics over HTTP in a daemon thread; returns the bound port (port 0: any free one)."""
+    """Serve /metrics over HTTP in a daemon thread; returns the bound port (0: any free one)."""
     server, _thread = start_http_server(port, addr=host)
     bound: int = server.server_port
     return bound

@@ -79,7 +79,7 @@ def reset_current_principal(token: contextvars.Token[Principal | None]) -> None:
 
 
 def current_principal() -> Principal:
-    """The authenticated caller of the current RPC; Unauthenticated outside an authenticated call."""
+    """The authenticated caller of the current RPC; Unauthenticated outside of one."""
     principal = _principal.get()
     if principal is None:
         raise Unauthenticated()

@@ -7,7 +7,8 @@ the same way. Client helpers at the bottom unpack the details again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -52,9 +53,7 @@ class InvalidArgument(TrellisError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_message = "invalid request"
 
-    def __init__(
-        self, violations: Iterable[tuple[str, str]], message: str | None = None
-    ) -> None:
+    def __init__(self, violations: Iterable[tuple[str, str]], message: str | None = None) -> None:
         self.violations = list(violations)
         super().__init__(message)
 
@@ -132,7 +131,7 @@ def _code_number(code: grpc.StatusCode) -> int:
 def _status_details(rpc_error: grpc.RpcError) -> list[any_pb2.Any]:
     # Read the trailer directly rather than via rpc_status.from_call: that needs the sync call
     # API, while aio errors expose the same trailer through `trailing_metadata()`.
-    trailing: Sequence[tuple[str, str | bytes]] | None = rpc_error.trailing_metadata()  # type: ignore[attr-defined]
+    trailing: Any = rpc_error.trailing_metadata()
     for key, value in trailing or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
             return list(status_pb2.Status.FromString(value).details)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -51,7 +51,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 _log = get_logger("trellis.grpc")
 
-Context = grpc.aio.ServicerContext  # type: ignore[type-arg]
+# Strings: grpc.RpcMethodHandler is generic only in the type stubs.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Scope = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
 
 
@@ -68,7 +70,7 @@ class _Rpc:
     metadata: Sequence[tuple[str, str | bytes]]
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):
+class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Request id, auth, error mapping, logging and metrics around every handler."""
 
     def __init__(
@@ -79,19 +81,19 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
             return handler
-        path: str = handler_call_details.method  # type: ignore[attr-defined]
+        path: str = handler_call_details.method
         service, _, method = path.lstrip("/").partition("/")
         rpc = _Rpc(
             service=service,
             method=method,
             public=service in self._public_services,
-            metadata=tuple(handler_call_details.invocation_metadata or ()),  # type: ignore[attr-defined]
+            metadata=tuple(handler_call_details.invocation_metadata or ()),
         )
         return _wrap_handler(handler, lambda context: self._scope(rpc, context))
 
@@ -100,8 +102,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         started = time.perf_counter()
         request_id = _request_id(rpc.metadata)
         # Each RPC runs in its own task; the resets below only keep the task's context tidy.
-        log_tokens = structlog.contextvars.bind_contextvars(
-            request_id=request_id, method=f"{rpc.service}/{rpc.method}"
+        log_tokens = dict(
+            structlog.contextvars.bind_contextvars(
+                request_id=request_id, method=f"{rpc.service}/{rpc.method}"
+            )
         )
         principal_token = set_current_principal(None)
         code = grpc.StatusCode.OK
@@ -110,7 +114,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             if not rpc.public:
                 principal = self._authenticator.authenticate(rpc.metadata)
                 set_current_principal(principal)
-                log_tokens.update(structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id))
+                log_tokens.update(
+                    structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id)
+                )
             yield
             code = context.code() or grpc.StatusCode.OK
             _keep_request_id(context, request_id)
@@ -127,7 +133,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         except Exception:
             code = grpc.StatusCode.INTERNAL
             _log.exception("unexpected error in servicer")
-            await _abort(context, _Internal(f"internal error (request id {request_id})"), request_id)
+            await _abort(
+                context, _Internal(f"internal error (request id {request_id})"), request_id
+            )
         finally:
             elapsed = time.perf_counter() - started
             RPC_HANDLED.labels(rpc.service, rpc.method, code.name).inc()
@@ -155,9 +163,9 @@ def _keep_request_id(context: Context, request_id: str) -> None:
 async def _abort(context: Context, error: TrellisError, request_id: str) -> None:
     status = to_status(error)
     await context.abort(
-        status.code,  # type: ignore[attr-defined]
-        status.details,  # type: ignore[attr-defined]
-        trailing_metadata=(*status.trailing_metadata, (REQUEST_ID_KEY, request_id)),  # type: ignore[attr-defined]
+        status.code,
+        status.details,
+        trailing_metadata=(*status.trailing_metadata, (REQUEST_ID_KEY, request_id)),
     )
 
 
@@ -175,7 +183,7 @@ def _reset(
 # --- the four call shapes ---
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, scope: Scope) -> grpc.RpcMethodHandler:
+def _wrap_handler(handler: Handler, scope: Scope) -> Handler:
     h: Any = handler
     if h.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
@@ -218,14 +226,13 @@ def _returning(behavior: Callable[..., Any], scope: Scope) -> Callable[..., Any]
 
 
 def _streaming(behavior: Callable[..., Any], scope: Scope) -> Callable[..., Any]:
-    """A behaviour with a response stream: an async generator, or a coroutine using context.write."""
+    """A behaviour with a response stream: an async generator, or a coroutine that writes."""
     if not inspect.isasyncgenfunction(behavior):
         return _returning(behavior, scope)
 
     async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with scope(context):
-            async with contextlib.aclosing(behavior(request, context)) as responses:
-                async for response in responses:
-                    yield response
+        async with scope(context), contextlib.aclosing(behavior(request, context)) as responses:
+            async for response in responses:
+                yield response
 
     return wrapper

@@ -61,7 +61,7 @@ class GrpcServer:
     def __init__(
         self,
         server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: Any,  # grpc_health.v1.health.aio.HealthServicer
         service_names: Sequence[str],
         port: int,
         grace_seconds: float,
@@ -108,7 +108,7 @@ class GrpcServer:
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *self._service_names):
-            await self._health.set(name, status)  # type: ignore[arg-type]
+            await self._health.set(name, status)
 
 
 def create_server(
@@ -116,13 +116,11 @@ def create_server(
     tokens: dict[str, Principal],
     services: Sequence[ServiceBinding],
 ) -> GrpcServer:
-    """Build and bind (not start) the server for `services`; raises RuntimeError if the port is taken."""
-    server = grpc.aio.server(
-        interceptors=[RpcInterceptor(Authenticator(tokens))], options=_OPTIONS
-    )
+    """Build and bind (not start) the server; RuntimeError if the port is taken."""
+    server = grpc.aio.server(interceptors=[RpcInterceptor(Authenticator(tokens))], options=_OPTIONS)
     for binding in services:
         binding.add_to_server(binding.servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

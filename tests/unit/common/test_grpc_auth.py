@@ -1,0 +1,107 @@
+"""trellis.common.grpc.auth: bearer tokens to principals, and the scope checks servicers call."""
+
+from __future__ import annotations
+
+import pytest
+
+from trellis.common.grpc.auth import (
+    Authenticator,
+    authorize_class,
+    authorize_learner,
+    authorize_school,
+    authorize_tenant,
+    current_principal,
+    require_role,
+)
+from trellis.common.grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from trellis.common.settings import Principal
+
+SERVICE = Principal(tenant_id="d1", role="service")
+TEACHER = Principal(tenant_id="d1", role="teacher", schools=["s1"], classes=["c1"])
+LEARNER = Principal(tenant_id="d1", role="learner", classes=["c1"], learner_id="S1")
+DISTRICT_ADMIN = Principal(tenant_id="d1", role="district_admin")
+SCHOOL_ADMIN = Principal(tenant_id="d1", role="district_admin", schools=["s1"])
+PLATFORM_ADMIN = Principal(tenant_id="ops", role="platform_admin")
+
+authenticator = Authenticator({"tok-service": SERVICE, "tok-teacher": TEACHER})
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("Bearer tok-service", SERVICE),
+        ("bearer tok-teacher", TEACHER),
+        ("Bearer  tok-teacher ", TEACHER),
+    ],
+)
+def test_a_known_bearer_token_gives_its_principal(header: str, expected: Principal) -> None:
+    assert authenticator.authenticate((("authorization", header),)) == expected
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        None,
+        (("authorization", "Bearer tok-unknown"),),
+        (("authorization", "Bearer tok-servic"),),  # a prefix of a real token
+        (("authorization", "Bearer "),),
+        (("authorization", "tok-service"),),  # not a bearer header
+        (("authorization-bin", b"tok-service"),),
+        (("x-token", "tok-service"),),
+    ],
+)
+def test_missing_or_unknown_tokens_are_unauthenticated(metadata: object) -> None:
+    with pytest.raises(Unauthenticated) as raised:
+        authenticator.authenticate(metadata)  # type: ignore[arg-type]
+    assert "tok-" not in raised.value.message
+
+
+def test_no_principal_outside_an_authenticated_call() -> None:
+    with pytest.raises(Unauthenticated):
+        current_principal()
+
+
+def test_tenant() -> None:
+    authorize_tenant(SERVICE, "d1")
+    with pytest.raises(PermissionDenied):
+        authorize_tenant(SERVICE, "d2")
+    with pytest.raises(InvalidArgument) as raised:
+        authorize_tenant(SERVICE, "")
+    assert raised.value.violations == [("tenant_id", "must not be empty")]
+    # Platform operators act for every district.
+    authorize_tenant(PLATFORM_ADMIN, "d2")
+
+
+def test_school() -> None:
+    for principal in (SERVICE, DISTRICT_ADMIN, TEACHER, SCHOOL_ADMIN, PLATFORM_ADMIN):
+        authorize_school(principal, "s1")
+    for principal in (DISTRICT_ADMIN, SERVICE, PLATFORM_ADMIN):
+        authorize_school(principal, "s2")  # no school list: every school of the tenant
+    for principal in (TEACHER, SCHOOL_ADMIN, LEARNER):
+        with pytest.raises(PermissionDenied):
+            authorize_school(principal, "s2")
+
+
+def test_class() -> None:
+    for principal in (SERVICE, DISTRICT_ADMIN, TEACHER, LEARNER, PLATFORM_ADMIN):
+        authorize_class(principal, "c1")
+    for principal in (TEACHER, LEARNER):
+        with pytest.raises(PermissionDenied):
+            authorize_class(principal, "c2")
+    authorize_class(DISTRICT_ADMIN, "c2")
+
+
+def test_learner() -> None:
+    authorize_learner(LEARNER, "S1")
+    with pytest.raises(PermissionDenied):
+        authorize_learner(LEARNER, "S2")
+    with pytest.raises(PermissionDenied):
+        authorize_learner(LEARNER.model_copy(update={"learner_id": None}), "S1")
+    authorize_learner(TEACHER, "S2")
+
+
+def test_role() -> None:
+    require_role(TEACHER, "teacher", "district_admin")
+    with pytest.raises(PermissionDenied):
+        require_role(LEARNER, "teacher", "district_admin")
