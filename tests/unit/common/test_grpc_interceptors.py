@@ -31,6 +31,13 @@ class Reporting(reporting_pb2_grpc.ReportingServiceServicer):
     async def GetLearnerProgress(self, request: Any, context: Any) -> Any:
         if request.learner_id == "bug":
             raise KeyError("bug")
+        if request.learner_id == "slow":
+            await asyncio.sleep(5)
+        if request.learner_id == "downstream":
+            # What a stub raises when the service it calls is down.
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down", None
+            )
         # Slow enough that concurrent calls interleave.
         await asyncio.sleep(0.05)
         return reporting_pb2.LearnerProgress(learner_id=current_principal().tenant_id)
@@ -187,11 +194,7 @@ async def test_a_cancelled_stream_is_counted_as_cancelled(channel: grpc.aio.Chan
 
     call.cancel()
 
-    for _ in range(100):
-        if handled("SubscribeMastery", "CANCELLED") == before + 1:
-            break
-        await asyncio.sleep(0.01)
-    assert handled("SubscribeMastery", "CANCELLED") == before + 1
+    await wait_for_count("SubscribeMastery", "CANCELLED", before + 1)
 
 
 async def test_health_probes_need_no_token_and_stay_out_of_info_logs(
@@ -204,3 +207,35 @@ async def test_health_probes_need_no_token_and_stay_out_of_info_logs(
 
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     assert not [line for line in json_logs() if line.get("event") == "rpc"]
+
+
+async def wait_for_count(method: str, code: str, expected: float) -> None:
+    for _ in range(200):
+        if handled(method, code) == expected:
+            return
+        await asyncio.sleep(0.01)
+    assert handled(method, code) == expected
+
+
+async def test_a_passed_deadline_is_counted_as_such(channel: grpc.aio.Channel) -> None:
+    before = handled("GetLearnerProgress", "DEADLINE_EXCEEDED")
+    stub = reporting_pb2_grpc.ReportingServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetLearnerProgress(
+            reporting_pb2.GetLearnerProgressRequest(learner_id="slow"),
+            metadata=METADATA,
+            timeout=0.2,
+        )
+
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_for_count("GetLearnerProgress", "DEADLINE_EXCEEDED", before + 1)
+
+
+async def test_a_transient_downstream_failure_stays_retryable(channel: grpc.aio.Channel) -> None:
+    stub = reporting_pb2_grpc.ReportingServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetLearnerProgress(
+            reporting_pb2.GetLearnerProgressRequest(learner_id="downstream"), metadata=METADATA
+        )
+
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +26,7 @@ from trellis.common.grpc import (
     create_server,
     current_principal,
     retry_after_seconds,
+    run_until_signal,
 )
 from trellis.common.metrics import start_metrics_server
 from trellis.common.pb.events.v1 import envelope_pb2
@@ -398,3 +401,23 @@ def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+async def test_run_until_signal_stops_gracefully_on_sigterm() -> None:
+    server = make_server()
+    stopped: list[str] = []
+
+    async def on_stop() -> None:
+        stopped.append("closed")
+
+    running = asyncio.create_task(run_until_signal(server, on_stop))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        status = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=5
+        )
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(running, timeout=5)
+
+    assert stopped == ["closed"]

@@ -31,7 +31,7 @@ from trellis.common.grpc.auth import (
     reset_current_principal,
     set_current_principal,
 )
-from trellis.common.grpc.errors import TrellisError, to_status
+from trellis.common.grpc.errors import TrellisError, Unavailable, to_status
 from trellis.common.logging import get_logger
 from trellis.common.metrics import RPC_HANDLED, RPC_LATENCY
 
@@ -49,6 +49,14 @@ PUBLIC_SERVICES = frozenset(
 # A caller's request id lands in our logs and trailers: accept only short, plain ids.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
 _log = get_logger("trellis.grpc")
 
 # Strings: grpc.RpcMethodHandler is generic only in the type stubs.
@@ -58,7 +66,6 @@ Scope = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
 
 
 class _Internal(TrellisError):
-    # What the caller sees of an unexpected exception: no internals, only the id to quote.
     code = grpc.StatusCode.INTERNAL
 
 
@@ -128,14 +135,15 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
+            # grpc cancels the handler both when the caller goes away and when its deadline passes.
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            _log.exception("unexpected error in servicer")
-            await _abort(
-                context, _Internal(f"internal error (request id {request_id})"), request_id
-            )
+        except Exception as unexpected:
+            failure = _unexpected(unexpected, request_id)
+            code = failure.code
+            await _abort(context, failure, request_id)
         finally:
             elapsed = time.perf_counter() - started
             RPC_HANDLED.labels(rpc.service, rpc.method, code.name).inc()
@@ -144,6 +152,17 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             log = _log.debug if rpc.public else _log.info
             log("rpc", code=code.name, duration_ms=round(elapsed * 1000, 3))
             _reset(log_tokens, principal_token)
+
+
+def _unexpected(error: Exception, request_id: str) -> TrellisError:
+    """What the caller sees of an exception the servicer did not expect (call in `except`)."""
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in _TRANSIENT:
+        # A call to another service failed transiently: stay retryable for our caller.
+        _log.warning("downstream call failed", downstream_code=error.code().name)
+        return Unavailable("a dependency is unavailable, retry")
+    _log.exception("unexpected error in servicer")
+    # No internals in the answer, only the id to quote when reporting it.
+    return _Internal(f"internal error (request id {request_id})")
 
 
 def _request_id(metadata: Sequence[tuple[str, str | bytes]]) -> str:

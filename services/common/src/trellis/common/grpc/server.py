@@ -156,20 +156,20 @@ async def run_until_signal(
         loop.add_signal_handler(sig, stop_requested.set)
     try:
         await server.start()
-        waiters = {
-            asyncio.ensure_future(stop_requested.wait()),
-            asyncio.ensure_future(server.wait_for_termination()),
-        }
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        # Never cancel wait_for_termination: grpc's shutdown would then end in CancelledError.
+        terminated = asyncio.ensure_future(server.wait_for_termination())
+        signalled = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait((terminated, signalled), return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
         if stop_requested.is_set():
             _log.info("stop signal received")
-        await server.stop()
-        if on_stop is not None:
-            await on_stop()
+        try:
+            await server.stop()
+            await terminated
+        finally:
+            # Even if stopping failed: producers must still flush, consumers commit.
+            if on_stop is not None:
+                await on_stop()
     finally:
         for sig in signals:
             with contextlib.suppress(Exception):
