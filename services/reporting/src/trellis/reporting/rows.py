@@ -1,0 +1,287 @@
+"""Pure mapping from event envelopes to the rows of the reporting tables (no I/O, no clock).
+
+Each row carries the Kafka position it came from (`source_topic`, `source_partition`,
+`source_offset`): the tables record their position together with their state, so the sink can
+resume, and skip what a table already holds, from the tables alone (STYLE.md §1, "projections
+record their position with their state").
+
+Topics and tables:
+- mastery topic: every `MasteryUpdated` becomes one `mastery_history` row and one `mastery_latest`
+  row (a ReplacingMergeTree versioned by the offset: a learner's events all live in the partition
+  of their `tenant/learner` key, so the offset orders them). Other mastery events (`SkillMastered`,
+  `StrugglingDetected`, ...) are not projected yet.
+- activity topic: every learner activity becomes one `activity` row; scheduler ticks do not.
+
+An envelope that cannot make a valid row raises RowError: the sink sends it to the dead letters.
+Free text (reflections, goal descriptions, override reasons) never reaches a table: it may hold PII.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from trellis.common.pb.events.v1 import envelope_pb2
+
+__all__ = [
+    "ACTIVITY",
+    "MASTERY_HISTORY",
+    "MASTERY_LATEST",
+    "STREAM_TABLES",
+    "Position",
+    "Row",
+    "RowError",
+    "Stream",
+    "activity_rows",
+    "mastery_rows",
+    "rows_for",
+]
+
+MASTERY_HISTORY = "mastery_history"
+MASTERY_LATEST = "mastery_latest"
+ACTIVITY = "activity"
+
+Stream = Literal["mastery", "activity"]
+# Which tables each consumed topic feeds; a table is fed by exactly one topic.
+STREAM_TABLES: Mapping[Stream, tuple[str, ...]] = {
+    "mastery": (MASTERY_HISTORY, MASTERY_LATEST),
+    "activity": (ACTIVITY,),
+}
+
+Row = dict[str, Any]
+
+# DateTime64 covers 1900..2299; anything outside is a producer bug, not an event.
+_MIN_TIME = datetime(1900, 1, 2, tzinfo=UTC)
+_MAX_TIME = datetime(2299, 12, 30, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ACTOR_NAMES = {
+    int(value): name.removeprefix("ACTOR_").lower()
+    for name, value in envelope_pb2.Source.Actor.items()
+}
+
+_ACTIVITY_KINDS = frozenset(
+    {
+        "item_attempted",
+        "resource_engaged",
+        "goal_set",
+        "reflection_submitted",
+        "interest_declared",
+        "preference_set",
+        "accommodation_set",
+        "teacher_override",
+        "activity_assigned",
+        "recommendation_chosen",
+        "learner_erasure_requested",
+    }
+)
+
+
+class RowError(ValueError):
+    """An envelope that cannot become a valid row: it belongs on the dead-letter topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a record was read: the sink's unit of progress and of insert deduplication."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def rows_for(
+    stream: Stream, envelope: envelope_pb2.Envelope, position: Position
+) -> list[tuple[str, Row]]:
+    """(table, row) pairs that one envelope of `stream` projects to; empty if none."""
+    if stream == "mastery":
+        return mastery_rows(envelope, position)
+    return activity_rows(envelope, position)
+
+
+def mastery_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[tuple[str, Row]]:
+    kind = envelope.WhichOneof("payload")
+    if kind is None:
+        raise RowError("envelope has no payload")
+    if kind != "mastery_updated":
+        return []
+    update = envelope.mastery_updated
+    common = _identity(envelope)
+    if not update.skill_id:
+        raise RowError("mastery_updated.skill_id is empty")
+    p_before = _unit("mastery_updated.p_before", update.p_before)
+    p_after = _unit("mastery_updated.p_after", update.p_after)
+    occurred_at, ingested_at = _times(envelope)
+    source = _source(position)
+    history: Row = {
+        "event_id": envelope.event_id,
+        **common,
+        "skill_id": update.skill_id,
+        "p_before": p_before,
+        "p_after": p_after,
+        "level": int(update.level),
+        "cause_event_id": update.cause_event_id,
+        "model_version": update.model_version,
+        "attempts": update.attempts,
+        "occurred_at": occurred_at,
+        "ingested_at": ingested_at,
+        **source,
+    }
+    latest: Row = {
+        **common,
+        "skill_id": update.skill_id,
+        "p_mastered": p_after,
+        "level": int(update.level),
+        "attempts": update.attempts,
+        "model_version": update.model_version,
+        "event_id": envelope.event_id,
+        "updated_at": occurred_at,
+        **source,
+    }
+    return [(MASTERY_HISTORY, history), (MASTERY_LATEST, latest)]
+
+
+def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[tuple[str, Row]]:
+    kind = envelope.WhichOneof("payload")
+    if kind is None:
+        raise RowError("envelope has no payload")
+    if kind not in _ACTIVITY_KINDS:
+        # Scheduler ticks and mastery events are not learner activity.
+        return []
+    common = _identity(envelope)
+    occurred_at, ingested_at = _times(envelope)
+    row: Row = {
+        "event_id": envelope.event_id,
+        **common,
+        "occurred_at": occurred_at,
+        "ingested_at": ingested_at,
+        "kind": kind,
+        "source_system": envelope.source.system,
+        "actor": _actor(envelope.source.actor),
+        "activity_id": "",
+        "skill_ids": [],
+        "correct": None,
+        "score": None,
+        "attempt_number": 0,
+        "hints_used": 0,
+        "duration_seconds": 0.0,
+        "completion": None,
+        "error_tag": "",
+        "assignment_id": "",
+        "self_chosen": False,
+        **_source(position),
+    }
+    row.update(_activity_details(envelope, kind))
+    return [(ACTIVITY, row)]
+
+
+def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> Row:
+    if kind == "item_attempted":
+        item = envelope.item_attempted
+        correct = item.correct if item.HasField("correct") else None
+        if item.HasField("score"):
+            score: float | None = _unit("item_attempted.score", item.score)
+        else:
+            score = None if correct is None else (1.0 if correct else 0.0)
+        return {
+            "activity_id": item.item_id,
+            "skill_ids": list(item.skill_ids),
+            "correct": correct,
+            "score": score,
+            "attempt_number": item.attempt_number,
+            "hints_used": item.hints_used,
+            "duration_seconds": _non_negative(
+                "item_attempted.duration_seconds", item.duration_seconds
+            ),
+            "error_tag": item.error_tag,
+            "assignment_id": item.assignment_id,
+            "self_chosen": item.self_chosen,
+        }
+    if kind == "resource_engaged":
+        resource = envelope.resource_engaged
+        return {
+            "activity_id": resource.resource_id,
+            "duration_seconds": _non_negative("resource_engaged.seconds", resource.seconds),
+            "completion": _unit("resource_engaged.completion", resource.completion),
+        }
+    if kind == "goal_set":
+        goal = envelope.goal_set
+        return {"activity_id": goal.goal_id, "skill_ids": _skills(goal.skill_id)}
+    if kind == "reflection_submitted":
+        reflection = envelope.reflection_submitted
+        return {"activity_id": reflection.reflection_id, "skill_ids": _skills(reflection.skill_id)}
+    if kind == "teacher_override":
+        return {"skill_ids": _skills(envelope.teacher_override.skill_id)}
+    if kind == "activity_assigned":
+        assigned = envelope.activity_assigned
+        return {"activity_id": assigned.activity_id, "skill_ids": _skills(assigned.skill_id)}
+    if kind == "recommendation_chosen":
+        return {"activity_id": envelope.recommendation_chosen.activity_id}
+    return {}
+
+
+def _identity(envelope: envelope_pb2.Envelope) -> Row:
+    for field in ("event_id", "tenant_id", "learner_id"):
+        if not getattr(envelope, field):
+            raise RowError(f"{field} is empty")
+    return {
+        "tenant_id": envelope.tenant_id,
+        "school_id": envelope.school_id,
+        "class_id": envelope.class_id,
+        "learner_id": envelope.learner_id,
+    }
+
+
+def _times(envelope: envelope_pb2.Envelope) -> tuple[datetime, datetime]:
+    """Event time (falling back to ingest time) and ingest time (falling back to event time)."""
+    occurred = _timestamp("occurred_at", envelope.occurred_at)
+    ingested = _timestamp("ingested_at", envelope.ingested_at)
+    if occurred is None and ingested is None:
+        raise RowError("neither occurred_at nor ingested_at is set")
+    occurred = occurred or ingested
+    ingested = ingested or occurred
+    assert occurred is not None and ingested is not None
+    return occurred, ingested
+
+
+def _timestamp(name: str, ts: Timestamp) -> datetime | None:
+    """None when unset (an unset Timestamp reads as the epoch)."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    # Millisecond precision, as DateTime64(3) stores it; exact (no float rounding).
+    value = _EPOCH + timedelta(seconds=ts.seconds, milliseconds=ts.nanos // 1_000_000)
+    if not _MIN_TIME <= value <= _MAX_TIME:
+        raise RowError(f"{name} {value.isoformat()} is out of range")
+    return value
+
+
+def _source(position: Position) -> Row:
+    return {
+        "source_topic": position.topic,
+        "source_partition": position.partition,
+        "source_offset": position.offset,
+    }
+
+
+def _unit(name: str, value: float) -> float:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise RowError(f"{name} {value!r} is not in [0, 1]")
+    return value
+
+
+def _non_negative(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value >= 0.0):
+        raise RowError(f"{name} {value!r} is negative or not finite")
+    return value
+
+
+def _skills(skill_id: str) -> list[str]:
+    return [skill_id] if skill_id else []
+
+
+def _actor(actor: int) -> str:
+    return _ACTOR_NAMES.get(actor, "unspecified")

@@ -1,0 +1,448 @@
+"""The reporting sink: mastery and activity topics -> batched ClickHouse inserts, effectively once.
+
+One kafka-python consumer (group `settings.reporting.consumer_group`, no auto-commit) reads both
+topics. Records are mapped to rows by `trellis.reporting.rows` and batched: a batch is flushed at
+`batch_max_rows` records or `batch_max_seconds` after its first record, never row by row.
+
+A flush, in this order:
+1. undecodable records go to the dead-letter topic (waiting for Kafka's ack); the sink goes on;
+2. per table, the rows that the table does not hold yet are inserted in one block, with an
+   `insert_deduplication_token` built from the topic/partition/offset ranges of the block;
+3. only then are the offsets committed.
+
+Why no record is ever stored twice: every row carries its Kafka position, and the sink keeps,
+per table, the highest offset stored for each partition (read from the table after each partition
+assignment, then advanced after each insert). Rows at or below it are dropped before the insert,
+so a crash between insert and commit, or a replay after the group's offsets were reset, re-reads
+records but inserts none of them again. A batch retried after an ambiguous failure (the store may
+have stored it) is the same block with the same token, which the store drops.
+
+Failures: store or Kafka errors are retried with exponential backoff (the sink never gives up on
+data and never skips it); a stop request ends the retries, leaving the batch uncommitted.
+
+Threading: `run()` is the loop; `start()` runs it in a daemon thread of the reporting process,
+which owns the chDB store. kafka-python 3 calls the rebalance listener on its IO thread, where
+blocking calls are not allowed: the listener only records what happened, and the sink thread acts
+on it (drops the uncommitted records of revoked partitions, which will be fetched again from the
+committed offsets, and re-reads the stored positions before its next insert).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from trellis.common.codec import decode_envelope
+from trellis.common.kafka import create_consumer, create_producer, dead_letter, send_dead_letters
+from trellis.common.logging import get_logger
+from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.settings import Settings
+from trellis.reporting.rows import (
+    ACTIVITY,
+    MASTERY_HISTORY,
+    MASTERY_LATEST,
+    Position,
+    Row,
+    Stream,
+    rows_for,
+)
+from trellis.reporting.store.base import PartitionKey, ReportingStore
+
+__all__ = ["ReportingSink", "SinkStats", "insert_token"]
+
+CONSUMER_NAME = "trellis-reporting"
+# History before latest: a reader never sees a latest value whose history row is missing.
+TABLE_ORDER = (MASTERY_HISTORY, MASTERY_LATEST, ACTIVITY)
+_BACKOFF_FIRST_S = 0.2
+_BACKOFF_MAX_S = 10.0
+
+_log = get_logger("trellis.reporting.sink")
+_T = TypeVar("_T")
+
+ROWS_INSERTED = Counter(
+    "trellis_reporting_sink_rows", "Rows inserted into the reporting store, by table.", ["table"]
+)
+DEAD_LETTERS = Counter(
+    "trellis_reporting_sink_dead_letters", "Records sent to the dead-letter topic."
+)
+RETRIES = Counter(
+    "trellis_reporting_sink_retries",
+    "Failed store or Kafka operations retried, by operation.",
+    ["op"],
+)
+FLUSH_SECONDS = Histogram(
+    "trellis_reporting_sink_flush_seconds",
+    "Time to flush one batch: dead letters, inserts and offset commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+class _Stopped(Exception):
+    """A stop was requested while an operation kept failing."""
+
+
+@dataclass
+class SinkStats:
+    """Counters since start, for tests, logs and health."""
+
+    consumed: int = 0
+    inserted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    already_stored: int = 0
+    dead_letters: int = 0
+    not_projected: int = 0
+    flushes: int = 0
+    commits: int = 0
+    retries: int = 0
+
+
+@dataclass
+class _Batch:
+    started: float | None = None
+    records: int = 0
+    rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
+    letters: list[tuple[PartitionKey, envelope_pb2.DeadLetter]] = field(default_factory=list)
+    # Next offset to commit, per partition.
+    next_offsets: dict[PartitionKey, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.records
+
+    def discard(self, partitions: set[PartitionKey]) -> int:
+        """Forget the records of partitions this consumer lost; returns how many were dropped."""
+        dropped = 0
+        for key in partitions & set(self.next_offsets):
+            del self.next_offsets[key]
+        for table, rows in self.rows.items():
+            kept = [r for r in rows if (r["source_topic"], r["source_partition"]) not in partitions]
+            dropped += len(rows) - len(kept)
+            self.rows[table] = kept
+        self.letters = [(key, letter) for key, letter in self.letters if key not in partitions]
+        if not self.next_offsets:
+            self.started, self.records = None, 0
+        return dropped
+
+
+def insert_token(table: str, rows: Iterable[Row]) -> str:
+    """Deduplication token of one insert: the table and the offset range of each partition."""
+    ranges: dict[PartitionKey, tuple[int, int]] = {}
+    for row in rows:
+        key = (row["source_topic"], row["source_partition"])
+        offset = row["source_offset"]
+        low, high = ranges.get(key, (offset, offset))
+        ranges[key] = (min(low, offset), max(high, offset))
+    parts = [
+        f"{topic}:{partition}:{low}-{high}"
+        for (topic, partition), (low, high) in sorted(ranges.items())
+    ]
+    return f"{table}/{','.join(parts)}"
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs on kafka-python's IO thread: records the change, does no I/O."""
+
+    def __init__(self, sink: ReportingSink) -> None:
+        self._sink = sink
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._sink._note_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._sink._note_assigned({(tp.topic, tp.partition) for tp in assigned})
+
+
+class ReportingSink:
+    """Consumes the mastery and activity topics into the reporting store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ReportingStore,
+        *,
+        consumer_factory: Callable[[], KafkaConsumer] | None = None,
+    ) -> None:
+        self._kafka = settings.kafka
+        self._group = settings.reporting.consumer_group
+        self._max_records = max(1, settings.reporting.batch_max_rows)
+        self._max_seconds = settings.reporting.batch_max_seconds
+        self._store = store
+        self._streams: dict[str, Stream] = {
+            self._kafka.topics.name("mastery"): "mastery",
+            self._kafka.topics.name("activity"): "activity",
+        }
+        self._consumer_factory = consumer_factory or self._create_consumer
+        self._producer: KafkaProducer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Listener -> sink thread.
+        self._lock = threading.Lock()
+        self._revoked: set[PartitionKey] = set()
+        self._positions_stale = True
+        # Highest offset stored per table and partition; loaded lazily after each assignment.
+        self._positions: dict[str, dict[PartitionKey, int]] = {}
+        self._batch = _Batch()
+        self._failing = False
+        self.running = threading.Event()
+        self.stats = SinkStats()
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._streams)
+
+    @property
+    def healthy(self) -> bool:
+        """Polling, and the last store and Kafka operations succeeded."""
+        return self.running.is_set() and not self._failing
+
+    # --- lifecycle ---
+
+    def start(self) -> threading.Thread:
+        """Run the sink in a daemon thread; `running` is set once it has subscribed."""
+        if self._thread is not None:
+            raise RuntimeError("the sink was started already")
+        self._thread = threading.Thread(target=self.run, name="reporting-sink", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the loop to flush what it has and leave the group; True if it ended in time."""
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def run(self) -> None:
+        """The consume-batch-insert-commit loop, until `stop()`."""
+        consumer = self._consumer_factory()
+        try:
+            consumer.subscribe(topics=self.topics, listener=_Listener(self))
+            self.running.set()
+            _log.info("sink started", topics=self.topics, group=self._group)
+            while not self._stop.is_set():
+                self._poll_once(consumer)
+                if self._due():
+                    self._flush(consumer)
+            self._flush(consumer)
+        except _Stopped:
+            _log.warning("sink stopped with an uncommitted batch", records=len(self._batch))
+        finally:
+            self.running.clear()
+            self._close(consumer)
+            _log.info("sink stopped", **self._stats_fields())
+
+    def _create_consumer(self) -> KafkaConsumer:
+        return create_consumer(
+            self._kafka,
+            self._group,
+            client_id=f"{self._kafka.client_id}-reporting",
+            max_poll_records=self._max_records,
+        )
+
+    def _close(self, consumer: KafkaConsumer) -> None:
+        try:
+            consumer.close(autocommit=False)
+        except Exception:
+            _log.exception("closing the consumer failed")
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=self._kafka.request_timeout_ms / 1000)
+            except Exception:
+                _log.exception("closing the dead-letter producer failed")
+            self._producer = None
+
+    # --- rebalance notes (IO thread) ---
+
+    def _note_revoked(self, partitions: set[PartitionKey]) -> None:
+        with self._lock:
+            self._revoked |= partitions
+
+    def _note_assigned(self, partitions: set[PartitionKey]) -> None:
+        # Revoked records stay marked for dropping even if the partition came back: the consumer
+        # fetches it again from the committed offset.
+        with self._lock:
+            self._positions_stale = True
+
+    # --- consuming ---
+
+    def _poll_once(self, consumer: KafkaConsumer) -> None:
+        if self._batch.started is None:
+            wait_s = self._max_seconds
+        else:
+            wait_s = max(0.0, self._batch.started + self._max_seconds - time.monotonic())
+        try:
+            polled = consumer.poll(
+                timeout_ms=int(wait_s * 1000), max_records=self._max_records - len(self._batch)
+            )
+        except Exception as exc:
+            # Broker trouble: kafka-python reconnects by itself; back off and poll again.
+            self._failed("poll", exc)
+            self._stop.wait(_BACKOFF_FIRST_S)
+            return
+        self._apply_revocations()
+        for records in polled.values():
+            for record in records:
+                self._add(record)
+
+    def _apply_revocations(self) -> None:
+        with self._lock:
+            revoked, self._revoked = self._revoked, set()
+        if revoked and len(self._batch):
+            dropped = self._batch.discard(revoked)
+            _log.info("partitions revoked: uncommitted records dropped", rows=dropped)
+
+    def _add(self, record: ConsumerRecord) -> None:
+        batch = self._batch
+        key = (record.topic, record.partition)
+        if batch.started is None:
+            batch.started = time.monotonic()
+        batch.records += 1
+        batch.next_offsets[key] = record.offset + 1
+        self.stats.consumed += 1
+        try:
+            envelope = decode_envelope(record.value, record.headers)
+            pairs = rows_for(
+                self._streams[record.topic],
+                envelope,
+                Position(record.topic, record.partition, record.offset),
+            )
+        except Exception as exc:  # anything undecodable is a dead letter, never a stop
+            batch.letters.append((key, dead_letter(record, str(exc), CONSUMER_NAME)))
+            return
+        if not pairs:
+            self.stats.not_projected += 1
+        for table, row in pairs:
+            batch.rows[table].append(row)
+
+    def _due(self) -> bool:
+        batch = self._batch
+        if batch.started is None:
+            return False
+        return (
+            len(batch) >= self._max_records or time.monotonic() - batch.started >= self._max_seconds
+        )
+
+    # --- flushing ---
+
+    def _flush(self, consumer: KafkaConsumer) -> None:
+        self._apply_revocations()
+        batch = self._batch
+        if not batch.next_offsets:
+            self._batch = _Batch()
+            return
+        started = time.perf_counter()
+        letters = [letter for _, letter in batch.letters]
+        if letters:
+            self._retry(
+                "dead_letters", lambda: send_dead_letters(self._dlq(), self._kafka, letters)
+            )
+            self.stats.dead_letters += len(letters)
+            DEAD_LETTERS.inc(len(letters))
+            _log.warning("records sent to the dead-letter topic", count=len(letters))
+        self._retry("insert", lambda: self._insert(batch))
+        self._commit(consumer, batch)
+        self._batch = _Batch()
+        self.stats.flushes += 1
+        FLUSH_SECONDS.observe(time.perf_counter() - started)
+
+    def _insert(self, batch: _Batch) -> None:
+        """Insert what the tables do not hold yet; positions advance per successful insert."""
+        with self._lock:
+            stale, self._positions_stale = self._positions_stale, False
+        if stale:
+            try:
+                self._positions = {table: self._store.positions(table) for table in TABLE_ORDER}
+            except Exception:
+                with self._lock:
+                    self._positions_stale = True
+                raise
+        for table in TABLE_ORDER:
+            stored = self._positions.setdefault(table, {})
+            rows = _new_rows(batch.rows.get(table, ()), stored)
+            self.stats.already_stored += len(batch.rows.get(table, ())) - len(rows)
+            if not rows:
+                continue
+            self._store.insert(table, rows, insert_token(table, rows))
+            for row in rows:
+                key = (row["source_topic"], row["source_partition"])
+                if row["source_offset"] > stored.get(key, -1):
+                    stored[key] = row["source_offset"]
+            self.stats.inserted[table] += len(rows)
+            ROWS_INSERTED.labels(table).inc(len(rows))
+
+    def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in batch.next_offsets.items()
+            if (topic, partition) in assigned
+        }
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+            self.stats.commits += 1
+        except Exception as exc:
+            # The rows are stored and their positions recorded: re-reading them inserts nothing.
+            _log.warning("offset commit failed; the records will be read again", error=str(exc))
+
+    def _dlq(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = create_producer(
+                self._kafka, client_id=f"{self._kafka.client_id}-reporting-dlq"
+            )
+        return self._producer
+
+    def _retry(self, op: str, action: Callable[[], _T]) -> _T:
+        """Run `action` until it succeeds, backing off; raise _Stopped if a stop is requested."""
+        delay = _BACKOFF_FIRST_S
+        while True:
+            try:
+                result = action()
+            except Exception as exc:
+                self._failed(op, exc)
+                if self._stop.wait(delay):
+                    raise _Stopped(op) from exc
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            if self._failing:
+                _log.info("recovered", op=op)
+            self._failing = False
+            return result
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        self._failing = True
+        self.stats.retries += 1
+        RETRIES.labels(op).inc()
+        _log.warning(
+            "operation failed, retrying", op=op, error=str(exc), error_type=type(exc).__name__
+        )
+
+    def _stats_fields(self) -> dict[str, Any]:
+        return {
+            "consumed": self.stats.consumed,
+            "inserted": dict(self.stats.inserted),
+            "dead_letters": self.stats.dead_letters,
+        }
+
+
+def _new_rows(rows: Iterable[Row], stored: dict[PartitionKey, int]) -> list[Row]:
+    """Rows above the stored position of their partition, each position once."""
+    fresh: list[Row] = []
+    seen: set[tuple[str, int, int]] = set()
+    for row in rows:
+        topic, partition = row["source_topic"], row["source_partition"]
+        offset = row["source_offset"]
+        if offset <= stored.get((topic, partition), -1) or (topic, partition, offset) in seen:
+            continue
+        seen.add((topic, partition, offset))
+        fresh.append(row)
+    return fresh

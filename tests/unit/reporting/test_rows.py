@@ -1,0 +1,237 @@
+"""Envelope -> reporting rows: the pure mapping the sink applies to every record."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2
+from trellis.reporting.rows import (
+    ACTIVITY,
+    MASTERY_HISTORY,
+    MASTERY_LATEST,
+    Position,
+    RowError,
+    activity_rows,
+    mastery_rows,
+    rows_for,
+)
+
+POSITION = Position("trellis.mastery.v1", 3, 42)
+OCCURRED = datetime(2025, 9, 1, 8, 30, 15, 123000, tzinfo=UTC)
+INGESTED = datetime(2025, 9, 1, 8, 30, 16, tzinfo=UTC)
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _envelope(**payload: object) -> envelope_pb2.Envelope:
+    return envelope_pb2.Envelope(
+        event_id="evt-1",
+        tenant_id="district-a",
+        school_id="school-1",
+        class_id="class-7",
+        learner_id="0f" * 16,
+        occurred_at=_ts(OCCURRED),
+        ingested_at=_ts(INGESTED),
+        source=envelope_pb2.Source(system="practice-app", actor=envelope_pb2.Source.ACTOR_LEARNER),
+        **payload,  # type: ignore[arg-type]
+    )
+
+
+def _mastery(**fields: object) -> envelope_pb2.Envelope:
+    values: dict[str, object] = {
+        "skill_id": "math.fractions.add",
+        "p_before": 0.4,
+        "p_after": 0.55,
+        "level": mastery_pb2.MASTERY_LEVEL_PRACTICING,
+        "cause_event_id": "act-9",
+        "model_version": "bkt-2025-08",
+        "attempts": 5,
+    }
+    values.update(fields)
+    return _envelope(mastery_updated=mastery_pb2.MasteryUpdated(**values))  # type: ignore[arg-type]
+
+
+def test_mastery_updated_becomes_a_history_row_and_a_latest_row() -> None:
+    rows = mastery_rows(_mastery(), POSITION)
+
+    assert [table for table, _ in rows] == [MASTERY_HISTORY, MASTERY_LATEST]
+    history, latest = rows[0][1], rows[1][1]
+    assert history == {
+        "event_id": "evt-1",
+        "tenant_id": "district-a",
+        "school_id": "school-1",
+        "class_id": "class-7",
+        "learner_id": "0f" * 16,
+        "skill_id": "math.fractions.add",
+        "p_before": 0.4,
+        "p_after": 0.55,
+        "level": mastery_pb2.MASTERY_LEVEL_PRACTICING,
+        "cause_event_id": "act-9",
+        "model_version": "bkt-2025-08",
+        "attempts": 5,
+        "occurred_at": OCCURRED,
+        "ingested_at": INGESTED,
+        "source_topic": "trellis.mastery.v1",
+        "source_partition": 3,
+        "source_offset": 42,
+    }
+    assert latest["p_mastered"] == 0.55
+    assert latest["updated_at"] == OCCURRED
+    assert latest["event_id"] == "evt-1"
+    assert (latest["source_partition"], latest["source_offset"]) == (3, 42)
+    # the latest table is keyed by tenant, class, learner, skill
+    assert {"tenant_id", "class_id", "learner_id", "skill_id"} <= latest.keys()
+
+
+def test_timestamps_keep_milliseconds_and_are_utc() -> None:
+    ts = Timestamp(seconds=1_756_715_415, nanos=123_456_789)
+    envelope = _mastery()
+    envelope.occurred_at.CopyFrom(ts)
+
+    occurred = mastery_rows(envelope, POSITION)[0][1]["occurred_at"]
+
+    assert occurred == datetime(2025, 9, 1, 8, 30, 15, 123000, tzinfo=UTC)
+    assert occurred.tzinfo is UTC
+
+
+def test_missing_event_time_falls_back_to_ingest_time() -> None:
+    envelope = _mastery()
+    envelope.ClearField("occurred_at")
+
+    assert mastery_rows(envelope, POSITION)[0][1]["occurred_at"] == INGESTED
+
+
+def test_other_mastery_events_are_not_projected() -> None:
+    mastered = _envelope(skill_mastered=mastery_pb2.SkillMastered(skill_id="s", p_mastered=0.96))
+    struggling = _envelope(struggling_detected=mastery_pb2.StrugglingDetected(skill_id="s"))
+
+    assert mastery_rows(mastered, POSITION) == []
+    assert mastery_rows(struggling, POSITION) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda e: e.ClearField("event_id"), "event_id"),
+        (lambda e: e.ClearField("tenant_id"), "tenant_id"),
+        (lambda e: e.ClearField("learner_id"), "learner_id"),
+        (lambda e: e.mastery_updated.ClearField("skill_id"), "skill_id"),
+        (lambda e: setattr(e.mastery_updated, "p_after", 1.5), "p_after"),
+        (lambda e: setattr(e.mastery_updated, "p_before", math.nan), "p_before"),
+        (lambda e: (e.ClearField("occurred_at"), e.ClearField("ingested_at")), "occurred_at"),
+        (lambda e: e.ClearField("payload"), "payload"),
+        (lambda e: e.occurred_at.CopyFrom(Timestamp(seconds=-5_000_000_000)), "out of range"),
+    ],
+)
+def test_malformed_mastery_envelopes_raise_row_error(mutate: object, message: str) -> None:
+    envelope = _mastery()
+    mutate(envelope)  # type: ignore[operator]
+
+    with pytest.raises(RowError, match=message):
+        mastery_rows(envelope, POSITION)
+
+
+def test_item_attempted_becomes_an_activity_row() -> None:
+    envelope = _envelope(
+        item_attempted=activity_pb2.ItemAttempted(
+            item_id="item-3",
+            skill_ids=["s1", "s2"],
+            correct=False,
+            attempt_number=2,
+            hints_used=1,
+            duration_seconds=31.5,
+            error_tag="sign-error",
+            assignment_id="hw-4",
+        )
+    )
+
+    [(table, row)] = activity_rows(envelope, Position("trellis.activity.v1", 0, 7))
+
+    assert table == ACTIVITY
+    assert row["kind"] == "item_attempted"
+    assert row["activity_id"] == "item-3"
+    assert row["skill_ids"] == ["s1", "s2"]
+    assert row["correct"] is False
+    assert row["score"] == 0.0  # no score: 1.0 if correct else 0.0
+    assert (row["attempt_number"], row["hints_used"], row["duration_seconds"]) == (2, 1, 31.5)
+    assert (row["error_tag"], row["assignment_id"], row["self_chosen"]) == (
+        "sign-error",
+        "hw-4",
+        False,
+    )
+    assert (row["actor"], row["source_system"]) == ("learner", "practice-app")
+    assert (row["school_id"], row["class_id"]) == ("school-1", "class-7")
+    assert (row["source_topic"], row["source_partition"], row["source_offset"]) == (
+        "trellis.activity.v1",
+        0,
+        7,
+    )
+
+
+def test_partial_credit_wins_and_an_unknown_outcome_stays_null() -> None:
+    scored = _envelope(item_attempted=activity_pb2.ItemAttempted(item_id="i", score=0.5))
+    unknown = _envelope(item_attempted=activity_pb2.ItemAttempted(item_id="i"))
+
+    scored_row = activity_rows(scored, POSITION)[0][1]
+    unknown_row = activity_rows(unknown, POSITION)[0][1]
+
+    assert (scored_row["correct"], scored_row["score"]) == (None, 0.5)
+    assert (unknown_row["correct"], unknown_row["score"]) == (None, None)
+
+
+def test_resource_engaged_records_time_and_completion() -> None:
+    envelope = _envelope(
+        resource_engaged=activity_pb2.ResourceEngaged(
+            resource_id="video-1", seconds=90, completion=0.75
+        )
+    )
+
+    row = activity_rows(envelope, POSITION)[0][1]
+
+    assert (row["kind"], row["activity_id"]) == ("resource_engaged", "video-1")
+    assert (row["duration_seconds"], row["completion"]) == (90.0, 0.75)
+
+
+def test_free_text_never_reaches_a_row() -> None:
+    envelope = _envelope(
+        reflection_submitted=activity_pb2.ReflectionSubmitted(
+            reflection_id="r1", text="my name is Jane Doe", skill_id="s1"
+        )
+    )
+
+    row = activity_rows(envelope, POSITION)[0][1]
+
+    assert row["skill_ids"] == ["s1"]
+    assert "Jane" not in repr(row)
+
+
+def test_review_ticks_and_mastery_payloads_are_not_activity() -> None:
+    tick = _envelope(review_tick=activity_pb2.ReviewTick())
+
+    assert activity_rows(tick, POSITION) == []
+    assert activity_rows(_mastery(), POSITION) == []
+
+
+def test_rows_for_dispatches_by_stream() -> None:
+    envelope = _mastery()
+
+    assert [t for t, _ in rows_for("mastery", envelope, POSITION)] == [
+        MASTERY_HISTORY,
+        MASTERY_LATEST,
+    ]
+    assert rows_for("activity", envelope, POSITION) == []
+
+
+def test_out_of_range_values_in_activity_raise_row_error() -> None:
+    envelope = _envelope(item_attempted=activity_pb2.ItemAttempted(item_id="i", score=2.0))
+
+    with pytest.raises(RowError, match="score"):
+        activity_rows(envelope, POSITION)
