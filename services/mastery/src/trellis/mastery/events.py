@@ -1,0 +1,108 @@
+"""Translation between the events.v1 contract and the mastery domain.
+
+Inbound: an `ItemAttempted` envelope becomes a domain `Attempt` and its event time.
+Outbound: each domain output becomes an envelope on `trellis.mastery.v1`, with a deterministic id
+
+    event_id = uuid5(OUTPUT_ID_NAMESPACE, f"{cause_event_id}\\x1f{kind}\\x1f{skill_id}")
+
+where `kind` is the payload field name (`mastery_updated`, `skill_mastered`), so that re-sending
+the outputs of a replayed event produces the very same ids and consumers drop the copies. Tenant,
+school, class, learner, pseudonym key version and both timestamps are copied from the cause (no
+wall clock: a replay reproduces the live run).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
+from trellis.mastery.domain import Attempt, InvalidAttempt, Level, MasteryChange, Output
+
+SOURCE_SYSTEM = "trellis-mastery"
+OUTPUT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:trellis:events:v1:mastery")
+
+LEVELS = {
+    Level.NOT_STARTED: mastery_pb2.MASTERY_LEVEL_NOT_STARTED,
+    Level.PRACTICING: mastery_pb2.MASTERY_LEVEL_PRACTICING,
+    Level.FAMILIAR: mastery_pb2.MASTERY_LEVEL_FAMILIAR,
+    Level.MASTERED: mastery_pb2.MASTERY_LEVEL_MASTERED,
+}
+
+
+class InvalidEvent(ValueError):
+    """An activity event that decodes but cannot be applied: it goes to the dead-letter topic."""
+
+
+def attempt_from_envelope(envelope: envelope_pb2.Envelope) -> tuple[Attempt, datetime]:
+    """The attempt of an `ItemAttempted` envelope and its event time (`occurred_at`, else
+    `ingested_at`). Skill ids come as given; an empty list is the caller's to handle."""
+    attempted = envelope.item_attempted
+    if attempted.HasField("score"):
+        score = attempted.score
+    elif attempted.HasField("correct"):
+        score = 1.0 if attempted.correct else 0.0
+    else:
+        raise InvalidEvent("item_attempted has neither correct nor score")
+    try:
+        attempt = Attempt(envelope.event_id, tuple(attempted.skill_ids), score)
+    except InvalidAttempt as exc:
+        raise InvalidEvent(str(exc)) from exc
+    return attempt, event_time(envelope)
+
+
+def event_time(envelope: envelope_pb2.Envelope) -> datetime:
+    if envelope.HasField("occurred_at"):
+        return envelope.occurred_at.ToDatetime(tzinfo=UTC)
+    if envelope.HasField("ingested_at"):
+        return envelope.ingested_at.ToDatetime(tzinfo=UTC)
+    raise InvalidEvent("event has neither occurred_at nor ingested_at")
+
+
+def output_kind(output: Output) -> str:
+    return "mastery_updated" if isinstance(output, MasteryChange) else "skill_mastered"
+
+
+def output_event_id(cause_event_id: str, kind: str, skill_id: str) -> str:
+    return str(uuid.uuid5(OUTPUT_ID_NAMESPACE, f"{cause_event_id}\x1f{kind}\x1f{skill_id}"))
+
+
+def output_envelope(cause: envelope_pb2.Envelope, output: Output) -> envelope_pb2.Envelope:
+    """The envelope of one output, caused by the activity envelope `cause`."""
+    kind = output_kind(output)
+    envelope = envelope_pb2.Envelope(
+        event_id=output_event_id(output.cause_event_id, kind, output.skill),
+        tenant_id=cause.tenant_id,
+        school_id=cause.school_id,
+        class_id=cause.class_id,
+        learner_id=cause.learner_id,
+        pseudonym_key_version=cause.pseudonym_key_version,
+        source=envelope_pb2.Source(
+            system=SOURCE_SYSTEM, actor=envelope_pb2.Source.Actor.ACTOR_SYSTEM
+        ),
+    )
+    if cause.HasField("occurred_at"):
+        envelope.occurred_at.CopyFrom(cause.occurred_at)
+    if cause.HasField("ingested_at"):
+        envelope.ingested_at.CopyFrom(cause.ingested_at)
+    if isinstance(output, MasteryChange):
+        envelope.mastery_updated.CopyFrom(
+            mastery_pb2.MasteryUpdated(
+                skill_id=output.skill,
+                p_before=output.p_before,
+                p_after=output.p_after,
+                level=LEVELS[output.level],
+                cause_event_id=output.cause_event_id,
+                model_version=output.model_version,
+                attempts=output.attempts,
+            )
+        )
+    else:
+        envelope.skill_mastered.CopyFrom(
+            mastery_pb2.SkillMastered(
+                skill_id=output.skill,
+                p_mastered=output.p_mastered,
+                cause_event_id=output.cause_event_id,
+            )
+        )
+    return envelope

@@ -1,0 +1,105 @@
+"""Mastery use cases: apply an activity event to a learner's state; read a learner's mastery.
+
+Each use case loads state from a `LearnerStore`, calls one pure function of the domain and saves
+the result; the Faust agent and the gRPC servicer only translate. The store is keyed by the
+activity topic's message key, `tenant/learner`, so a learner's state lives in the partition of
+their events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from trellis.common.codec import learner_key
+from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.mastery.domain import (
+    DEFAULT,
+    EMPTY,
+    BktParameters,
+    LearnerState,
+    ParamsForSkill,
+    SkillState,
+    apply_attempt,
+)
+from trellis.mastery.events import InvalidEvent, attempt_from_envelope, output_envelope
+
+
+class LearnerStore(Protocol):
+    def get(self, key: bytes) -> LearnerState | None: ...
+
+    def put(self, key: bytes, state: LearnerState) -> None: ...
+
+    def owns(self, key: bytes) -> bool:
+        """Whether this process holds the state of `key` (its partition is assigned here)."""
+        ...
+
+
+class NotOwned(Exception):
+    """The learner's state lives on another worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What one activity event did: the envelopes to publish, and why nothing changed, if so."""
+
+    outputs: tuple[envelope_pb2.Envelope, ...] = ()
+    duplicate: bool = False
+    skipped: str | None = None
+
+
+def default_parameters(_skill_id: str) -> BktParameters:
+    return DEFAULT
+
+
+class MasteryService:
+    def __init__(self, store: LearnerStore, params_for_skill: ParamsForSkill = default_parameters):
+        self._store = store
+        self._params_for_skill = params_for_skill
+
+    def record_activity(self, key: bytes, envelope: envelope_pb2.Envelope) -> Handled:
+        """Apply one event of the activity topic, read under message key `key`.
+
+        Raises InvalidEvent for an event that cannot be applied (dead-letter it). A duplicate
+        changes nothing and returns the outputs of its first application again.
+        """
+        payload = envelope.WhichOneof("payload")
+        if payload != "item_attempted":
+            # Profile events, overrides and erasure come with later issues.
+            return Handled(skipped=f"payload {payload} is not handled yet")
+        _check_identity(key, envelope)
+        attempt, now = attempt_from_envelope(envelope)
+        if not attempt.skill_ids:
+            # "Take the skills from the catalog": the catalog join is a later issue.
+            return Handled(skipped="item_attempted without skill_ids")
+        state = self._store.get(key) or EMPTY
+        new_state, outputs = apply_attempt(state, attempt, self._params_for_skill, now)
+        duplicate = new_state is state
+        if not duplicate:
+            self._store.put(key, new_state)
+        return Handled(tuple(output_envelope(envelope, o) for o in outputs), duplicate=duplicate)
+
+    def mastery_of(
+        self, tenant_id: str, learner_id: str, skill_ids: Iterable[str] = ()
+    ) -> dict[str, SkillState]:
+        """A learner's skills (pseudonymous `learner_id`): the requested ones, a skill without
+        attempts at its prior; or, with no skill ids, every skill that has state."""
+        key = learner_key(tenant_id, learner_id)
+        if not self._store.owns(key):
+            raise NotOwned(tenant_id)
+        state = self._store.get(key) or EMPTY
+        wanted = list(dict.fromkeys(skill_ids))
+        if not wanted:
+            return dict(state.skills)
+        return {s: state.skill(s, self._params_for_skill(s)) for s in wanted}
+
+
+def _check_identity(key: bytes, envelope: envelope_pb2.Envelope) -> None:
+    if not envelope.event_id:
+        raise InvalidEvent("event has no event_id")
+    if not envelope.tenant_id or not envelope.learner_id:
+        raise InvalidEvent("event has no tenant_id or learner_id")
+    if key != learner_key(envelope.tenant_id, envelope.learner_id):
+        # State is keyed (and partitioned) by the message key: a mismatch would misfile it.
+        raise InvalidEvent("message key is not tenant_id/learner_id of the event")

@@ -1,0 +1,62 @@
+"""Assembles the mastery stream: Faust app, topics, table, service and agent, from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import AgentT
+
+from trellis.common.faust_app import create_app, ensure_internal_topics
+from trellis.common.settings import Settings
+from trellis.mastery.service import MasteryService
+from trellis.mastery.stream.agents import register_agents
+from trellis.mastery.stream.tables import TABLE_NAMES, TableLearnerStore, Tables, define_tables
+from trellis.mastery.stream.topics import Topics, define_topics
+
+
+@dataclass(frozen=True)
+class MasteryStream:
+    app: faust.App
+    topics: Topics
+    tables: Tables
+    service: MasteryService
+    agent: AgentT[Any]
+
+
+def create_stream(
+    settings: Settings,
+    *,
+    store: str = "rocksdb://",
+    datadir: Path | str | None = None,
+    **faust_overrides: Any,
+) -> MasteryStream:
+    """The mastery worker's Faust app, consumer group `settings.mastery.consumer_group`.
+
+    `store="memory://"` for unit tests (with `agent.test_context()`); RocksDB otherwise.
+    """
+    app = create_app(
+        settings.mastery.consumer_group,
+        settings,
+        store=store,
+        datadir=datadir if datadir is not None else settings.mastery.data_dir,
+        **faust_overrides,
+    )
+    topics = define_topics(app, settings)
+    tables = define_tables(app, settings)
+    store_adapter = TableLearnerStore(
+        app,
+        tables.learners,
+        source_topic=settings.kafka.topics.name("activity"),
+        partitions=settings.kafka.topics.partitions,
+    )
+    service = MasteryService(store_adapter)
+    agent = register_agents(app, topics, service)
+    return MasteryStream(app, topics, tables, service, agent)
+
+
+def ensure_stream_topics(settings: Settings) -> list[str]:
+    """Create the worker's own changelog topics if missing (the shared topics are the stack's)."""
+    return ensure_internal_topics(settings.mastery.consumer_group, TABLE_NAMES, settings)

@@ -1,0 +1,300 @@
+"""The mastery worker as a process on the real broker: `python -m trellis.mastery worker`.
+
+One learner's events, in one partition and so in order: an attempt, the same attempt again, bytes
+that are no envelope, a second attempt. Checked: the mastery events, the dead letter, the read
+API, and a clean stop on SIGTERM that commits the consumed offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kafka import TopicPartition
+
+from tests.conftest import TEST_PSEUDONYM_KEY, TEST_TENANT
+from trellis.common.codec import decode_envelope, encode_envelope, learner_key
+from trellis.common.kafka import create_consumer, create_producer
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2
+from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
+from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
+from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.settings import Settings
+from trellis.mastery.events import output_event_id
+
+TOKEN = "mastery-test-token"
+SIS_ID = "sis-4711"
+STARTUP_TIMEOUT_S = 40.0
+STOP_GRACE_S = 15.0
+AFTER_ONE_CORRECT = 0.6926829268  # 142/205, see tests/unit/mastery/test_domain.py
+# then wrong: posterior = (142/205)*0.1 / ((142/205)*0.1 + (63/205)*0.8) = 71/323;
+#   after = 71/323 + (252/323)*0.1 = 481/1615 = 0.297832817...
+AFTER_CORRECT_THEN_WRONG = 0.2978328173
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _worker_env(settings: Settings, data_dir: Path, port: int, metrics_port: int) -> dict[str, str]:
+    kafka = settings.kafka
+    mastery = settings.mastery
+    return {
+        **os.environ,
+        "TRELLIS_LOG_LEVEL": "INFO",
+        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "TRELLIS_KAFKA__TOPICS__PREFIX": kafka.topics.prefix,
+        "TRELLIS_KAFKA__TOPICS__PARTITIONS": str(kafka.topics.partitions),
+        "TRELLIS_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
+        "TRELLIS_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
+        "TRELLIS_KAFKA__REQUEST_TIMEOUT_MS": str(kafka.request_timeout_ms),
+        "TRELLIS_KAFKA__DELIVERY_TIMEOUT_MS": str(kafka.delivery_timeout_ms),
+        "TRELLIS_MASTERY__CONSUMER_GROUP": mastery.consumer_group,
+        "TRELLIS_MASTERY__BROKER_SESSION_TIMEOUT_S": str(mastery.broker_session_timeout_s),
+        "TRELLIS_MASTERY__BROKER_HEARTBEAT_INTERVAL_S": str(mastery.broker_heartbeat_interval_s),
+        "TRELLIS_MASTERY__DATA_DIR": str(data_dir),
+        "TRELLIS_SERVICES__MASTERY__PORT": str(port),
+        "TRELLIS_SERVICES__MASTERY__METRICS_PORT": str(metrics_port),
+        "TRELLIS_SERVICES__MASTERY__GRACE_SECONDS": "2",
+        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TEST_TENANT: {"1": TEST_PSEUDONYM_KEY}}),
+        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TEST_TENANT, "role": "service"}}),
+    }
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
+        self.process = process
+        self.log = log
+        self.port = port
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-20_000:]
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path) -> Iterator[Worker]:
+    port = _free_port()
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trellis.mastery", "worker"],
+            env=_worker_env(settings, tmp_path / "data", port, _free_port()),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    running = Worker(process, log, port)
+    try:
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _wait_until_serving(worker: Worker) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert worker.process.poll() is None, f"worker exited early:\n{worker.output()}"
+            try:
+                status = health.Check(
+                    health_pb2.HealthCheckRequest(service="trellis.mastery.v1.MasteryService"),
+                    timeout=1.0,
+                ).status
+            except grpc.RpcError:
+                status = None
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.2)
+    pytest.fail(f"worker not SERVING within {STARTUP_TIMEOUT_S}s:\n{worker.output()}")
+
+
+def _attempt(event_id: str, learner_id: str, correct: bool) -> envelope_pb2.Envelope:
+    when = Timestamp()
+    when.FromDatetime(datetime(2026, 9, 1, 8, 30, tzinfo=UTC))
+    return envelope_pb2.Envelope(
+        event_id=event_id,
+        tenant_id=TEST_TENANT,
+        school_id="school-1",
+        class_id="class-7a",
+        learner_id=learner_id,
+        pseudonym_key_version=1,
+        occurred_at=when,
+        ingested_at=when,
+        source=envelope_pb2.Source(
+            system="practice-app", actor=envelope_pb2.Source.Actor.ACTOR_LEARNER
+        ),
+        item_attempted=activity_pb2.ItemAttempted(
+            item_id="item-1", skill_ids=["fractions.add"], correct=correct, attempt_number=1
+        ),
+    )
+
+
+class Collector:
+    """Reads the mastery and dead-letter topics from the beginning, accumulating records."""
+
+    def __init__(self, settings: Settings) -> None:
+        topics = settings.kafka.topics
+        self.mastery_topic = topics.name("mastery")
+        self.deadletter_topic = topics.name("deadletter")
+        self.consumer = create_consumer(settings.kafka, None)
+        self.consumer.assign(
+            [
+                TopicPartition(topic, p)
+                for topic in (self.mastery_topic, self.deadletter_topic)
+                for p in range(topics.partitions)
+            ]
+        )
+        self.consumer.seek_to_beginning()
+        self.mastery: list[envelope_pb2.Envelope] = []
+        self.letters: list[envelope_pb2.DeadLetter] = []
+
+    def until(self, done: Callable[[], bool], what: str, worker: Worker, timeout: float = 20.0):
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}:\n{worker.output()}")
+            for records in self.consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if record.topic == self.mastery_topic:
+                        self.mastery.append(decode_envelope(record.value, record.headers))
+                    else:
+                        self.letters.append(envelope_pb2.DeadLetter.FromString(record.value))
+
+    def updates(self, cause: str) -> list[envelope_pb2.Envelope]:
+        return [
+            e
+            for e in self.mastery
+            if e.WhichOneof("payload") == "mastery_updated"
+            and e.mastery_updated.cause_event_id == cause
+        ]
+
+
+def _read_mastery(worker: Worker) -> api_pb2.LearnerMastery:
+    with grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+        reply: api_pb2.LearnerMastery = mastery_pb2_grpc.MasteryServiceStub(
+            channel
+        ).GetLearnerMastery(
+            api_pb2.GetLearnerMasteryRequest(tenant_id=TEST_TENANT, learner_id=SIS_ID),
+            metadata=(("authorization", f"Bearer {TOKEN}"),),
+            timeout=5.0,
+        )
+        return reply
+
+
+def _committed_equals_end(settings: Settings) -> dict[str, Any]:
+    topic = settings.kafka.topics.name("activity")
+    partitions = [TopicPartition(topic, p) for p in range(settings.kafka.topics.partitions)]
+    # Reads the group's committed offsets without joining the group.
+    consumer = create_consumer(settings.kafka, settings.mastery.consumer_group)
+    try:
+        ends = consumer.end_offsets(partitions)
+        return {
+            str(tp.partition): (consumer.committed(tp), ends[tp]) for tp in partitions if ends[tp]
+        }
+    finally:
+        consumer.close()
+
+
+def test_worker_applies_dedupes_dead_letters_and_stops_cleanly(
+    settings: Settings, worker: Worker
+) -> None:
+    started = time.monotonic()
+    _wait_until_serving(worker)
+    ready_after = time.monotonic() - started
+
+    learner = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, SIS_ID)
+    key = learner_key(TEST_TENANT, learner)
+    activity = settings.kafka.topics.name("activity")
+    producer = create_producer(settings.kafka)
+    collector = Collector(settings)
+    try:
+        first = encode_envelope(_attempt("attempt-1", learner, correct=True))
+        producer.send(activity, key=first.key, value=first.value, headers=first.headers)
+        producer.flush()
+
+        collector.until(lambda: len(collector.updates("attempt-1")) >= 1, "MasteryUpdated", worker)
+        [update] = collector.updates("attempt-1")
+        assert update.event_id == output_event_id("attempt-1", "mastery_updated", "fractions.add")
+        assert update.learner_id == learner
+        assert update.class_id == "class-7a"
+        assert update.source.system == "trellis-mastery"
+        change = update.mastery_updated
+        assert change.p_before == pytest.approx(0.3)
+        assert change.p_after == pytest.approx(AFTER_ONE_CORRECT)
+        assert change.attempts == 1
+        assert change.level == mastery_pb2.MASTERY_LEVEL_PRACTICING
+        assert change.model_version == "default-v1"
+
+        read = _read_mastery(worker)
+        assert read.learner_id == SIS_ID
+        [skill] = read.skills
+        assert skill.skill_id == "fractions.add"
+        assert skill.p_mastered == pytest.approx(AFTER_ONE_CORRECT)
+        assert skill.attempts == 1
+
+        # The same event again, bytes that are no envelope, then a new attempt: all in the
+        # learner's partition, so once the new attempt's update is out, the others were handled.
+        producer.send(activity, key=first.key, value=first.value, headers=first.headers)
+        producer.send(activity, key=key, value=b"\xff\xfenot an envelope")
+        second = encode_envelope(_attempt("attempt-2", learner, correct=False))
+        producer.send(activity, key=second.key, value=second.value, headers=second.headers)
+        producer.flush()
+
+        collector.until(
+            lambda: bool(collector.updates("attempt-2")) and bool(collector.letters),
+            "the second attempt's update and the dead letter",
+            worker,
+        )
+        # The duplicate changed nothing: any re-sent output is identical, and the next attempt
+        # continues from one attempt, not two.
+        replays = collector.updates("attempt-1")
+        assert {e.event_id for e in replays} == {update.event_id}
+        assert all(e.mastery_updated == change for e in replays)
+        [after] = collector.updates("attempt-2")
+        assert after.mastery_updated.attempts == 2
+        assert after.mastery_updated.p_before == pytest.approx(AFTER_ONE_CORRECT)
+        assert after.mastery_updated.p_after == pytest.approx(AFTER_CORRECT_THEN_WRONG)
+
+        [letter] = collector.letters
+        assert letter.original_value == b"\xff\xfenot an envelope"
+        assert letter.original_key == key
+        assert letter.source_topic == activity
+        assert letter.consumer == "trellis-mastery"
+        assert "undecodable" in letter.error
+
+        assert _read_mastery(worker).skills[0].attempts == 2
+    finally:
+        producer.close()
+        collector.consumer.close()
+
+    stopping = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    try:
+        code = worker.process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker did not stop within {STOP_GRACE_S}s of SIGTERM:\n{worker.output()}")
+    stop_took = time.monotonic() - stopping
+    assert code == 0, worker.output()
+    assert "LeaveGroup request succeeded" in worker.output()
+    # Faust committed what it processed before leaving: nothing is re-read on restart.
+    offsets = _committed_equals_end(settings)
+    assert offsets and all(committed == end for committed, end in offsets.values()), offsets
+    print(f"ready after {ready_after:.1f}s, stopped in {stop_took:.1f}s")
