@@ -166,7 +166,9 @@ class Collector:
         self.mastery: list[envelope_pb2.Envelope] = []
         self.letters: list[envelope_pb2.DeadLetter] = []
 
-    def until(self, done: Callable[[], bool], what: str, worker: Worker, timeout: float = 20.0):
+    def until(
+        self, done: Callable[[], bool], what: str, worker: Worker, timeout: float = 20.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:

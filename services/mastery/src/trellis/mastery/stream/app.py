@@ -22,6 +22,7 @@ class MasteryStream:
     app: faust.App
     topics: Topics
     tables: Tables
+    store: TableLearnerStore
     service: MasteryService
     agent: AgentT[Any]
 
@@ -54,7 +55,7 @@ def create_stream(
     )
     service = MasteryService(store_adapter)
     agent = register_agents(app, topics, service)
-    return MasteryStream(app, topics, tables, service, agent)
+    return MasteryStream(app, topics, tables, store_adapter, service, agent)
 
 
 def ensure_stream_topics(settings: Settings) -> list[str]:

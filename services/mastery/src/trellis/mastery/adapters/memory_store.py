@@ -1,0 +1,21 @@
+"""`LearnerStore` in a dict: for unit tests and tools; owns every key."""
+
+from __future__ import annotations
+
+from trellis.mastery.domain import LearnerState
+
+
+class InMemoryLearnerStore:
+    def __init__(self) -> None:
+        self.states: dict[bytes, LearnerState] = {}
+        self.writes = 0
+
+    def get(self, key: bytes) -> LearnerState | None:
+        return self.states.get(key)
+
+    def put(self, key: bytes, state: LearnerState) -> None:
+        self.states[key] = state
+        self.writes += 1
+
+    def owns(self, key: bytes) -> bool:
+        return True

@@ -1,0 +1,109 @@
+"""The activity agent on Faust's test context and the memory:// store (no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from tests.conftest import make_test_settings
+from trellis.common.codec import encode_envelope, learner_key
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
+from trellis.mastery.stream.app import MasteryStream, create_stream
+
+KEY = learner_key("district-a", "pseudo-1")
+
+
+def attempt(event_id: str) -> envelope_pb2.Envelope:
+    envelope = envelope_pb2.Envelope(
+        event_id=event_id,
+        tenant_id="district-a",
+        learner_id="pseudo-1",
+        item_attempted=activity_pb2.ItemAttempted(skill_ids=["a"], correct=True),
+    )
+    envelope.occurred_at.FromSeconds(1_790_000_000)
+    return envelope
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.mastery: list[envelope_pb2.Envelope] = []
+        self.letters: list[envelope_pb2.DeadLetter] = []
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sent]]:
+    stream = create_stream(make_test_settings("unit"), store="memory://", datadir=tmp_path)
+    sent = Sent()
+
+    async def to_mastery(*, key: bytes, value: bytes, headers: object) -> None:
+        assert key == KEY
+        sent.mastery.append(envelope_pb2.Envelope.FromString(value))
+
+    async def to_deadletter(*, key: bytes | None, value: bytes, headers: object) -> None:
+        sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
+
+    # Only the neighbours (the output topics) are mocked; table and agent are Faust's own.
+    with (
+        mock.patch.object(stream.topics.mastery, "send", side_effect=to_mastery),
+        mock.patch.object(stream.topics.deadletter, "send", side_effect=to_deadletter),
+    ):
+        async with stream.agent.test_context() as agent:
+            yield agent, stream, sent
+
+
+async def test_an_attempt_is_applied_and_published(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, stream, sent = running
+    encoded = encode_envelope(attempt("evt-1"))
+    await agent.put(encoded.value, key=encoded.key, headers=encoded.headers)
+
+    [update] = sent.mastery
+    assert update.mastery_updated.p_after == pytest.approx(0.6926829268)
+    assert stream.store.get(KEY).skills["a"].attempts == 1  # type: ignore[union-attr]
+
+
+async def test_a_redelivered_attempt_is_counted_once(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, stream, sent = running
+    encoded = encode_envelope(attempt("evt-1"))
+    await agent.put(encoded.value, key=encoded.key)
+    await agent.put(encoded.value, key=encoded.key)
+
+    assert [e.event_id for e in sent.mastery] == [sent.mastery[0].event_id] * 2
+    assert stream.store.get(KEY).skills["a"].attempts == 1  # type: ignore[union-attr]
+
+
+async def test_bad_events_are_dead_lettered_and_the_agent_goes_on(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, _, sent = running
+    wrong_key = encode_envelope(attempt("evt-2"))
+    good = encode_envelope(attempt("evt-3"))
+    await agent.put(b"\xff\xfe", key=KEY)
+    await agent.put(wrong_key.value, key=b"district-a/another-learner")
+    await agent.put(good.value, key=good.key)
+
+    assert [letter.original_value for letter in sent.letters] == [b"\xff\xfe", wrong_key.value]
+    assert "undecodable" in sent.letters[0].error
+    assert "message key" in sent.letters[1].error
+    assert sent.letters[0].consumer == "trellis-mastery"
+    assert [e.mastery_updated.cause_event_id for e in sent.mastery] == ["evt-3"]
+
+
+async def test_an_unexpected_failure_is_dead_lettered_too(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, stream, sent = running
+    encoded = encode_envelope(attempt("evt-4"))
+    with mock.patch.object(stream.service, "record_activity", side_effect=RuntimeError("boom")):
+        await agent.put(encoded.value, key=encoded.key)
+    await agent.put(encoded.value, key=encoded.key)
+
+    assert sent.letters[0].error == "unexpected RuntimeError: boom"
+    assert [e.mastery_updated.cause_event_id for e in sent.mastery] == ["evt-4"]

@@ -1,0 +1,114 @@
+"""Mastery use cases on the in-memory store: apply, dedupe, skip, refuse, read."""
+
+from __future__ import annotations
+
+import pytest
+
+from trellis.common.codec import learner_key
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
+from trellis.mastery.adapters.memory_store import InMemoryLearnerStore
+from trellis.mastery.domain import BktParameters, Level
+from trellis.mastery.events import InvalidEvent
+from trellis.mastery.service import MasteryService, NotOwned
+
+KEY = learner_key("district-a", "pseudo-1")
+
+
+def attempt(
+    event_id: str = "evt-1", skills: tuple[str, ...] = ("a",), correct: bool = True
+) -> envelope_pb2.Envelope:
+    envelope = envelope_pb2.Envelope(
+        event_id=event_id,
+        tenant_id="district-a",
+        learner_id="pseudo-1",
+        item_attempted=activity_pb2.ItemAttempted(skill_ids=skills, correct=correct),
+    )
+    envelope.occurred_at.FromSeconds(1_790_000_000)
+    return envelope
+
+
+@pytest.fixture
+def store() -> InMemoryLearnerStore:
+    return InMemoryLearnerStore()
+
+
+@pytest.fixture
+def service(store: InMemoryLearnerStore) -> MasteryService:
+    return MasteryService(store)
+
+
+def test_an_attempt_updates_state_and_yields_outputs(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    handled = service.record_activity(KEY, attempt())
+    assert not handled.duplicate and handled.skipped is None
+    [output] = handled.outputs
+    assert output.mastery_updated.p_after == pytest.approx(0.6926829268)
+    assert store.states[KEY].skills["a"].attempts == 1
+    assert store.writes == 1
+
+
+def test_a_duplicate_writes_nothing_and_repeats_the_outputs(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    first = service.record_activity(KEY, attempt())
+    again = service.record_activity(KEY, attempt())
+    assert again.duplicate
+    assert again.outputs == first.outputs
+    assert store.writes == 1
+    assert store.states[KEY].skills["a"].attempts == 1
+
+
+def test_other_payloads_are_skipped(service: MasteryService, store: InMemoryLearnerStore) -> None:
+    goal = envelope_pb2.Envelope(event_id="g", tenant_id="district-a", learner_id="pseudo-1")
+    goal.goal_set.skill_id = "a"
+    assert service.record_activity(KEY, goal).skipped == "payload goal_set is not handled yet"
+    assert service.record_activity(KEY, envelope_pb2.Envelope()).skipped is not None
+    assert store.writes == 0
+
+
+def test_an_attempt_without_skills_is_skipped_until_the_catalog_join(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    handled = service.record_activity(KEY, attempt(skills=()))
+    assert handled.skipped == "item_attempted without skill_ids"
+    assert handled.outputs == () and store.writes == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda e: e.ClearField("event_id"), "no event_id"),
+        (lambda e: e.ClearField("learner_id"), "no tenant_id or learner_id"),
+        (lambda e: setattr(e, "learner_id", "someone-else"), "message key"),
+    ],
+)
+def test_events_that_cannot_be_applied_are_refused(
+    service: MasteryService, mutate: object, reason: str
+) -> None:
+    envelope = attempt()
+    mutate(envelope)  # type: ignore[operator]
+    with pytest.raises(InvalidEvent, match=reason):
+        service.record_activity(KEY, envelope)
+
+
+def test_reading_mastery(store: InMemoryLearnerStore) -> None:
+    fitted = BktParameters(prior=0.5, version="fitted-v2")
+    service = MasteryService(store, lambda skill: fitted if skill == "c" else BktParameters())
+    service.record_activity(KEY, attempt(skills=("a", "b")))
+
+    everything = service.mastery_of("district-a", "pseudo-1")
+    assert sorted(everything) == ["a", "b"]
+    asked = service.mastery_of("district-a", "pseudo-1", ["b", "c", "b"])
+    assert list(asked) == ["b", "c"]
+    assert asked["b"].attempts == 1
+    assert (asked["c"].p_mastered, asked["c"].level, asked["c"].model_version) == (
+        0.5, Level.NOT_STARTED, "fitted-v2",
+    )  # fmt: skip
+    assert service.mastery_of("district-a", "nobody") == {}
+
+
+def test_reading_a_learner_held_elsewhere_says_so(store: InMemoryLearnerStore) -> None:
+    store.owns = lambda key: False  # type: ignore[method-assign]
+    with pytest.raises(NotOwned):
+        MasteryService(store).mastery_of("district-a", "pseudo-1")
