@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,19 +70,25 @@ def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
     return specs
 
 
-def ensure_topics(kafka: KafkaSettings) -> list[str]:
-    """Create the topics of DESIGN.md §3 that do not exist yet; returns the names created."""
+def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
+    """Create the topics of DESIGN.md §3 that do not exist yet and wait until the cluster lists
+    them all (a created topic can be missing from metadata for a moment); returns those created."""
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=kafka.client_id)
     try:
+        specs = topic_specs(kafka)
         existing = set(admin.list_topics())
-        missing = [spec for spec in topic_specs(kafka) if spec.name not in existing]
         created = []
-        for spec in missing:
+        for spec in (s for s in specs if s.name not in existing):
             try:
                 admin.create_topics([spec])
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass  # another process created it first
+        deadline = time.monotonic() + timeout_s
+        while missing := {s.name for s in specs} - set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics not visible after {timeout_s:.0f} s: {sorted(missing)}")
+            time.sleep(0.2)
         return created
     finally:
         admin.close()
