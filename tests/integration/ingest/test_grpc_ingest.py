@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import TEST_TENANT
 from trellis.common.codec import decode_envelope
@@ -100,6 +101,13 @@ async def test_mixed_batch_on_the_real_broker(
     assert [v.field for v in reply.results[2].violations] == ["events[2].item_attempted.score"]
     assert [v.field for v in reply.results[4].violations] == ["events[4].event_id"]
     assert again.results[0].status == ingest_pb2.ITEM_STATUS_DUPLICATE
+    rejected_score = {
+        "tenant": TEST_TENANT,
+        "kind": "activity",
+        "status": "rejected",
+        "reason": "events[].item_attempted.score must be within 0..1",
+    }
+    assert REGISTRY.get_sample_value("trellis_ingest_items_total", rejected_score) == 1.0
     stored = topic_values(settings)
     assert sorted(e.event_id for e in stored) == ["e1", "e2"]
     assert all(e.learner_id != "sis-1" and e.tenant_id == TEST_TENANT for e in stored)

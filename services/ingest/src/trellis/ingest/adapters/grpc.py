@@ -19,6 +19,7 @@ from trellis.common.grpc.errors import InvalidArgument, ResourceExhausted, Unava
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.settings import Role
+from trellis.ingest.adapters.metrics import count_outcomes
 from trellis.ingest.service import IngestService, ItemOutcome, Status
 
 _STATUS = {
@@ -63,7 +64,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             # Bounded in-flight work: refuse rather than queue without bound.
             raise ResourceExhausted(retry_after_s=0.5)
 
-    async def _answer(self, outcomes: list[ItemOutcome]) -> list[ingest_pb2.ItemResult]:
+    async def _answer(
+        self, tenant_id: str, kind: str, outcomes: list[ItemOutcome]
+    ) -> list[ingest_pb2.ItemResult]:
+        count_outcomes(tenant_id, kind, outcomes)
         storable = [o for o in outcomes if o.status is not Status.REJECTED]
         if storable and all(o.status is Status.NOT_STORED for o in storable):
             raise Unavailable("Kafka did not confirm any record: nothing was stored, retry")
@@ -78,7 +82,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             outcomes = await self._service.record_events(
                 request.tenant_id, request.events, datetime.now(UTC)
             )
-        return ingest_pb2.RecordEventsResponse(results=await self._answer(outcomes))
+        return ingest_pb2.RecordEventsResponse(
+            results=await self._answer(request.tenant_id, "activity", outcomes)
+        )
 
     async def StreamEvents(
         self,
@@ -98,6 +104,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     tenant_id, [event], datetime.now(UTC), first_index=index
                 )
             index += 1
+            count_outcomes(tenant_id, "activity", [outcome])
             yield _result(outcome)
 
     async def UpsertRoster(
@@ -106,7 +113,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
         async with self._in_flight:
             outcomes = await self._service.upsert_roster(request.tenant_id, request.records)
-        return ingest_pb2.UpsertResponse(results=await self._answer(outcomes))
+        return ingest_pb2.UpsertResponse(
+            results=await self._answer(request.tenant_id, "roster", outcomes)
+        )
 
     async def UpsertCatalog(
         self, request: ingest_pb2.UpsertCatalogRequest, context: Context
@@ -114,7 +123,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
         async with self._in_flight:
             outcomes = await self._service.upsert_catalog(request.tenant_id, request.records)
-        return ingest_pb2.UpsertResponse(results=await self._answer(outcomes))
+        return ingest_pb2.UpsertResponse(
+            results=await self._answer(request.tenant_id, "catalog", outcomes)
+        )
 
 
 def _authorize_schools(events: Sequence[envelope_pb2.Envelope]) -> None:

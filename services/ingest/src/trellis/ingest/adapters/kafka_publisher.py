@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,7 @@ from kafka.errors import KafkaError
 
 from trellis.common.codec import Encoded
 from trellis.common.settings import KafkaSettings
+from trellis.ingest.adapters.metrics import PRODUCE_SECONDS
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +33,7 @@ class KafkaPublisher:
 
     def _send_and_wait(self, topic: str, records: Sequence[Encoded]) -> list[bool]:
         name = self._kafka.topics.name(topic)
+        started = time.perf_counter()
         futures = []
         for record in records:
             try:
@@ -50,6 +53,7 @@ class KafkaPublisher:
             except KafkaError as exc:
                 log.warning("record not stored", topic=name, error=str(exc))
                 stored.append(False)
+        PRODUCE_SECONDS.labels(topic).observe(time.perf_counter() - started)
         return stored
 
     def close(self) -> None:
