@@ -2,7 +2,8 @@
 
 One learner's events, in one partition and so in order: an attempt, the same attempt again, bytes
 that are no envelope, a second attempt. Checked: the mastery events, the dead letter, the read
-API, and a clean stop on SIGTERM that commits the consumed offsets.
+API, a clean stop on SIGTERM that commits the consumed offsets, and a replacement worker that
+rebuilds the state from the changelog alone.
 """
 
 from __future__ import annotations
@@ -88,23 +89,30 @@ class Worker:
 
 
 @pytest.fixture
-def worker(settings: Settings, tmp_path: Path) -> Iterator[Worker]:
-    port = _free_port()
-    log = tmp_path / "worker.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trellis.mastery", "worker"],
-            env=_worker_env(settings, tmp_path / "data", port, _free_port()),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    running = Worker(process, log, port)
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str], Worker]]:
+    """Starts `python -m trellis.mastery worker` with its own data dir; kills what is left."""
+    started: list[Worker] = []
+
+    def start(name: str) -> Worker:
+        port = _free_port()
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trellis.mastery", "worker"],
+                env=_worker_env(settings, tmp_path / name, port, _free_port()),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(Worker(process, log, port))
+        return started[-1]
+
     try:
-        yield running
+        yield start
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        for worker in started:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait(timeout=10)
 
 
 def _wait_until_serving(worker: Worker) -> None:
@@ -215,9 +223,23 @@ def _committed_equals_end(settings: Settings) -> dict[str, Any]:
         consumer.close()
 
 
+def _stop(worker: Worker) -> float:
+    """SIGTERM; asserts a clean exit within the grace period and returns how long it took."""
+    stopping = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    try:
+        code = worker.process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker did not stop within {STOP_GRACE_S}s of SIGTERM:\n{worker.output()}")
+    assert code == 0, worker.output()
+    assert "LeaveGroup request succeeded" in worker.output()
+    return time.monotonic() - stopping
+
+
 def test_worker_applies_dedupes_dead_letters_and_stops_cleanly(
-    settings: Settings, worker: Worker
+    settings: Settings, start_worker: Callable[[str], Worker]
 ) -> None:
+    worker = start_worker("first")
     started = time.monotonic()
     _wait_until_serving(worker)
     ready_after = time.monotonic() - started
@@ -287,16 +309,17 @@ def test_worker_applies_dedupes_dead_letters_and_stops_cleanly(
         producer.close()
         collector.consumer.close()
 
-    stopping = time.monotonic()
-    worker.process.send_signal(signal.SIGTERM)
-    try:
-        code = worker.process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"worker did not stop within {STOP_GRACE_S}s of SIGTERM:\n{worker.output()}")
-    stop_took = time.monotonic() - stopping
-    assert code == 0, worker.output()
-    assert "LeaveGroup request succeeded" in worker.output()
+    stop_took = _stop(worker)
     # Faust committed what it processed before leaving: nothing is re-read on restart.
     offsets = _committed_equals_end(settings)
     assert offsets and all(committed == end for committed, end in offsets.values()), offsets
+
+    # A replacement worker on an empty disk rebuilds the table from its changelog before it
+    # reports SERVING, and answers as the first one did.
+    replacement = start_worker("replacement")
+    _wait_until_serving(replacement)
+    [skill] = _read_mastery(replacement).skills
+    assert skill.attempts == 2
+    assert skill.p_mastered == pytest.approx(AFTER_CORRECT_THEN_WRONG)
+    _stop(replacement)
     print(f"ready after {ready_after:.1f}s, stopped in {stop_took:.1f}s")

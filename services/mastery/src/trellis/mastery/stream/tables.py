@@ -60,6 +60,9 @@ class TableLearnerStore:
         self._table[key] = encode_state(state)
 
     def owns(self, key: bytes) -> bool:
+        """False also while a rebalance or table recovery is under way: the state may be stale."""
+        if self._app.rebalancing or self._app.in_recovery:
+            return False
         # The producers (kafka-python) partition by murmur2 of the key, as the Java client does.
         partition = (murmur2(key) & 0x7FFFFFFF) % self._partitions
         actives: set[TP] = self._app.assignor.assigned_actives()
