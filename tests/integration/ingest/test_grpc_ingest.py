@@ -12,15 +12,17 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import TEST_TENANT
 from trellis.common.codec import decode_envelope
-from trellis.common.grpc.errors import bad_request_fields
+from trellis.common.grpc.errors import bad_request_fields, bad_request_violations
 from trellis.common.grpc.server import ServiceBinding, create_server
 from trellis.common.kafka import create_consumer, create_producer
-from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal, Settings
+from trellis.ingest.adapters.catalog_follower import CatalogFollower
 from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
+from trellis.ingest.catalog import CatalogView
 from trellis.ingest.dedup import DedupWindow
 from trellis.ingest.service import IngestService
 
@@ -33,8 +35,11 @@ OCCURRED = datetime.now(UTC) - timedelta(minutes=1)
 @pytest.fixture
 async def ingest(settings: Settings) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
     publisher = KafkaPublisher(create_producer(settings.kafka), settings.kafka, max_in_flight=4)
+    catalog = CatalogView()
+    follower = CatalogFollower(settings.kafka, catalog)
+    follower.start()
     service = IngestService(
-        publisher, Pseudonymizer(settings.pseudonym.all_keys()), DedupWindow(1_000)
+        publisher, Pseudonymizer(settings.pseudonym.all_keys()), DedupWindow(1_000), catalog
     )
     server = create_server(
         settings.services.ingest.model_copy(update={"port": 0}),
@@ -55,6 +60,7 @@ async def ingest(settings: Settings) -> AsyncIterator[ingest_pb2_grpc.IngestServ
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield ingest_pb2_grpc.IngestServiceStub(channel)
     await server.stop()
+    follower.stop()
     publisher.close()
 
 
@@ -151,3 +157,40 @@ async def test_stream_answers_each_event_in_order(
         (2, ingest_pb2.ITEM_STATUS_DUPLICATE),
     ]
     assert results[1].violations[0].field == "events[1].item_attempted.score"
+
+
+async def test_catalog_cycle_refuses_the_batch_and_the_replica_follows(
+    ingest: ingest_pb2_grpc.IngestServiceStub, settings: Settings
+) -> None:
+    def skill(skill_id: str, *prerequisites: str) -> catalog_pb2.CatalogRecord:
+        return catalog_pb2.CatalogRecord(
+            skill=catalog_pb2.Skill(skill_id=skill_id, prerequisite_ids=prerequisites)
+        )
+
+    chain = await ingest.UpsertCatalog(
+        ingest_pb2.UpsertCatalogRequest(
+            tenant_id=TEST_TENANT, records=[skill("b", "a"), skill("c", "b")]
+        ),
+        metadata=AUTH,
+    )
+    assert [r.status for r in chain.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED] * 2
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest.UpsertCatalog(
+            ingest_pb2.UpsertCatalogRequest(tenant_id=TEST_TENANT, records=[skill("a", "c")]),
+            metadata=AUTH,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_violations(refused.value) == [
+        ("records", "prerequisite cycle: a -> c -> b -> a")
+    ]
+
+    # A fresh replica built from the compacted topic knows the stored skills too.
+    replica = CatalogView()
+    follower = CatalogFollower(settings.kafka, replica)
+    follower.start()
+    try:
+        assert follower.caught_up.wait(timeout=30)
+        assert replica.prerequisites(TEST_TENANT) == {"b": ("a",), "c": ("b",)}
+    finally:
+        follower.stop()

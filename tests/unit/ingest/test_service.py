@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from trellis.common.codec import Encoded, decode_envelope
 from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.pseudonym import Pseudonymizer
+from trellis.ingest.catalog import CatalogView
 from trellis.ingest.dedup import DedupWindow
 from trellis.ingest.service import IngestService, Status
 
@@ -46,7 +47,7 @@ def pseudonymizer() -> Pseudonymizer:
 
 async def test_mixed_batch_answers_each_item(pseudonymizer: Pseudonymizer) -> None:
     publisher = MemoryPublisher()
-    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
     bad_score = attempt("e3")
     bad_score.item_attempted.score = 1.5
     future = attempt("e4")
@@ -70,7 +71,7 @@ async def test_mixed_batch_answers_each_item(pseudonymizer: Pseudonymizer) -> No
 
 async def test_stored_events_are_pseudonymous(pseudonymizer: Pseudonymizer) -> None:
     publisher = MemoryPublisher()
-    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
 
     await service.record_events(TENANT, [attempt("e1", learner="sis-42")], NOW)
 
@@ -84,7 +85,7 @@ async def test_stored_events_are_pseudonymous(pseudonymizer: Pseudonymizer) -> N
 
 async def test_duplicate_across_batches_and_not_stored(pseudonymizer: Pseudonymizer) -> None:
     publisher = MemoryPublisher()
-    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
     await service.record_events(TENANT, [attempt("e1")], NOW)
 
     again = await service.record_events(TENANT, [attempt("e1")], NOW + timedelta(seconds=5))
@@ -102,7 +103,7 @@ async def test_roster_learners_and_enrollments_share_the_pseudonym(
     pseudonymizer: Pseudonymizer,
 ) -> None:
     publisher = MemoryPublisher()
-    service = IngestService(publisher, pseudonymizer, DedupWindow(100))
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
     learner = roster_pb2.RosterRecord(learner=roster_pb2.Learner(sourced_id="sis-7", grade="5"))
     enrollment = roster_pb2.RosterRecord(
         enrollment=roster_pb2.Enrollment(

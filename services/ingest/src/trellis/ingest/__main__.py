@@ -13,8 +13,10 @@ from trellis.common.metrics import start_metrics_server
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
+from trellis.ingest.adapters.catalog_follower import CatalogFollower
 from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
+from trellis.ingest.catalog import CatalogView
 from trellis.ingest.dedup import DedupWindow
 from trellis.ingest.loader import load_directory
 from trellis.ingest.service import IngestService
@@ -28,10 +30,14 @@ async def serve(settings: Settings) -> None:
     publisher = KafkaPublisher(
         create_producer(settings.kafka), settings.kafka, settings.ingest.max_in_flight_batches
     )
+    catalog = CatalogView()
+    follower = CatalogFollower(settings.kafka, catalog)
+    follower.start()
     service = IngestService(
         publisher,
         Pseudonymizer(settings.pseudonym.all_keys()),
         DedupWindow(settings.ingest.dedup_capacity),
+        catalog,
     )
     servicer = IngestServicer(
         service, settings.ingest.max_batch_size, settings.ingest.max_in_flight_batches
@@ -48,11 +54,14 @@ async def serve(settings: Settings) -> None:
         ],
     )
     await server.start()
-    # The producer connected to the brokers when it was built: ingest can store from now on.
+    # The producer connected when it was built; the catalog replica is the last thing to wait for.
+    while not follower.caught_up.is_set():
+        await asyncio.sleep(0.1)
     await server.set_serving(True)
     log.info("ingest serving", port=server.port)
 
     async def close() -> None:
+        await asyncio.to_thread(follower.stop)
         await asyncio.to_thread(publisher.close)
 
     await run_until_signal(server, on_stop=close)

@@ -11,6 +11,7 @@ from typing import TypeVar
 from trellis.common.codec import Encoded, encode_catalog, encode_envelope, encode_roster
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pseudonym import Pseudonymizer
+from trellis.ingest.catalog import CatalogView, cycle_with
 from trellis.ingest.dedup import DedupWindow, Seen, fingerprint
 from trellis.ingest.validation import Violation, validate_catalog, validate_event, validate_roster
 
@@ -18,6 +19,14 @@ from trellis.ingest.validation import Violation, validate_catalog, validate_even
 # Kafka confirmed it.
 Publish = Callable[[str, Sequence[Encoded]], Awaitable[list[bool]]]
 Record = TypeVar("Record", roster_pb2.RosterRecord, catalog_pb2.CatalogRecord)
+
+
+class PrerequisiteCycle(ValueError):
+    """A catalog batch would make the prerequisite graph cyclic: the whole batch is refused."""
+
+    def __init__(self, cycle: list[str]) -> None:
+        self.cycle = cycle
+        super().__init__("prerequisite cycle: " + " -> ".join(cycle))
 
 
 class Status(Enum):
@@ -36,10 +45,17 @@ class ItemOutcome:
 
 
 class IngestService:
-    def __init__(self, publish: Publish, pseudonymizer: Pseudonymizer, dedup: DedupWindow) -> None:
+    def __init__(
+        self,
+        publish: Publish,
+        pseudonymizer: Pseudonymizer,
+        dedup: DedupWindow,
+        catalog: CatalogView,
+    ) -> None:
         self._publish = publish
         self._pseudonymizer = pseudonymizer
         self._dedup = dedup
+        self._catalog = catalog
 
     async def record_events(
         self,
@@ -108,12 +124,19 @@ class IngestService:
     async def upsert_catalog(
         self, tenant_id: str, records: Sequence[catalog_pb2.CatalogRecord]
     ) -> list[ItemOutcome]:
-        def stored(record: catalog_pb2.CatalogRecord) -> Encoded:
-            record = _copy(record)
-            record.tenant_id = tenant_id
-            return encode_catalog(record)
-
-        return await self._upsert("catalog", records, validate_catalog, stored)
+        """Raises PrerequisiteCycle, storing nothing, when the skills would close a cycle."""
+        skills = [r.skill for r in records if r.WhichOneof("entity") == "skill"]
+        if cycle := cycle_with(self._catalog.prerequisites(tenant_id), skills):
+            raise PrerequisiteCycle(cycle)
+        copies = [_copy(record) for record in records]
+        for copy in copies:
+            copy.tenant_id = tenant_id
+        outcomes = await self._upsert("catalog", copies, validate_catalog, encode_catalog)
+        # Seen at once by the next batch; the follower applies the same records again later.
+        for outcome, copy in zip(outcomes, copies, strict=True):
+            if outcome.status is Status.ACCEPTED:
+                self._catalog.apply(copy)
+        return outcomes
 
     async def _upsert(
         self,

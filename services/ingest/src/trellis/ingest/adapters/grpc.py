@@ -20,7 +20,7 @@ from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.settings import Role
 from trellis.ingest.adapters.metrics import count_outcomes
-from trellis.ingest.service import IngestService, ItemOutcome, Status
+from trellis.ingest.service import IngestService, ItemOutcome, PrerequisiteCycle, Status
 
 _STATUS = {
     Status.ACCEPTED: ingest_pb2.ITEM_STATUS_ACCEPTED,
@@ -122,7 +122,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
         async with self._in_flight:
-            outcomes = await self._service.upsert_catalog(request.tenant_id, request.records)
+            try:
+                outcomes = await self._service.upsert_catalog(request.tenant_id, request.records)
+            except PrerequisiteCycle as cycle:
+                raise InvalidArgument([("records", str(cycle))]) from cycle
         return ingest_pb2.UpsertResponse(
             results=await self._answer(request.tenant_id, "catalog", outcomes)
         )
