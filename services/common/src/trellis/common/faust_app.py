@@ -8,7 +8,7 @@ What is fixed here, and why:
   it is installed (the `rocksdict` extra; python-rocksdb is not). `memory://` is for unit tests.
 - Topics are created by our admin step, not by Faust (`topic_allow_declare=False`): the shared
   topics by `trellis.common.kafka.ensure_topics`, and a worker's own changelog topics by the
-  worker before it starts (`internal_topic_specs`). No leader-election topic: nothing uses it.
+  worker before it starts (`ensure_internal_topics`). No leader-election topic: nothing uses it.
 - No Faust web server: the service's API is gRPC, its metrics are Prometheus on their own port.
 - Broker session and heartbeat from `MasterySettings` (the test profile shortens them); the
   request timeout is never below the session timeout, which Faust requires.
