@@ -43,7 +43,7 @@ def worker(settings: Settings) -> None:
         metrics_port=metrics_port,
         data_dir=str(settings.mastery.data_dir),
     )
-    MasteryWorker(stream.app, grpc_server, loglevel=settings.log_level).execute_from_commandline()
+    MasteryWorker(stream.app, grpc_server).execute_from_commandline()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
