@@ -45,7 +45,7 @@ services_up() {
     fi
     targets+=("127.0.0.1:$(port_of "$service")")
   done
-  if ! $PY tools/grpc_health.py "${targets[@]}" --timeout "${STACK_HEALTH_TIMEOUT:-120}"; then
+  if ! $PY tools/wait_serving.py "${targets[@]}" --timeout "${STACK_HEALTH_TIMEOUT:-120}"; then
     for service in "${SERVICES[@]}"; do
       echo "--- $RUN_DIR/$service.log (last lines)"; tail -n 20 "$RUN_DIR/$service.log" || true
     done

@@ -1,6 +1,6 @@
 """Waits until gRPC services answer SERVING on the standard health service.
 
-`python tools/grpc_health.py 127.0.0.1:50051 127.0.0.1:50052 --timeout 90`
+`python tools/wait_serving.py 127.0.0.1:50051 127.0.0.1:50052 --timeout 90`
 """
 
 from __future__ import annotations
