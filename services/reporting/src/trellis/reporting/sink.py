@@ -224,6 +224,8 @@ class ReportingSink:
         """The consume-batch-insert-commit loop, until `stop()`."""
         consumer = self._consumer_factory()
         try:
+            if not self._await_topics(consumer):
+                return
             consumer.subscribe(topics=self.topics, listener=_Listener(self))
             self.running.set()
             _log.info("sink started", topics=self.topics, group=self._group)
@@ -238,6 +240,25 @@ class ReportingSink:
             self.running.clear()
             self._close(consumer)
             _log.info("sink stopped", **self._stats_fields())
+
+    def _await_topics(self, consumer: KafkaConsumer) -> bool:
+        """Wait until the broker knows every topic (the stack creates them; no auto-create).
+
+        Subscribing earlier would let the group assign nothing and, with metadata refreshed only
+        every few minutes, idle that long. False if a stop came first.
+        """
+        while True:
+            try:
+                missing = [t for t in self.topics if not consumer.partitions_for_topic(t)]
+            except Exception as exc:
+                self._failed("metadata", exc)
+                missing = self.topics
+            if not missing:
+                self._failing = False
+                return True
+            _log.warning("waiting for topics", topics=missing)
+            if self._stop.wait(1.0):
+                return False
 
     def _create_consumer(self) -> KafkaConsumer:
         return create_consumer(
