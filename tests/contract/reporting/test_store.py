@@ -205,7 +205,8 @@ class ReportingStoreContract:
             ("s1", 0.97, MASTERED, 3),
             ("s2", 0.3, PRACTICING, 2),
         ]
-        assert progress[0].updated_at.replace(tzinfo=UTC) == T0 + timedelta(minutes=2)
+        assert progress[0].updated_at == T0 + timedelta(minutes=2)
+        assert progress[0].updated_at.tzinfo is not None
         assert [(c.learner_id, c.skill_id, c.p_mastered) for c in heatmap] == [
             ("l1", "s1", 0.97),
             ("l1", "s2", 0.3),
@@ -242,6 +243,29 @@ class ReportingStoreContract:
         assert progress.p_mastered == 0.8
         # The class heatmap shows the evidence gathered in that class.
         assert in_class.p_mastered == 0.4
+
+    def test_scope_limits_rows_to_a_callers_classes_and_schools(
+        self, store: ReportingStore
+    ) -> None:
+        insert_all(
+            store,
+            by_table(
+                mastery(1, "l1", "s1", 0.4, class_id="math-a"),
+                mastery(6, "l1", "s2", 0.8, class_id="art-b"),
+            ),
+            "t",
+        )
+
+        def skills(**scope: list[str]) -> list[str]:
+            return [p.skill_id for p in store.learner_progress("district-a", "l1", **scope)]
+
+        assert skills() == ["s1", "s2"]
+        assert skills(classes=["math-a"]) == ["s1"]
+        assert skills(classes=[]) == []
+        assert skills(schools=["school-1"]) == ["s1", "s2"]
+        assert skills(schools=["school-2"]) == []
+        assert len(store.class_heatmap("district-a", "math-a", 10, schools=["school-1"])) == 1
+        assert store.class_heatmap("district-a", "math-a", 10, schools=["school-2"]) == []
 
     def test_heatmap_pages_by_learner_and_skill(self, store: ReportingStore) -> None:
         events = [

@@ -311,11 +311,13 @@ class FlakyStore(ReportingStore):
     def positions(self, table: str) -> dict[PartitionKey, int]:
         return self._store.positions(table)
 
-    def learner_progress(self, tenant_id: str, learner_id: str) -> Any:
-        return self._store.learner_progress(tenant_id, learner_id)
+    def learner_progress(self, tenant_id: str, learner_id: str, **scope: Any) -> Any:
+        return self._store.learner_progress(tenant_id, learner_id, **scope)
 
-    def class_heatmap(self, tenant_id: str, class_id: str, limit: int, after: Any = None) -> Any:
-        return self._store.class_heatmap(tenant_id, class_id, limit, after)
+    def class_heatmap(
+        self, tenant_id: str, class_id: str, limit: int, after: Any = None, **scope: Any
+    ) -> Any:
+        return self._store.class_heatmap(tenant_id, class_id, limit, after, **scope)
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         return self._store.row_counts(tenant_id)

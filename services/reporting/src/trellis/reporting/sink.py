@@ -230,9 +230,18 @@ class ReportingSink:
             self.running.set()
             _log.info("sink started", topics=self.topics, group=self._group)
             while not self._stop.is_set():
-                self._poll_once(consumer)
-                if self._due():
-                    self._flush(consumer)
+                try:
+                    self._poll_once(consumer)
+                    if self._due():
+                        self._flush(consumer)
+                except _Stopped:
+                    raise
+                except Exception as exc:
+                    # A bug, not an outage (those are retried where they happen): keep going;
+                    # stored positions make a re-flush of the same records harmless.
+                    _log.exception("sink loop error")
+                    self._failed("loop", exc)
+                    self._stop.wait(_BACKOFF_MAX_S)
             self._flush(consumer)
         except _Stopped:
             _log.warning("sink stopped with an uncommitted batch", records=len(self._batch))

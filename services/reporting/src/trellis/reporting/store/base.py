@@ -76,14 +76,32 @@ class ReportingStore(ABC):
         """Insert rows in one block; a repeat of the same `token` is dropped by the store."""
 
     @abstractmethod
-    def learner_progress(self, tenant_id: str, learner_id: str) -> list[SkillProgress]:
-        """Latest mastery per skill of one (pseudonymous) learner, across classes, by skill id."""
+    def learner_progress(
+        self,
+        tenant_id: str,
+        learner_id: str,
+        *,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+    ) -> list[SkillProgress]:
+        """Latest mastery per skill of one (pseudonymous) learner, by skill id.
+
+        Across all the learner's classes, or only the evidence from `classes` / `schools` when
+        given (a caller's scope: a teacher sees what was learned in their classes).
+        """
 
     @abstractmethod
     def class_heatmap(
-        self, tenant_id: str, class_id: str, limit: int, after: tuple[str, str] | None = None
+        self,
+        tenant_id: str,
+        class_id: str,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        *,
+        schools: Sequence[str] | None = None,
     ) -> list[HeatmapCell]:
-        """Latest mastery per learner x skill of a class, by (learner, skill), after a cursor."""
+        """Latest mastery per learner x skill of a class, by (learner, skill), after a cursor;
+        only rows from `schools` when given."""
 
     @abstractmethod
     def row_counts(self, tenant_id: str) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import clickhouse_connect
@@ -155,18 +156,26 @@ class ClickHouseStore(ReportingStore):
         except ClickHouseError as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
 
-    def learner_progress(self, tenant_id: str, learner_id: str) -> list[SkillProgress]:
+    def learner_progress(
+        self,
+        tenant_id: str,
+        learner_id: str,
+        *,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+    ) -> list[SkillProgress]:
         # argMax by offset over all of the learner's rows: deduplicates unmerged parts and picks
         # the newest value among the classes where the learner practiced the skill.
+        scope, parameters = _scope(classes=classes, schools=schools)
         rows = self._query(
-            """
+            f"""
             SELECT skill_id, argMax((p_mastered, level, attempts, updated_at), source_offset)
-            FROM {db}.mastery_latest
-            WHERE tenant_id = {tenant:String} AND learner_id = {learner:String}
+            FROM {{db}}.mastery_latest
+            WHERE tenant_id = {{tenant:String}} AND learner_id = {{learner:String}} {scope}
             GROUP BY skill_id
             ORDER BY skill_id
             """,
-            {"tenant": tenant_id, "learner": learner_id},
+            {"tenant": tenant_id, "learner": learner_id, **parameters},
         )
         return [
             SkillProgress(
@@ -174,26 +183,35 @@ class ClickHouseStore(ReportingStore):
                 p_mastered=float(p),
                 level=int(level),
                 attempts=int(attempts),
-                updated_at=updated_at,
+                updated_at=_utc(updated_at),
             )
             for skill, (p, level, attempts, updated_at) in rows
         ]
 
     def class_heatmap(
-        self, tenant_id: str, class_id: str, limit: int, after: tuple[str, str] | None = None
+        self,
+        tenant_id: str,
+        class_id: str,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        *,
+        schools: Sequence[str] | None = None,
     ) -> list[HeatmapCell]:
         after_learner, after_skill = after or ("", "")
+        scope, parameters = _scope(schools=schools)
         rows = self._query(
-            """
+            f"""
             SELECT learner_id, skill_id, p_mastered, level
-            FROM {db}.mastery_latest FINAL
-            WHERE tenant_id = {tenant:String} AND class_id = {class:String}
-              AND (learner_id > {after_learner:String}
-                   OR (learner_id = {after_learner:String} AND skill_id > {after_skill:String}))
+            FROM {{db}}.mastery_latest FINAL
+            WHERE tenant_id = {{tenant:String}} AND class_id = {{class:String}}
+              AND (learner_id > {{after_learner:String}}
+                   OR (learner_id = {{after_learner:String}} AND skill_id > {{after_skill:String}}))
+              {scope}
             ORDER BY learner_id, skill_id
-            LIMIT {limit:UInt32}
+            LIMIT {{limit:UInt32}}
             """,
             {
+                **parameters,
                 "tenant": tenant_id,
                 "class": class_id,
                 "after_learner": after_learner,
@@ -223,6 +241,25 @@ class ClickHouseStore(ReportingStore):
         )
         counts = {str(table): int(count) for table, count in rows}
         return {table: counts.get(table, 0) for table in TABLES}
+
+
+def _scope(
+    *, classes: Sequence[str] | None = None, schools: Sequence[str] | None = None
+) -> tuple[str, dict[str, list[str]]]:
+    """Extra WHERE terms and their parameters limiting rows to a caller's classes or schools."""
+    terms, parameters = [], {}
+    if classes is not None:
+        terms.append("AND has({classes:Array(String)}, toString(class_id))")
+        parameters["classes"] = list(classes)
+    if schools is not None:
+        terms.append("AND has({schools:Array(String)}, toString(school_id))")
+        parameters["schools"] = list(schools)
+    return " ".join(terms), parameters
+
+
+def _utc(value: datetime) -> datetime:
+    """DateTime64(3, 'UTC') values; chDB may hand them back without their zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _check_table(table: str) -> None:
