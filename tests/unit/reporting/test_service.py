@@ -1,0 +1,162 @@
+"""Reporting use cases over an in-memory fake store: pseudonymization, scopes, page tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from trellis.common.pseudonym import Pseudonymizer, UnknownTenantKey
+from trellis.common.settings import Principal
+from trellis.reporting.adapters.grpc import scope_of
+from trellis.reporting.service import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    BadPageToken,
+    ReportingService,
+    Scope,
+    decode_page_token,
+    encode_page_token,
+)
+from trellis.reporting.store.base import (
+    HeatmapCell,
+    PartitionKey,
+    ReportingStore,
+    SkillProgress,
+    StoreStatus,
+)
+
+KEYS = {"d1": {1: SecretStr("k1")}}
+
+
+class FakeStore(ReportingStore):
+    def __init__(self, cells: int = 0) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.cells = [HeatmapCell(f"l{i:04d}", "s", 0.5, 2) for i in range(cells)]
+
+    def status(self) -> StoreStatus:
+        return StoreStatus.OK
+
+    def migrate(self) -> list[int]:
+        return []
+
+    def positions(self, table: str) -> dict[PartitionKey, int]:
+        return {}
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:
+        pass
+
+    def learner_progress(
+        self, tenant_id: str, learner_id: str, **scope: Any
+    ) -> list[SkillProgress]:
+        self.calls.append(("learner_progress", (tenant_id, learner_id), scope))
+        return [SkillProgress("s", 0.9, 4, 3, datetime(2025, 1, 1, tzinfo=UTC))]
+
+    def class_heatmap(
+        self,
+        tenant_id: str,
+        class_id: str,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        **scope: Any,
+    ) -> list[HeatmapCell]:
+        self.calls.append(("class_heatmap", (tenant_id, class_id, limit, after), scope))
+        start = (
+            0
+            if after is None
+            else next(i + 1 for i, c in enumerate(self.cells) if c.learner_id == after[0])
+        )
+        return self.cells[start : start + limit]
+
+    def row_counts(self, tenant_id: str) -> dict[str, int]:
+        return {"activity": 1}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1)
+
+
+async def test_learner_progress_pseudonymizes_before_the_store_sees_the_id(
+    executor: ThreadPoolExecutor,
+) -> None:
+    store = FakeStore()
+    service = ReportingService(store, Pseudonymizer(KEYS), executor)
+
+    result = await service.learner_progress("d1", "sis-42", Scope(classes=["c1"]))
+
+    expected = Pseudonymizer(KEYS).pseudonymize("d1", "sis-42")
+    assert result.learner_id == expected
+    assert store.calls == [
+        ("learner_progress", ("d1", expected), {"classes": ["c1"], "schools": None})
+    ]
+    assert "sis-42" not in repr(store.calls)
+
+
+async def test_unknown_tenants_have_no_pseudonyms(executor: ThreadPoolExecutor) -> None:
+    service = ReportingService(FakeStore(), Pseudonymizer(KEYS), executor)
+
+    with pytest.raises(UnknownTenantKey):
+        await service.learner_progress("d2", "sis-1", Scope())
+
+
+async def test_heatmap_pages_carry_a_token_until_the_last(executor: ThreadPoolExecutor) -> None:
+    service = ReportingService(FakeStore(cells=5), Pseudonymizer(KEYS), executor)
+
+    first = await service.class_heatmap("d1", "c1", 2, "", Scope())
+    second = await service.class_heatmap("d1", "c1", 2, first.next_page_token, Scope())
+    third = await service.class_heatmap("d1", "c1", 2, second.next_page_token, Scope())
+
+    assert [c.learner_id for c in first.cells + second.cells + third.cells] == [
+        f"l{i:04d}" for i in range(5)
+    ]
+    assert first.next_page_token and second.next_page_token
+    assert third.next_page_token == ""
+
+
+@pytest.mark.parametrize(
+    ("asked", "limit"),
+    [(0, DEFAULT_PAGE_SIZE), (7, 7), (MAX_PAGE_SIZE * 10, MAX_PAGE_SIZE)],
+)
+async def test_page_size_defaults_and_is_capped(
+    executor: ThreadPoolExecutor, asked: int, limit: int
+) -> None:
+    store = FakeStore()
+    service = ReportingService(store, Pseudonymizer(KEYS), executor)
+
+    await service.class_heatmap("d1", "c1", asked, "", Scope(schools=["s1"]))
+
+    assert store.calls == [("class_heatmap", ("d1", "c1", limit + 1, None), {"schools": ["s1"]})]
+
+
+def test_page_tokens_round_trip_and_are_bound_to_their_class() -> None:
+    token = encode_page_token("c1", ("learner/with=odd chars", "skill.é"))
+
+    assert decode_page_token("c1", token) == ("learner/with=odd chars", "skill.é")
+    assert decode_page_token("c1", "") is None
+    with pytest.raises(BadPageToken, match="another class"):
+        decode_page_token("c2", token)
+
+
+@pytest.mark.parametrize("token", ["garbage!", "e30", "W10", "eyJjIjoxLCJsIjoyLCJzIjozfQ"])
+def test_foreign_page_tokens_are_refused(token: str) -> None:
+    with pytest.raises(BadPageToken):
+        decode_page_token("c1", token)
+
+
+def test_scopes_follow_the_role() -> None:
+    teacher = Principal(tenant_id="d1", role="teacher", classes=["c1"])
+    school_admin = Principal(tenant_id="d1", role="district_admin", schools=["s1"])
+
+    assert scope_of(teacher) == Scope(classes=["c1"], schools=None)
+    assert scope_of(school_admin) == Scope(schools=["s1"])
+    assert scope_of(Principal(tenant_id="d1", role="district_admin")) == Scope()
+    assert scope_of(Principal(tenant_id="d1", role="platform_admin")) == Scope()
+    assert scope_of(Principal(tenant_id="d1", role="learner", learner_id="x")) == Scope()
