@@ -144,12 +144,14 @@ class ClickHouseStore(ReportingStore):
         if not rows:
             return
         columns = list(rows[0])
-        data = [[row[column] for column in columns] for row in rows]
+        # Column-oriented: about twice as fast as rows through clickhouse-connect's Native writer.
+        data = [[row[column] for row in rows] for column in columns]
         try:
             self.client.insert(
                 table,
                 data,
                 column_names=columns,
+                column_oriented=True,
                 database=self.database,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
             )
