@@ -165,7 +165,10 @@ def dead_letters(settings: Settings, expected: int) -> list[envelope_pb2.DeadLet
     letters: list[envelope_pb2.DeadLetter] = []
     try:
         deadline = time.monotonic() + WAIT_S
-        while len(letters) < expected and time.monotonic() < deadline:
+        while (
+            len({(x.source_partition, x.source_offset) for x in letters}) < expected
+            and time.monotonic() < deadline
+        ):
             for records in consumer.poll(timeout_ms=500).values():
                 letters.extend(decode(envelope_pb2.DeadLetter, r.value, r.headers) for r in records)
     finally:
@@ -238,7 +241,7 @@ def test_sink_stores_every_event_once_and_a_replay_adds_nothing(
         wait_until(all_committed(sink_settings, sink), "offsets committed")
     assert sink.stats.flushes > 1, "batches are bounded by batch_max_rows"
     assert sink.stats.dead_letters == 0
-    assert sink.stats.not_projected == 3  # SkillMastered is not projected yet
+    assert sink.stats.not_projected >= 3  # SkillMastered is not projected yet
 
     # The newest update of each learner x skill is the latest one.
     last = {}
@@ -256,7 +259,8 @@ def test_sink_stores_every_event_once_and_a_replay_adds_nothing(
         wait_until(all_committed(sink_settings, replay), "replayed offsets committed")
     assert counts(store) == expected
     assert sum(replay.stats.inserted.values()) == 0
-    assert replay.stats.already_stored == 300 + 240 * 2
+    # (more if a rebalance made the replay read a range twice)
+    assert replay.stats.already_stored >= 300 + 240 * 2
 
 
 def test_a_crash_between_insert_and_commit_stores_nothing_twice(
@@ -278,7 +282,7 @@ def test_a_crash_between_insert_and_commit_stores_nothing_twice(
 
     with Running(sink_settings, store) as sink:
         wait_until(all_committed(sink_settings, sink), "offsets committed by the second run")
-    assert sink.stats.consumed == 60
+    assert sink.stats.consumed >= 60  # more if a rebalance made it fetch a range again
     assert counts(store)[MASTERY_HISTORY] == 60
     assert sum(sink.stats.inserted.values()) == 0
 
@@ -359,10 +363,10 @@ def test_a_poison_message_goes_to_the_dead_letters_and_the_sink_goes_on(
     with Running(sink_settings, store) as sink:
         wait_until(lambda: counts(store)[MASTERY_HISTORY] == 10, "the valid rows")
         wait_until(all_committed(sink_settings, sink), "offsets committed past the poison")
-    assert sink.stats.dead_letters == 2
+    assert sink.stats.dead_letters >= 2  # at least once
 
     letters = dead_letters(sink_settings, expected=2)
-    assert len(letters) == 2
+    assert len({(letter.source_partition, letter.source_offset) for letter in letters}) == 2
     assert {letter.source_topic for letter in letters} == {mastery_topic}
     assert {letter.consumer for letter in letters} == {"trellis-reporting"}
     assert b"\xff\x00 not a protobuf" in {letter.original_value for letter in letters}
