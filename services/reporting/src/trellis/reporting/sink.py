@@ -222,7 +222,11 @@ class ReportingSink:
 
     def run(self) -> None:
         """The consume-batch-insert-commit loop, until `stop()`."""
-        consumer = self._consumer_factory()
+        try:
+            # The broker may still be starting: kafka-python refuses to build a consumer then.
+            consumer = self._retry("connect", self._consumer_factory)
+        except _Stopped:
+            return
         try:
             if not self._await_topics(consumer):
                 return
