@@ -81,8 +81,15 @@ down() {
   deploy/local/kafka.sh stop
 }
 
+stop_all() {
+  # Ctrl-C may have closed the pipe that stdout goes to (`make run | tee ...`): the stop must go on.
+  trap '' INT TERM PIPE
+  { echo; echo "stopping..."; down 2>&1; } | tee -p "$RUN_DIR/stop.log" || true
+  exit 0
+}
+
 run() {
-  trap 'echo; echo "stopping..."; down; exit 0' INT TERM
+  trap stop_all INT TERM
   up
   $PY -m trellis.ingest load deploy/local/demo --tenant demo-district --token dev-service-token
   cat <<INFO
