@@ -1,0 +1,1 @@
+"""Synthetic district and load generator: a client of Trellis's public APIs."""
