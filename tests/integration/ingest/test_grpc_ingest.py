@@ -19,7 +19,7 @@ from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal, Settings
-from trellis.ingest.adapters.catalog_follower import CatalogFollower
+from trellis.ingest.adapters.follower import CatalogFollower
 from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
 from trellis.ingest.catalog import CatalogView

@@ -138,6 +138,12 @@ class IngestSettings(BaseModel):
     # Batches being produced at once; one more answers RESOURCE_EXHAUSTED instead of queueing.
     max_in_flight_batches: int = Field(default=32, ge=1)
     dedup_capacity: int = Field(default=1_000_000, ge=0)
+    # At start the dedup window is rebuilt from at most this many of the activity topic's latest
+    # records (spread over its partitions), so that a restart keeps answering DUPLICATE. 0: off.
+    dedup_restore_records: int = Field(default=200_000, ge=0)
+    # An event naming an item, skill or resource that the tenant's catalog replica does not know:
+    # "reject" it, "flag" it (accepted with a warning in the answer), or "off" (no check).
+    unknown_references: Literal["reject", "flag", "off"] = "flag"
 
 
 class MasterySettings(BaseModel):

@@ -1,6 +1,6 @@
 """What ingest knows of each tenant's catalog, and the checks it backs: pure data and functions.
 
-The view is filled from the compacted catalog topic by `adapters.catalog_follower`.
+The view is filled from the compacted catalog topic by `adapters.follower`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,18 @@ class CatalogView:
     def prerequisites(self, tenant_id: str) -> dict[str, tuple[str, ...]]:
         with self._lock:
             return dict(self.tenant(tenant_id).prerequisites)
+
+    def unknown(
+        self, tenant_id: str, items: Iterable[str], skills: Iterable[str], resources: Iterable[str]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Those of the given item, skill and resource ids that the tenant's catalog lacks."""
+        with self._lock:
+            tenant = self.tenants.get(tenant_id) or TenantCatalog()
+            return (
+                [i for i in items if i not in tenant.items],
+                [s for s in skills if s not in tenant.prerequisites],
+                [r for r in resources if r not in tenant.resources],
+            )
 
     def apply(self, record: catalog_pb2.CatalogRecord) -> None:
         with self._lock:

@@ -10,9 +10,13 @@ from typing import TypeVar
 
 from trellis.common.codec import Encoded, encode_catalog, encode_envelope, encode_roster
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
+from trellis.common.pb.ingest.v1 import ingest_pb2
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.ingest.catalog import CatalogView, cycle_with
 from trellis.ingest.dedup import DedupWindow, Seen, fingerprint
+from trellis.ingest.identity import seal_identity
+from trellis.ingest.references import UnknownReferences, check_references
+from trellis.ingest.roster import RosterView
 from trellis.ingest.validation import Violation, validate_catalog, validate_event, validate_roster
 
 # Publishes records to a topic ("activity", "roster", "catalog"); answers, per record, whether
@@ -29,6 +33,14 @@ class PrerequisiteCycle(ValueError):
         super().__init__("prerequisite cycle: " + " -> ".join(cycle))
 
 
+class UnmatchedIdentity(ValueError):
+    """An identity names no learner record of its request: the whole request is refused."""
+
+    def __init__(self, index: int) -> None:
+        self.field = f"identities[{index}].sourced_id"
+        super().__init__("matches no learner record of this request")
+
+
 class Status(Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
@@ -42,6 +54,8 @@ class ItemOutcome:
     event_id: str
     status: Status
     violations: list[Violation] = field(default_factory=list)
+    # Accepted, with remarks (e.g. unknown references when they are flagged, not rejected).
+    warnings: list[Violation] = field(default_factory=list)
 
 
 class IngestService:
@@ -51,11 +65,15 @@ class IngestService:
         pseudonymizer: Pseudonymizer,
         dedup: DedupWindow,
         catalog: CatalogView,
+        roster: RosterView | None = None,
+        unknown_references: UnknownReferences = "flag",
     ) -> None:
         self._publish = publish
         self._pseudonymizer = pseudonymizer
         self._dedup = dedup
         self._catalog = catalog
+        self._roster = RosterView() if roster is None else roster
+        self._unknown_references = unknown_references
 
     async def record_events(
         self,
@@ -76,7 +94,18 @@ class IngestService:
             if outcome.violations:
                 outcome.status = Status.REJECTED
                 continue
-            digest = fingerprint(event)
+            findings = check_references(
+                event, path, tenant_id, self._catalog, self._roster, self._unknown_references
+            )
+            outcome.warnings = findings.warnings
+            if findings.violations:
+                outcome.status = Status.REJECTED
+                outcome.violations = findings.violations
+                continue
+            # The fingerprint is of the stored form, so that a restart can rebuild the window
+            # from the topic itself.
+            stored_form = self._stored_form(tenant_id, event, now)
+            digest = fingerprint(stored_form)
             seen = self._dedup.check(tenant_id, event.event_id, digest)
             if seen is Seen.NEW and event.event_id in pending:
                 first = to_publish[pending[event.event_id]]
@@ -90,7 +119,7 @@ class IngestService:
                 outcome.status = Status.DUPLICATE
             else:
                 pending[event.event_id] = len(to_publish)
-                to_publish.append((outcome, digest, self._stored_form(tenant_id, event, now)))
+                to_publish.append((outcome, digest, stored_form))
         stored = await self._publish("activity", [encode_envelope(e) for _, _, e in to_publish])
         for (outcome, digest, event), ok in zip(to_publish, stored, strict=True):
             if ok:
@@ -112,14 +141,30 @@ class IngestService:
         return stored
 
     async def upsert_roster(
-        self, tenant_id: str, records: Sequence[roster_pb2.RosterRecord]
+        self,
+        tenant_id: str,
+        records: Sequence[roster_pb2.RosterRecord],
+        identities: Sequence[ingest_pb2.LearnerIdentity] = (),
     ) -> list[ItemOutcome]:
-        return await self._upsert(
-            "roster",
-            records,
-            validate_roster,
-            lambda r: encode_roster(self._pseudonymize_roster(tenant_id, r)),
-        )
+        """Raises UnmatchedIdentity, storing nothing, when an identity names no learner record."""
+        learners = {r.learner.sourced_id for r in records if r.WhichOneof("entity") == "learner"}
+        by_learner: dict[str, ingest_pb2.LearnerIdentity] = {}
+        for i, identity in enumerate(identities):
+            if identity.sourced_id not in learners:
+                raise UnmatchedIdentity(i)
+            by_learner[identity.sourced_id] = identity
+        # Validated as sent (SIS ids), stored pseudonymized.
+        stored: dict[int, roster_pb2.RosterRecord] = {}
+
+        def encode(index: int, record: roster_pb2.RosterRecord) -> Encoded:
+            stored[index] = self._pseudonymize_roster(tenant_id, record, by_learner)
+            return encode_roster(stored[index])
+
+        outcomes = await self._upsert("roster", records, validate_roster, encode)
+        for outcome in outcomes:
+            if outcome.status is Status.ACCEPTED:
+                self._roster.apply(stored[outcome.index])
+        return outcomes
 
     async def upsert_catalog(
         self, tenant_id: str, records: Sequence[catalog_pb2.CatalogRecord]
@@ -131,7 +176,9 @@ class IngestService:
         copies = [_copy(record) for record in records]
         for copy in copies:
             copy.tenant_id = tenant_id
-        outcomes = await self._upsert("catalog", copies, validate_catalog, encode_catalog)
+        outcomes = await self._upsert(
+            "catalog", copies, validate_catalog, lambda _, record: encode_catalog(record)
+        )
         # Seen at once by the next batch; the follower applies the same records again later.
         for outcome, copy in zip(outcomes, copies, strict=True):
             if outcome.status is Status.ACCEPTED:
@@ -143,7 +190,7 @@ class IngestService:
         topic: str,
         records: Sequence[Record],
         validate: Callable[[Record, str], list[Violation]],
-        encode: Callable[[Record], Encoded],
+        encode: Callable[[int, Record], Encoded],
     ) -> list[ItemOutcome]:
         outcomes = [ItemOutcome(i, "", Status.ACCEPTED) for i in range(len(records))]
         valid: list[int] = []
@@ -153,24 +200,39 @@ class IngestService:
                 outcome.status = Status.REJECTED
             else:
                 valid.append(outcome.index)
-        stored = await self._publish(topic, [encode(records[i]) for i in valid])
+        stored = await self._publish(topic, [encode(i, records[i]) for i in valid])
         for index, ok in zip(valid, stored, strict=True):
             if not ok:
                 outcomes[index].status = Status.NOT_STORED
         return outcomes
 
     def _pseudonymize_roster(
-        self, tenant_id: str, record: roster_pb2.RosterRecord
+        self,
+        tenant_id: str,
+        record: roster_pb2.RosterRecord,
+        identities: dict[str, ingest_pb2.LearnerIdentity],
     ) -> roster_pb2.RosterRecord:
         """Learners and enrollments carry the same pseudonymous id as activity, or joins fail.
-        Staff ids in enrollments are pseudonymized the same way."""
+        Staff ids in enrollments are pseudonymized the same way. A learner's clear identity is
+        sealed with the tenant key; a caller's own `sealed_identity` bytes are never passed on."""
         record = _copy(record)
         record.tenant_id = tenant_id
         kind = record.WhichOneof("entity")
         if kind == "learner":
-            record.learner.sourced_id = self._pseudonymizer.pseudonymize(
-                tenant_id, record.learner.sourced_id
-            )
+            sis_id = record.learner.sourced_id
+            record.learner.ClearField("sealed_identity")
+            pseudonym = self._pseudonymizer.pseudonymize(tenant_id, sis_id)
+            record.learner.sourced_id = pseudonym
+            identity = identities.get(sis_id)
+            if identity is not None:
+                version = self._pseudonymizer.current_version(tenant_id)
+                key = self._pseudonymizer.keys[tenant_id][version].get_secret_value().encode()
+                clear = {"sis_id": sis_id, "display_name": identity.display_name}
+                if identity.email:
+                    clear["email"] = identity.email
+                record.learner.sealed_identity = seal_identity(
+                    key, version, tenant_id, pseudonym, clear
+                )
         elif kind == "enrollment":
             record.enrollment.user_id = self._pseudonymizer.pseudonymize(
                 tenant_id, record.enrollment.user_id

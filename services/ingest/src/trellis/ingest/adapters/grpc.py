@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from trellis.common.grpc.auth import (
+    authorize_class,
     authorize_school,
     authorize_tenant,
     current_principal,
@@ -20,7 +21,13 @@ from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.settings import Role
 from trellis.ingest.adapters.metrics import count_outcomes
-from trellis.ingest.service import IngestService, ItemOutcome, PrerequisiteCycle, Status
+from trellis.ingest.service import (
+    IngestService,
+    ItemOutcome,
+    PrerequisiteCycle,
+    Status,
+    UnmatchedIdentity,
+)
 
 _STATUS = {
     Status.ACCEPTED: ingest_pb2.ITEM_STATUS_ACCEPTED,
@@ -40,6 +47,9 @@ def _result(outcome: ItemOutcome) -> ingest_pb2.ItemResult:
         status=_STATUS[outcome.status],
         violations=[
             ingest_pb2.FieldViolation(field=v.field, reason=v.reason) for v in outcome.violations
+        ],
+        warnings=[
+            ingest_pb2.FieldViolation(field=v.field, reason=v.reason) for v in outcome.warnings
         ],
     )
 
@@ -112,7 +122,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
         async with self._in_flight:
-            outcomes = await self._service.upsert_roster(request.tenant_id, request.records)
+            try:
+                outcomes = await self._service.upsert_roster(
+                    request.tenant_id, request.records, request.identities
+                )
+            except UnmatchedIdentity as unmatched:
+                raise InvalidArgument([(unmatched.field, str(unmatched))]) from unmatched
         return ingest_pb2.UpsertResponse(
             results=await self._answer(request.tenant_id, "roster", outcomes)
         )
@@ -132,7 +147,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
 
 def _authorize_schools(events: Sequence[envelope_pb2.Envelope]) -> None:
+    """Every event lies in the caller's schools (and, for a teacher, classes). Whether the class
+    lies in the event's school is checked per item against the roster replica."""
     principal = current_principal()
-    if principal.schools:
+    if principal.schools or principal.role in ("teacher", "learner"):
         for school_id in {e.school_id for e in events}:
             authorize_school(principal, school_id)
+    if principal.role in ("teacher", "learner"):
+        for class_id in {e.class_id for e in events}:
+            authorize_class(principal, class_id)

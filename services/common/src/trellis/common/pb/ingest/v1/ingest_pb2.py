@@ -27,29 +27,31 @@ from trellis.common.pb.events.v1 import envelope_pb2 as trellis_dot_events_dot_v
 from trellis.common.pb.events.v1 import roster_pb2 as trellis_dot_events_dot_v1_dot_roster__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrellis/ingest/v1/ingest.proto\x12\x11trellis.ingest.v1\x1a\x1ftrellis/events/v1/catalog.proto\x1a trellis/events/v1/envelope.proto\x1a\x1etrellis/events/v1/roster.proto\"/\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x93\x01\n\nItemResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.trellis.ingest.v1.ItemStatus\x12\x35\n\nviolations\x18\x04 \x03(\x0b\x32!.trellis.ingest.v1.FieldViolation\"U\n\x13RecordEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.trellis.events.v1.Envelope\"F\n\x14RecordEventsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.trellis.ingest.v1.ItemResult\"Z\n\x13UpsertRosterRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x07records\x18\x02 \x03(\x0b\x32\x1f.trellis.events.v1.RosterRecord\"\\\n\x14UpsertCatalogRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x07records\x18\x02 \x03(\x0b\x32 .trellis.events.v1.CatalogRecord\"@\n\x0eUpsertResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.trellis.ingest.v1.ItemResult*\x94\x01\n\nItemStatus\x12\x1b\n\x17ITEM_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ITEM_STATUS_ACCEPTED\x10\x01\x12\x19\n\x15ITEM_STATUS_DUPLICATE\x10\x02\x12\x18\n\x14ITEM_STATUS_REJECTED\x10\x03\x12\x1a\n\x16ITEM_STATUS_NOT_STORED\x10\x04\x32\xf8\x02\n\rIngestService\x12_\n\x0cRecordEvents\x12&.trellis.ingest.v1.RecordEventsRequest\x1a\'.trellis.ingest.v1.RecordEventsResponse\x12N\n\x0cStreamEvents\x12\x1b.trellis.events.v1.Envelope\x1a\x1d.trellis.ingest.v1.ItemResult(\x01\x30\x01\x12Y\n\x0cUpsertRoster\x12&.trellis.ingest.v1.UpsertRosterRequest\x1a!.trellis.ingest.v1.UpsertResponse\x12[\n\rUpsertCatalog\x12\'.trellis.ingest.v1.UpsertCatalogRequest\x1a!.trellis.ingest.v1.UpsertResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrellis/ingest/v1/ingest.proto\x12\x11trellis.ingest.v1\x1a\x1ftrellis/events/v1/catalog.proto\x1a trellis/events/v1/envelope.proto\x1a\x1etrellis/events/v1/roster.proto\"/\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xc8\x01\n\nItemResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.trellis.ingest.v1.ItemStatus\x12\x35\n\nviolations\x18\x04 \x03(\x0b\x32!.trellis.ingest.v1.FieldViolation\x12\x33\n\x08warnings\x18\x05 \x03(\x0b\x32!.trellis.ingest.v1.FieldViolation\"U\n\x13RecordEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.trellis.events.v1.Envelope\"F\n\x14RecordEventsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.trellis.ingest.v1.ItemResult\"\x92\x01\n\x13UpsertRosterRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x30\n\x07records\x18\x02 \x03(\x0b\x32\x1f.trellis.events.v1.RosterRecord\x12\x36\n\nidentities\x18\x03 \x03(\x0b\x32\".trellis.ingest.v1.LearnerIdentity\"J\n\x0fLearnerIdentity\x12\x12\n\nsourced_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"\\\n\x14UpsertCatalogRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x31\n\x07records\x18\x02 \x03(\x0b\x32 .trellis.events.v1.CatalogRecord\"@\n\x0eUpsertResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.trellis.ingest.v1.ItemResult*\x94\x01\n\nItemStatus\x12\x1b\n\x17ITEM_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ITEM_STATUS_ACCEPTED\x10\x01\x12\x19\n\x15ITEM_STATUS_DUPLICATE\x10\x02\x12\x18\n\x14ITEM_STATUS_REJECTED\x10\x03\x12\x1a\n\x16ITEM_STATUS_NOT_STORED\x10\x04\x32\xf8\x02\n\rIngestService\x12_\n\x0cRecordEvents\x12&.trellis.ingest.v1.RecordEventsRequest\x1a\'.trellis.ingest.v1.RecordEventsResponse\x12N\n\x0cStreamEvents\x12\x1b.trellis.events.v1.Envelope\x1a\x1d.trellis.ingest.v1.ItemResult(\x01\x30\x01\x12Y\n\x0cUpsertRoster\x12&.trellis.ingest.v1.UpsertRosterRequest\x1a!.trellis.ingest.v1.UpsertResponse\x12[\n\rUpsertCatalog\x12\'.trellis.ingest.v1.UpsertCatalogRequest\x1a!.trellis.ingest.v1.UpsertResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trellis.common.pb.ingest.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITEMSTATUS']._serialized_start=763
-  _globals['_ITEMSTATUS']._serialized_end=911
+  _globals['_ITEMSTATUS']._serialized_start=949
+  _globals['_ITEMSTATUS']._serialized_end=1097
   _globals['_FIELDVIOLATION']._serialized_start=152
   _globals['_FIELDVIOLATION']._serialized_end=199
   _globals['_ITEMRESULT']._serialized_start=202
-  _globals['_ITEMRESULT']._serialized_end=349
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=351
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=436
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=438
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=508
-  _globals['_UPSERTROSTERREQUEST']._serialized_start=510
-  _globals['_UPSERTROSTERREQUEST']._serialized_end=600
-  _globals['_UPSERTCATALOGREQUEST']._serialized_start=602
-  _globals['_UPSERTCATALOGREQUEST']._serialized_end=694
-  _globals['_UPSERTRESPONSE']._serialized_start=696
-  _globals['_UPSERTRESPONSE']._serialized_end=760
-  _globals['_INGESTSERVICE']._serialized_start=914
-  _globals['_INGESTSERVICE']._serialized_end=1290
+  _globals['_ITEMRESULT']._serialized_end=402
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=404
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=489
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=491
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=561
+  _globals['_UPSERTROSTERREQUEST']._serialized_start=564
+  _globals['_UPSERTROSTERREQUEST']._serialized_end=710
+  _globals['_LEARNERIDENTITY']._serialized_start=712
+  _globals['_LEARNERIDENTITY']._serialized_end=786
+  _globals['_UPSERTCATALOGREQUEST']._serialized_start=788
+  _globals['_UPSERTCATALOGREQUEST']._serialized_end=880
+  _globals['_UPSERTRESPONSE']._serialized_start=882
+  _globals['_UPSERTRESPONSE']._serialized_end=946
+  _globals['_INGESTSERVICE']._serialized_start=1100
+  _globals['_INGESTSERVICE']._serialized_end=1476
 # @@protoc_insertion_point(module_scope)

@@ -82,11 +82,18 @@ class ItemResult(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     event_id: _builtins.str
     status: Global___ItemStatus.ValueType
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """Accepted with these remarks (e.g. an item the catalog does not know, when ingest is set to
+        flag unknown references rather than reject them).
+        """
+
     def __init__(
         self,
         *,
@@ -94,10 +101,11 @@ class ItemResult(_message.Message):
         event_id: _builtins.str = ...,
         status: Global___ItemStatus.ValueType = ...,
         violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+        warnings: _abc.Iterable[Global___FieldViolation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "index", b"index", "status", b"status", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "index", b"index", "status", b"status", "violations", b"violations", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,24 +161,58 @@ class UpsertRosterRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     RECORDS_FIELD_NUMBER: _builtins.int
+    IDENTITIES_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_roster_pb2.RosterRecord]:
         """Learner and user ids are SIS ids here; ingest pseudonymizes them."""
+
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerIdentity]:
+        """Input only: the clear identity of learners in `records`, by their SIS sourced_id. Ingest seals
+        it into Learner.sealed_identity with the tenant key; the clear text never reaches Kafka.
+        """
 
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         records: _abc.Iterable[_roster_pb2.RosterRecord] | None = ...,
+        identities: _abc.Iterable[Global___LearnerIdentity] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identities", b"identities", "records", b"records", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpsertRosterRequest: _TypeAlias = UpsertRosterRequest  # noqa: Y015
+
+@_typing.final
+class LearnerIdentity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCED_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    sourced_id: _builtins.str
+    """The learner's SIS sourced_id, as in the Learner record of the same request."""
+    display_name: _builtins.str
+    email: _builtins.str
+    def __init__(
+        self,
+        *,
+        sourced_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "sourced_id", b"sourced_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerIdentity: _TypeAlias = LearnerIdentity  # noqa: Y015
 
 @_typing.final
 class UpsertCatalogRequest(_message.Message):
