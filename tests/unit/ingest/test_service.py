@@ -10,10 +10,13 @@ from pydantic import SecretStr
 
 from trellis.common.codec import Encoded, decode_envelope
 from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
+from trellis.common.pb.ingest.v1 import ingest_pb2
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.ingest.catalog import CatalogView
-from trellis.ingest.dedup import DedupWindow
-from trellis.ingest.service import IngestService, Status
+from trellis.ingest.dedup import DedupWindow, fingerprint
+from trellis.ingest.identity import open_identity
+from trellis.ingest.roster import RosterView
+from trellis.ingest.service import IngestService, Status, UnmatchedIdentity
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 TENANT = "district-a"
@@ -124,3 +127,91 @@ async def test_roster_learners_and_enrollments_share_the_pseudonym(
     stored = [roster_pb2.RosterRecord.FromString(r.value) for r in publisher.records["roster"]]
     assert stored[0].learner.sourced_id == pseudonym == stored[1].enrollment.user_id
     assert publisher.records["roster"][0].key == f"{TENANT}/learner/{pseudonym}".encode()
+
+
+async def test_roster_seals_identities_and_never_stores_clear_text(
+    pseudonymizer: Pseudonymizer,
+) -> None:
+    publisher = MemoryPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
+    smuggled = roster_pb2.RosterRecord(
+        learner=roster_pb2.Learner(sourced_id="sis-8", sealed_identity=b"Grace Hopper in clear")
+    )
+    learner = roster_pb2.RosterRecord(learner=roster_pb2.Learner(sourced_id="sis-7", grade="5"))
+    identity = ingest_pb2.LearnerIdentity(
+        sourced_id="sis-7", display_name="Ada Lovelace", email="ada@example.org"
+    )
+
+    outcomes = await service.upsert_roster(TENANT, [learner, smuggled], [identity])
+
+    assert [o.status for o in outcomes] == [Status.ACCEPTED, Status.ACCEPTED]
+    raw = b"".join(r.key + r.value for r in publisher.records["roster"])
+    for clear in (b"sis-7", b"sis-8", b"Ada Lovelace", b"ada@example.org", b"Grace Hopper"):
+        assert clear not in raw
+    stored = [roster_pb2.RosterRecord.FromString(r.value) for r in publisher.records["roster"]]
+    pseudonym = pseudonymizer.pseudonymize(TENANT, "sis-7")
+    assert open_identity(b"k1", TENANT, pseudonym, stored[0].learner.sealed_identity) == {
+        "sis_id": "sis-7",
+        "display_name": "Ada Lovelace",
+        "email": "ada@example.org",
+    }
+    assert stored[1].learner.sealed_identity == b""
+
+    with pytest.raises(UnmatchedIdentity) as unmatched:
+        await service.upsert_roster(
+            TENANT, [learner], [identity, ingest_pb2.LearnerIdentity(sourced_id="sis-9")]
+        )
+    assert unmatched.value.field == "identities[1].sourced_id"
+
+
+async def test_references_flagged_or_rejected_and_school_checked(
+    pseudonymizer: Pseudonymizer,
+) -> None:
+    publisher = MemoryPublisher()
+    catalog, roster = CatalogView(), RosterView()
+    flagging = IngestService(publisher, pseudonymizer, DedupWindow(100), catalog, roster, "flag")
+    rejecting = IngestService(publisher, pseudonymizer, DedupWindow(100), catalog, roster, "reject")
+    await flagging.upsert_roster(
+        TENANT,
+        [
+            roster_pb2.RosterRecord(
+                school_class=roster_pb2.SchoolClass(sourced_id="c1", school_id="s1")
+            )
+        ],
+    )
+
+    flagged = await flagging.record_events(TENANT, [attempt("e1")], NOW)
+    assert flagged[0].status is Status.ACCEPTED
+    assert [w.field for w in flagged[0].warnings] == [
+        "events[0].item_attempted.item_id",
+        "events[0].item_attempted.skill_ids[0]",
+    ]
+    rejected = await rejecting.record_events(TENANT, [attempt("e2")], NOW)
+    assert rejected[0].status is Status.REJECTED
+    elsewhere = attempt("e3")
+    elsewhere.school_id = "s2"
+    wrong_school = await flagging.record_events(TENANT, [elsewhere], NOW)
+    assert wrong_school[0].status is Status.REJECTED
+    assert [v.field for v in wrong_school[0].violations] == ["events[0].class_id"]
+    assert len(publisher.records["activity"]) == 1
+
+
+async def test_fingerprint_is_computable_from_the_stored_record(
+    pseudonymizer: Pseudonymizer,
+) -> None:
+    publisher = MemoryPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
+    await service.record_events(TENANT, [attempt("e1")], NOW)
+
+    # A new process rebuilds its window from the topic only.
+    stored = publisher.records["activity"][0]
+    event = decode_envelope(stored.value, stored.headers)
+    window = DedupWindow(100)
+    window.remember(event.tenant_id, event.event_id, fingerprint(event))
+    restarted = IngestService(publisher, pseudonymizer, window, CatalogView())
+
+    later = NOW + timedelta(minutes=5)
+    again = await restarted.record_events(TENANT, [attempt("e1")], later)
+    changed = await restarted.record_events(TENANT, [attempt("e1", correct=False)], later)
+    assert again[0].status is Status.DUPLICATE
+    assert changed[0].status is Status.REJECTED
