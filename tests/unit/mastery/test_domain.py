@@ -163,11 +163,20 @@ def test_a_multi_skill_item_updates_each_skill_with_its_own_parameters() -> None
     assert state.skills["b"].model_version == "fitted-v7"
 
 
-def test_forgetting_lowers_the_carried_probability() -> None:
-    forgetful = BktParameters(forget=0.2)
-    # posterior 27/41 kept with 0.8, plus (14/41)*0.1 learned: 21.6/41 + 1.4/41 = 23/41
+def test_forgetting_decays_the_prior_of_the_next_attempt_by_days_since_practice() -> None:
+    # forget is per day: after one correct answer p = 142/205; two days later the next attempt
+    # starts from 142/205 * 0.9**2 = 0.561073170731..., and a correct answer gives
+    # posterior = 51759/60757, after learning 263294/303785 = 0.866711654624...
+    forgetful = BktParameters(forget=0.1)
     state, _ = apply_attempt(EMPTY, attempt("e1", 1.0), lambda _: forgetful, T0)
-    assert state.skills["fractions.add"].p_mastered == pytest.approx(23 / 41, abs=1e-15)
+    state, outputs = apply_attempt(
+        state, attempt("e2", 1.0), lambda _: forgetful, T0 + timedelta(days=2)
+    )
+    change = outputs[0]
+    assert isinstance(change, MasteryChange)
+    assert change.p_before == pytest.approx(0.692682926829, abs=1e-12)  # as stored
+    assert change.p_after == pytest.approx(0.866711654624, abs=1e-12)
+    assert change.p_after == pytest.approx(float(Fraction(263294, 303785)), abs=1e-15)
 
 
 def test_the_state_given_is_never_mutated() -> None:

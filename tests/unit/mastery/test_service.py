@@ -112,3 +112,46 @@ def test_reading_a_learner_held_elsewhere_says_so(store: InMemoryLearnerStore) -
     store.owns = lambda key: False  # type: ignore[method-assign]
     with pytest.raises(NotOwned):
         MasteryService(store).mastery_of("district-a", "pseudo-1")
+
+
+def test_a_teacher_override_is_applied_and_audited(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    envelope = envelope_pb2.Envelope(
+        event_id="ovr-1",
+        tenant_id="district-a",
+        learner_id="pseudo-1",
+        source=envelope_pb2.Source(actor=envelope_pb2.Source.Actor.ACTOR_TEACHER, actor_id="t-9"),
+        teacher_override=activity_pb2.TeacherOverride(
+            skill_id="a", p_mastered=0.97, reason="portfolio"
+        ),
+    )
+    envelope.occurred_at.FromSeconds(1_790_000_000)
+    handled = service.record_activity(KEY, envelope)
+    kinds = [o.WhichOneof("payload") for o in handled.outputs]
+    assert kinds == ["mastery_overridden", "skill_mastered"]
+    overridden = handled.outputs[0].mastery_overridden
+    assert (overridden.teacher_id, overridden.reason, overridden.p_after) == (
+        "t-9",
+        "portfolio",
+        0.97,
+    )
+    assert overridden.p_before == pytest.approx(0.3)
+    assert store.states[KEY].skills["a"].override is not None
+
+
+def test_a_review_tick_emits_review_due_for_decayed_skills(store: InMemoryLearnerStore) -> None:
+    decaying = BktParameters(prior=0.94, forget=0.1)
+    service = MasteryService(store, lambda _: decaying)
+    service.record_activity(KEY, attempt())
+    tick = envelope_pb2.Envelope(
+        event_id="tick-1",
+        tenant_id="district-a",
+        learner_id="pseudo-1",
+        review_tick=activity_pb2.ReviewTick(),
+    )
+    tick.occurred_at.FromSeconds(1_790_000_000 + 2 * 86_400)
+    [output] = service.record_activity(KEY, tick).outputs
+    assert output.review_due.skill_id == "a"
+    assert output.review_due.p_recall == pytest.approx(0.799804195804, abs=1e-12)
+    assert output.review_due.cause_event_id == "tick-1"

@@ -5,7 +5,8 @@ Outbound: each domain output becomes an envelope on `trellis.mastery.v1`, with a
 
     event_id = uuid5(OUTPUT_ID_NAMESPACE, f"{cause_event_id}\\x1f{kind}\\x1f{skill_id}")
 
-where `kind` is the payload field name (`mastery_updated`, `skill_mastered`), so that re-sending
+where `kind` is the payload field name (`mastery_updated`, `skill_mastered`,
+`struggling_detected`, `mastery_overridden`, `review_due`), so that re-sending
 the outputs of a replayed event produces the very same ids and consumers drop the copies. Tenant,
 school, class, learner, pseudonym key version and both timestamps are copied from the cause (no
 wall clock: a replay reproduces the live run).
@@ -17,7 +18,18 @@ import uuid
 from datetime import UTC, datetime
 
 from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
-from trellis.mastery.domain import Attempt, InvalidAttempt, Level, MasteryChange, Output
+from trellis.mastery.domain import (
+    Attempt,
+    InvalidAttempt,
+    Level,
+    MasteryChange,
+    MasteryOverridden,
+    Output,
+    ReviewDue,
+    SkillMastered,
+    StrugglingDetected,
+    TeacherOverride,
+)
 
 SOURCE_SYSTEM = "trellis-mastery"
 OUTPUT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:trellis:events:v1:mastery")
@@ -27,6 +39,15 @@ LEVELS = {
     Level.PRACTICING: mastery_pb2.MASTERY_LEVEL_PRACTICING,
     Level.FAMILIAR: mastery_pb2.MASTERY_LEVEL_FAMILIAR,
     Level.MASTERED: mastery_pb2.MASTERY_LEVEL_MASTERED,
+    Level.REVIEW_DUE: mastery_pb2.MASTERY_LEVEL_REVIEW_DUE,
+}
+
+KINDS: dict[type, str] = {
+    MasteryChange: "mastery_updated",
+    SkillMastered: "skill_mastered",
+    StrugglingDetected: "struggling_detected",
+    MasteryOverridden: "mastery_overridden",
+    ReviewDue: "review_due",
 }
 
 
@@ -45,10 +66,26 @@ def attempt_from_envelope(envelope: envelope_pb2.Envelope) -> tuple[Attempt, dat
     else:
         raise InvalidEvent("item_attempted has neither correct nor score")
     try:
-        attempt = Attempt(envelope.event_id, tuple(attempted.skill_ids), score)
+        attempt = Attempt(envelope.event_id, tuple(attempted.skill_ids), score, attempted.error_tag)
     except InvalidAttempt as exc:
         raise InvalidEvent(str(exc)) from exc
     return attempt, event_time(envelope)
+
+
+def override_from_envelope(envelope: envelope_pb2.Envelope) -> tuple[TeacherOverride, datetime]:
+    """The override of a `TeacherOverride` envelope (the teacher is the source's actor id)."""
+    payload = envelope.teacher_override
+    try:
+        override = TeacherOverride(
+            envelope.event_id,
+            payload.skill_id,
+            payload.p_mastered,
+            envelope.source.actor_id,
+            payload.reason,
+        )
+    except InvalidAttempt as exc:
+        raise InvalidEvent(str(exc)) from exc
+    return override, event_time(envelope)
 
 
 def event_time(envelope: envelope_pb2.Envelope) -> datetime:
@@ -60,7 +97,7 @@ def event_time(envelope: envelope_pb2.Envelope) -> datetime:
 
 
 def output_kind(output: Output) -> str:
-    return "mastery_updated" if isinstance(output, MasteryChange) else "skill_mastered"
+    return KINDS[type(output)]
 
 
 def output_event_id(cause_event_id: str, kind: str, skill_id: str) -> str:
@@ -97,11 +134,40 @@ def output_envelope(cause: envelope_pb2.Envelope, output: Output) -> envelope_pb
                 attempts=output.attempts,
             )
         )
-    else:
+    elif isinstance(output, SkillMastered):
         envelope.skill_mastered.CopyFrom(
             mastery_pb2.SkillMastered(
                 skill_id=output.skill,
                 p_mastered=output.p_mastered,
+                cause_event_id=output.cause_event_id,
+            )
+        )
+    elif isinstance(output, StrugglingDetected):
+        envelope.struggling_detected.CopyFrom(
+            mastery_pb2.StrugglingDetected(
+                skill_id=output.skill,
+                reason=output.reason,
+                attempts=output.attempts,
+                error_tag=output.error_tag,
+                cause_event_id=output.cause_event_id,
+            )
+        )
+    elif isinstance(output, MasteryOverridden):
+        envelope.mastery_overridden.CopyFrom(
+            mastery_pb2.MasteryOverridden(
+                skill_id=output.skill,
+                p_before=output.p_before,
+                p_after=output.p_after,
+                reason=output.reason,
+                teacher_id=output.teacher_id,
+                cause_event_id=output.cause_event_id,
+            )
+        )
+    else:
+        envelope.review_due.CopyFrom(
+            mastery_pb2.ReviewDue(
+                skill_id=output.skill,
+                p_recall=output.p_recall,
                 cause_event_id=output.cause_event_id,
             )
         )

@@ -19,11 +19,20 @@ from trellis.mastery.domain import (
     EMPTY,
     BktParameters,
     LearnerState,
+    Output,
     ParamsForSkill,
     SkillState,
     apply_attempt,
+    apply_override,
+    apply_tick,
 )
-from trellis.mastery.events import InvalidEvent, attempt_from_envelope, output_envelope
+from trellis.mastery.events import (
+    InvalidEvent,
+    attempt_from_envelope,
+    event_time,
+    output_envelope,
+    override_from_envelope,
+)
 
 
 class LearnerStore(Protocol):
@@ -65,16 +74,24 @@ class MasteryService:
         changes nothing and returns the outputs of its first application again.
         """
         payload = envelope.WhichOneof("payload")
-        if payload != "item_attempted":
-            # Profile events, overrides and erasure come with later issues.
+        if payload not in ("item_attempted", "teacher_override", "review_tick"):
+            # Profile events and erasure come with later issues.
             return Handled(skipped=f"payload {payload} is not handled yet")
         _check_identity(key, envelope)
-        attempt, now = attempt_from_envelope(envelope)
-        if not attempt.skill_ids:
-            # "Take the skills from the catalog": the catalog join is a later issue.
-            return Handled(skipped="item_attempted without skill_ids")
         state = self._store.get(key) or EMPTY
-        new_state, outputs = apply_attempt(state, attempt, self._params_for_skill, now)
+        outputs: tuple[Output, ...]
+        if payload == "item_attempted":
+            attempt, now = attempt_from_envelope(envelope)
+            if not attempt.skill_ids:
+                # "Take the skills from the catalog": the catalog join is a later issue.
+                return Handled(skipped="item_attempted without skill_ids")
+            new_state, outputs = apply_attempt(state, attempt, self._params_for_skill, now)
+        elif payload == "teacher_override":
+            override, now = override_from_envelope(envelope)
+            new_state, outputs = apply_override(state, override, self._params_for_skill, now)
+        else:
+            now = event_time(envelope)
+            new_state, outputs = apply_tick(state, envelope.event_id, self._params_for_skill, now)
         duplicate = new_state is state
         if not duplicate:
             self._store.put(key, new_state)

@@ -80,10 +80,12 @@ async def _not_yet(context: Context) -> NoReturn:
 def _skill(skill_id: str, state: SkillState) -> mastery_pb2.SkillMastery:
     message = mastery_pb2.SkillMastery(
         skill_id=skill_id,
-        p_mastered=state.p_mastered,
+        p_mastered=state.effective,
         level=LEVELS[state.level],
         attempts=state.attempts,
         model_version=state.model_version,
+        struggling=state.struggling,
+        overridden=state.override is not None,
     )
     if state.last_event_time is not None:
         message.last_practiced_at.FromDatetime(state.last_event_time)

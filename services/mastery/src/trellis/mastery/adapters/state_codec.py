@@ -2,7 +2,8 @@
 
 Floats are written with `repr`, which round-trips exactly, so a state read back from a
 changelog after a crash continues bit for bit like the live run. The `v` field versions the
-format; a reader refuses versions it does not know rather than guessing.
+format; a reader refuses versions it does not know rather than guessing. Version 2 added the
+struggling, review and override fields; version 1 states read as having none of them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from trellis.mastery.domain import (
     LearnerState,
     Level,
     MasteryChange,
+    MasteryOverridden,
     Output,
+    Override,
+    ReviewDue,
     SkillMastered,
     SkillState,
+    StrugglingDetected,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class StateFormatError(ValueError):
@@ -31,15 +37,7 @@ class StateFormatError(ValueError):
 def encode_state(state: LearnerState) -> bytes:
     document = {
         "v": FORMAT_VERSION,
-        "skills": {
-            skill_id: [
-                s.p_mastered,
-                s.attempts,
-                None if s.last_event_time is None else s.last_event_time.isoformat(),
-                s.model_version,
-            ]
-            for skill_id, s in state.skills.items()
-        },
+        "skills": {skill_id: _encode_skill(s) for skill_id, s in state.skills.items()},
         "seen": list(state.seen_event_ids),
         "recent": [[a.event_id, [_encode_output(o) for o in a.outputs]] for a in state.recent],
     }
@@ -49,17 +47,9 @@ def encode_state(state: LearnerState) -> bytes:
 def decode_state(data: bytes) -> LearnerState:
     try:
         document = json.loads(data)
-        if document.get("v") != FORMAT_VERSION:
+        if document.get("v") not in READABLE_VERSIONS:
             raise StateFormatError(f"unknown learner state format {document.get('v')!r}")
-        skills = {
-            skill_id: SkillState(
-                p_mastered=float(p),
-                attempts=int(attempts),
-                last_event_time=None if when is None else datetime.fromisoformat(when),
-                model_version=str(version),
-            )
-            for skill_id, (p, attempts, when, version) in document["skills"].items()
-        }
+        skills = {skill_id: _decode_skill(s) for skill_id, s in document["skills"].items()}
         recent = tuple(
             AppliedEvent(event_id, tuple(_decode_output(event_id, o) for o in outputs))
             for event_id, outputs in document["recent"]
@@ -69,6 +59,76 @@ def decode_state(data: bytes) -> LearnerState:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise StateFormatError(f"undecodable learner state: {exc}") from exc
+
+
+def _time(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _encode_skill(s: SkillState) -> list[Any]:
+    override = s.override
+    return [
+        s.p_mastered,
+        s.attempts,
+        _time(s.last_event_time),
+        s.model_version,
+        s.mastered,
+        s.attempts_unmastered,
+        s.struggling,
+        s.error_tag,
+        s.error_streak,
+        s.review_due,
+        None
+        if override is None
+        else [
+            override.p_mastered,
+            override.teacher_id,
+            override.reason,
+            _time(override.at),
+            override.event_id,
+        ],
+    ]
+
+
+def _decode_skill(item: list[Any]) -> SkillState:
+    p, attempts, when, version = item[:4]
+    skill = SkillState(
+        p_mastered=float(p),
+        attempts=int(attempts),
+        last_event_time=None if when is None else datetime.fromisoformat(when),
+        model_version=str(version),
+    )
+    if len(item) == 4:  # format 1
+        return SkillState(
+            p_mastered=skill.p_mastered,
+            attempts=skill.attempts,
+            last_event_time=skill.last_event_time,
+            model_version=skill.model_version,
+            mastered=skill.p_mastered >= 0.95,
+            attempts_unmastered=0 if skill.p_mastered >= 0.95 else skill.attempts,
+        )
+    mastered, unmastered, struggling, tag, streak, review_due, override = item[4:]
+    return SkillState(
+        p_mastered=skill.p_mastered,
+        attempts=skill.attempts,
+        last_event_time=skill.last_event_time,
+        model_version=skill.model_version,
+        mastered=bool(mastered),
+        attempts_unmastered=int(unmastered),
+        struggling=bool(struggling),
+        error_tag=str(tag),
+        error_streak=int(streak),
+        review_due=bool(review_due),
+        override=None
+        if override is None
+        else Override(
+            float(override[0]),
+            str(override[1]),
+            str(override[2]),
+            datetime.fromisoformat(override[3]),
+            str(override[4]),
+        ),
+    )
 
 
 def _encode_output(output: Output) -> list[Any]:
@@ -82,7 +142,14 @@ def _encode_output(output: Output) -> list[Any]:
             output.attempts,
             output.model_version,
         ]
-    return ["m", output.skill, output.p_mastered]
+    if isinstance(output, SkillMastered):
+        return ["m", output.skill, output.p_mastered]
+    if isinstance(output, StrugglingDetected):
+        return ["s", output.skill, output.reason, output.attempts, output.error_tag]
+    if isinstance(output, MasteryOverridden):
+        o = output
+        return ["o", o.skill, o.p_before, o.p_after, o.reason, o.teacher_id]
+    return ["r", output.skill, output.p_recall]
 
 
 def _decode_output(cause_event_id: str, item: list[Any]) -> Output:
@@ -100,4 +167,15 @@ def _decode_output(cause_event_id: str, item: list[Any]) -> Output:
     if item[0] == "m":
         _, skill, p_mastered = item
         return SkillMastered(skill, float(p_mastered), cause_event_id)
+    if item[0] == "s":
+        _, skill, reason, attempts, tag = item
+        return StrugglingDetected(skill, reason, int(attempts), tag, cause_event_id)
+    if item[0] == "o":
+        _, skill, p_before, p_after, reason, teacher = item
+        return MasteryOverridden(
+            skill, float(p_before), float(p_after), reason, teacher, cause_event_id
+        )
+    if item[0] == "r":
+        _, skill, p_recall = item
+        return ReviewDue(skill, float(p_recall), cause_event_id)
     raise StateFormatError(f"unknown output kind {item[0]!r}")
