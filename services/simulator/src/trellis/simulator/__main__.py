@@ -1,0 +1,149 @@
+"""`python -m trellis.simulator generate | load`: wiring only.
+
+generate --out DIR --seed N --learners N ...   a district, its events, truth and evaluation files
+load --target 127.0.0.1:50051 --token T --rate 2000|max --duration 30   open-loop load on ingest
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from trellis.simulator.district import DistrictConfig
+from trellis.simulator.export import write_simulation
+from trellis.simulator.learners import BehaviourConfig
+from trellis.simulator.load import make_events, new_run_id, run_load
+from trellis.simulator.simulation import simulate
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def generate(args: argparse.Namespace) -> None:
+    console = Console(stderr=True)
+    config = DistrictConfig(
+        seed=args.seed,
+        tenant_id=args.tenant,
+        learners=args.learners,
+        schools=args.schools,
+        grades=tuple(args.grades.split(",")),
+        classes_per_grade=args.classes_per_grade,
+        skills_per_grade=args.skills_per_grade,
+        items_per_skill=args.items_per_skill,
+        resources_per_skill=args.resources_per_skill,
+    )
+    behaviour = BehaviourConfig(
+        days=args.days,
+        start=datetime.fromisoformat(args.start).replace(tzinfo=UTC),
+        policy=args.policy,
+        event_prefix=args.event_prefix,
+    )
+    with _progress(console) as progress:
+        task = progress.add_task("learners", total=config.learners, note="")
+
+        def advance(events: int) -> None:
+            progress.update(task, advance=1, note=f"{events} events")
+
+        simulation = simulate(config, behaviour, args.test_fraction, advance)
+        write = progress.add_task("writing", total=1, note=str(args.out))
+        counts = write_simulation(simulation, args.out)
+        progress.update(write, advance=1)
+    print(", ".join(f"{name}: {n}" for name, n in counts.items()))
+
+
+def load(args: argparse.Namespace) -> None:
+    console = Console(stderr=True)
+    rate = None if args.rate == "max" else float(args.rate)
+    planned = args.max_events if rate is None else min(args.max_events, int(rate * args.duration))
+    with console.status(f"simulating {planned} events of {args.learners} learners"):
+        events = make_events(planned, args.learners, args.seed, new_run_id())
+    with _progress(console) as progress:
+        task = progress.add_task(f"load {args.rate}/s", total=len(events), note=args.target)
+        report = asyncio.run(
+            run_load(
+                args.target,
+                args.token,
+                args.tenant,
+                events,
+                rate,
+                args.duration,
+                batch=args.batch,
+                concurrency=args.concurrency,
+                pids=args.pid,
+                on_progress=lambda n: progress.update(task, advance=n),
+            )
+        )
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return
+    accepted = report.statuses.get("ITEM_STATUS_ACCEPTED", 0)
+    print(
+        f"offered {args.rate} events/s for {args.duration} s: sent {report.events_sent} events in"
+        f" {report.requests} requests over {report.duration_s} s"
+        f" -> achieved {report.achieved_rate} events/s ({accepted} accepted)"
+    )
+    print(f"statuses: {report.statuses}  rpc errors: {report.rpc_errors or 'none'}")
+    print(f"latency per request (from its due time), ms: {report.latency_ms}")
+    print(f"late starts (> 10 ms after due): {report.late_requests}")
+    print(f"CPU % (100 = one core): {report.cpu_percent}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m trellis.simulator")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="simulate a district and write its files")
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--learners", type=int, default=48)
+    gen.add_argument("--schools", type=int, default=1)
+    gen.add_argument("--grades", default="5", help="comma-separated, e.g. 4,5")
+    gen.add_argument("--classes-per-grade", type=int, default=2, help="per school")
+    gen.add_argument("--skills-per-grade", type=int, default=6)
+    gen.add_argument("--items-per-skill", type=int, default=6)
+    gen.add_argument("--resources-per-skill", type=int, default=2)
+    gen.add_argument("--days", type=int, default=28)
+    gen.add_argument("--start", default="2026-09-07", help="first day (UTC)")
+    gen.add_argument("--policy", choices=("fixed", "random"), default="fixed")
+    gen.add_argument("--tenant", default="demo-district")
+    gen.add_argument("--event-prefix", default="sim-")
+    gen.add_argument("--test-fraction", type=float, default=0.2)
+
+    ld = commands.add_parser("load", help="open-loop load on ingest (loopback only)")
+    ld.add_argument("--target", default="127.0.0.1:50051")
+    ld.add_argument("--token", required=True, help="bearer token of a service principal")
+    ld.add_argument("--tenant", default="demo-district")
+    ld.add_argument("--rate", default="1000", help="offered events/s, or 'max'")
+    ld.add_argument("--duration", type=float, default=30.0, help="seconds (upper bound)")
+    ld.add_argument("--max-events", type=int, default=200_000, help="upper bound on events")
+    ld.add_argument("--learners", type=int, default=2000, help="concurrent simulated learners")
+    ld.add_argument("--batch", type=int, default=10, help="events per RecordEvents call")
+    ld.add_argument("--concurrency", type=int, default=64, help="requests in flight, at most")
+    ld.add_argument("--seed", type=int, default=7)
+    ld.add_argument("--pid", type=int, action="append", default=[], help="also report its CPU")
+    ld.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    args = parser.parse_args()
+    if args.command == "generate":
+        generate(args)
+    else:
+        load(args)
+
+
+if __name__ == "__main__":
+    main()
