@@ -15,6 +15,7 @@ SERVICES = {
     "mastery": "knowledge tracing worker and read API (worker)",
     "recommender": "next activities, learning paths, groups (serve)",
     "reporting": "ClickHouse sink and reports (serve)",
+    "simulator": "synthetic district and load generator (generate, load)",
 }
 
 app = typer.Typer(help="Trellis: an event-sourced personalization backend.", no_args_is_help=True)
