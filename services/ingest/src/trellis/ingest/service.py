@@ -11,7 +11,7 @@ from typing import TypeVar
 from trellis.common.codec import Encoded, encode_catalog, encode_envelope, encode_roster
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2
-from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.pseudonym import Pseudonymizer, UnknownTenantKey
 from trellis.ingest.catalog import CatalogView, cycle_with
 from trellis.ingest.dedup import DedupWindow, Seen, fingerprint
 from trellis.ingest.identity import seal_identity
@@ -74,6 +74,14 @@ class IngestService:
         self._catalog = catalog
         self._roster = RosterView() if roster is None else roster
         self._unknown_references = unknown_references
+
+    def knows_tenant(self, tenant_id: str) -> bool:
+        """Whether ingest holds the tenant's pseudonym key (without it nothing can be stored)."""
+        try:
+            self._pseudonymizer.current_version(tenant_id)
+        except UnknownTenantKey:
+            return False
+        return True
 
     async def record_events(
         self,

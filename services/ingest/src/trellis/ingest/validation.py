@@ -98,8 +98,14 @@ def validate_event(
     violations += _check_id(f"{path}.class_id", envelope.class_id, required=False)
     if not envelope.HasField("occurred_at"):
         violations.append(Violation(f"{path}.occurred_at", "is required"))
-    elif envelope.occurred_at.ToDatetime() > now.replace(tzinfo=None) + MAX_CLOCK_SKEW:
-        violations.append(Violation(f"{path}.occurred_at", "is in the future"))
+    else:
+        try:
+            occurred = envelope.occurred_at.ToDatetime()
+        except ValueError:  # seconds outside years 1..9999, or nanos outside 0..999,999,999
+            violations.append(Violation(f"{path}.occurred_at", "is not a valid timestamp"))
+        else:
+            if occurred > now.replace(tzinfo=None) + MAX_CLOCK_SKEW:
+                violations.append(Violation(f"{path}.occurred_at", "is in the future"))
     return violations + _check_payload(path, envelope)
 
 

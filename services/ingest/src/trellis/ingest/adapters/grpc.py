@@ -66,6 +66,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         principal = current_principal()
         require_role(principal, *writers)
         authorize_tenant(principal, tenant_id)
+        self._check_tenant(tenant_id)
         if size == 0:
             raise InvalidArgument([(field, "must not be empty")])
         if size > self._max_batch_size:
@@ -73,6 +74,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if self._in_flight.locked():
             # Bounded in-flight work: refuse rather than queue without bound.
             raise ResourceExhausted(retry_after_s=0.5)
+
+    def _check_tenant(self, tenant_id: str) -> None:
+        # Only a platform admin can name a tenant other than its token's (which has a key).
+        if not self._service.knows_tenant(tenant_id):
+            raise InvalidArgument([("tenant_id", "is not a tenant of this ingest")])
 
     async def _answer(
         self, tenant_id: str, kind: str, outcomes: list[ItemOutcome]
@@ -108,6 +114,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             # A stream belongs to the caller's tenant; events may leave tenant_id empty.
             tenant_id = event.tenant_id or principal.tenant_id
             authorize_tenant(principal, tenant_id)
+            self._check_tenant(tenant_id)
             _authorize_schools([event])
             async with self._in_flight:
                 (outcome,) = await self._service.record_events(
