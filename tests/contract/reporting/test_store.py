@@ -126,14 +126,10 @@ class ReportingStoreContract:
         first = fresh.migrate()
         second = fresh.migrate()
 
-        assert first == [1]
+        assert first == [1, 2]
         assert second == []
         assert fresh.status() is StoreStatus.OK
-        assert fresh.row_counts("district-a") == {
-            ACTIVITY: 0,
-            MASTERY_HISTORY: 0,
-            MASTERY_LATEST: 0,
-        }
+        assert set(fresh.row_counts("district-a").values()) == {0}
 
     def test_migrations_keep_existing_rows(self, store: ReportingStore) -> None:
         insert_all(store, by_table(mastery(0, "l1", "s1", 0.3)), "t")
@@ -293,11 +289,8 @@ class ReportingStoreContract:
 
         assert [p.p_mastered for p in store.learner_progress("district-a", "l1")] == [0.3]
         assert [c.p_mastered for c in store.class_heatmap("district-a", "class-1", 10)] == [0.3]
-        assert store.row_counts("district-a") == {
-            ACTIVITY: 0,
-            MASTERY_HISTORY: 1,
-            MASTERY_LATEST: 1,
-        }
+        counts = store.row_counts("district-a")
+        assert (counts[ACTIVITY], counts[MASTERY_HISTORY], counts[MASTERY_LATEST]) == (0, 1, 1)
         assert store.learner_progress("district-c", "l1") == []
         assert store.class_heatmap("district-c", "class-1", 10) == []
 

@@ -8,15 +8,20 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2, roster_pb2
 from trellis.reporting.rows import (
     ACTIVITY,
+    ERASED_LEARNERS,
+    MASTERY_EVENTS,
     MASTERY_HISTORY,
     MASTERY_LATEST,
+    ROSTER_CLASSES,
+    ROSTER_LEARNERS,
     Position,
     RowError,
     activity_rows,
     mastery_rows,
+    roster_rows,
     rows_for,
 )
 
@@ -109,12 +114,112 @@ def test_missing_event_time_falls_back_to_ingest_time() -> None:
     assert mastery_rows(envelope, POSITION)[0][1]["occurred_at"] == INGESTED
 
 
-def test_other_mastery_events_are_not_projected() -> None:
+def test_other_mastery_events_become_mastery_event_rows() -> None:
     mastered = _envelope(skill_mastered=mastery_pb2.SkillMastered(skill_id="s", p_mastered=0.96))
-    struggling = _envelope(struggling_detected=mastery_pb2.StrugglingDetected(skill_id="s"))
+    struggling = _envelope(
+        struggling_detected=mastery_pb2.StrugglingDetected(
+            skill_id="s", reason="repeated_error", attempts=7, error_tag="sign"
+        )
+    )
+    overridden = _envelope(
+        mastery_overridden=mastery_pb2.MasteryOverridden(
+            skill_id="s", p_after=0.9, reason="Knows it: asked them in class"
+        )
+    )
 
-    assert mastery_rows(mastered, POSITION) == []
-    assert mastery_rows(struggling, POSITION) == []
+    [(table, row)] = mastery_rows(mastered, POSITION)
+    assert table == MASTERY_EVENTS
+    assert (row["kind"], row["skill_id"], row["p"], row["reason"]) == (
+        "skill_mastered",
+        "s",
+        0.96,
+        "",
+    )
+    [(_, row)] = mastery_rows(struggling, POSITION)
+    assert (row["kind"], row["reason"], row["error_tag"], row["attempts"]) == (
+        "struggling_detected",
+        "repeated_error",
+        "sign",
+        7,
+    )
+    [(_, row)] = mastery_rows(overridden, POSITION)
+    # The teacher's free text never reaches a table.
+    assert (row["kind"], row["reason"], row["p"]) == ("mastery_overridden", "teacher_override", 0.9)
+
+
+def test_erasure_requests_and_erased_learners_become_erasure_rows() -> None:
+    requested = _envelope(
+        learner_erasure_requested=activity_pb2.LearnerErasureRequested(reason="parent request")
+    )
+    erased = _envelope(learner_erased=mastery_pb2.LearnerErased(cause_event_id="x"))
+
+    expected = {
+        "tenant_id": "district-a",
+        "learner_id": "0f" * 16,
+        "event_id": "evt-1",
+        "erased_at": OCCURRED,
+        "source_topic": "trellis.mastery.v1",
+        "source_partition": 3,
+        "source_offset": 42,
+    }
+    assert activity_rows(requested, POSITION) == [(ERASED_LEARNERS, expected)]
+    assert mastery_rows(erased, POSITION) == [(ERASED_LEARNERS, expected)]
+
+
+def test_roster_records_become_rows_and_tombstones_deleted_rows() -> None:
+    learner = roster_pb2.RosterRecord(
+        tenant_id="district-a",
+        learner=roster_pb2.Learner(
+            sourced_id="l1",
+            school_id="sch",
+            grade="4",
+            subgroups=["iep", "ell", "iep"],
+            sealed_identity=b"secret",
+        ),
+    )
+    enrollment = roster_pb2.RosterRecord(
+        tenant_id="district-a",
+        enrollment=roster_pb2.Enrollment(
+            sourced_id="e1", class_id="c1", user_id="l1", role="student", school_id="sch"
+        ),
+    )
+    source = {"source_topic": "trellis.mastery.v1", "source_partition": 3, "source_offset": 42}
+
+    assert roster_rows(b"district-a/learner/l1", learner, POSITION) == [
+        (
+            ROSTER_LEARNERS,
+            {
+                "tenant_id": "district-a",
+                "learner_id": "l1",
+                "deleted": 0,
+                "school_id": "sch",
+                "grade": "4",
+                "subgroups": ["ell", "iep"],
+                **source,
+            },
+        )
+    ]
+    assert (
+        roster_rows(b"district-a/enrollment/e1", enrollment, POSITION)[0][1]["learner_id"] == "l1"
+    )
+    assert roster_rows(b"district-a/school_class/c9", None, POSITION) == [
+        (
+            ROSTER_CLASSES,
+            {
+                "tenant_id": "district-a",
+                "class_id": "c9",
+                "deleted": 1,
+                "school_id": "",
+                "grade": "",
+                "subject": "",
+                **source,
+            },
+        )
+    ]
+    with pytest.raises(RowError, match="does not match"):
+        roster_rows(b"district-b/learner/l1", learner, POSITION)
+    with pytest.raises(RowError, match="tenant/kind/id"):
+        roster_rows(b"nonsense", None, POSITION)
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,12 @@ class FakeStore(ReportingStore):
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:
         pass
 
+    def erased_learners(self) -> set[tuple[str, str]]:
+        return set()
+
+    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+        pass
+
     def learner_progress(
         self, tenant_id: str, learner_id: str, **scope: Any
     ) -> list[SkillProgress]:

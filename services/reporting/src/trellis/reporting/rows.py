@@ -8,9 +8,13 @@ record their position with their state").
 Topics and tables:
 - mastery topic: every `MasteryUpdated` becomes one `mastery_history` row and one `mastery_latest`
   row (a ReplacingMergeTree versioned by the offset: a learner's events all live in the partition
-  of their `tenant/learner` key, so the offset orders them). Other mastery events (`SkillMastered`,
-  `StrugglingDetected`, ...) are not projected yet.
-- activity topic: every learner activity becomes one `activity` row; scheduler ticks do not.
+  of their `tenant/learner` key, so the offset orders them). `SkillMastered`,
+  `StrugglingDetected`, `MasteryOverridden` and `ReviewDue` become `mastery_events` rows;
+  `LearnerErased` an `erased_learners` row.
+- activity topic: every learner activity becomes one `activity` row; scheduler ticks do not;
+  `LearnerErasureRequested` becomes an `erased_learners` row (the sink then erases the learner).
+- roster topic (compacted, not envelopes): each record becomes a row of its entity's table,
+  a tombstone a `deleted = 1` row of the entity its key names.
 
 An envelope that cannot make a valid row raises RowError: the sink sends it to the dead letters.
 Free text (reflections, goal descriptions, override reasons) never reaches a table: it may hold PII.
@@ -26,7 +30,7 @@ from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 
 __all__ = [
     "ACTIVITY",
@@ -39,18 +43,36 @@ __all__ = [
     "Stream",
     "activity_rows",
     "mastery_rows",
+    "roster_rows",
     "rows_for",
 ]
 
 MASTERY_HISTORY = "mastery_history"
 MASTERY_LATEST = "mastery_latest"
+MASTERY_EVENTS = "mastery_events"
 ACTIVITY = "activity"
+ERASED_LEARNERS = "erased_learners"
+ROSTER_SCHOOLS = "roster_schools"
+ROSTER_CLASSES = "roster_classes"
+ROSTER_ENROLLMENTS = "roster_enrollments"
+ROSTER_LEARNERS = "roster_learners"
+# Filled by materialized views over `activity`, never by the sink.
+ENGAGEMENT_DAILY = "engagement_daily"
+LEARNER_GOALS = "learner_goals"
 
-Stream = Literal["mastery", "activity"]
-# Which tables each consumed topic feeds; a table is fed by exactly one topic.
+Stream = Literal["mastery", "activity", "roster"]
+# Which tables each consumed topic feeds (erasures come from activity and mastery).
 STREAM_TABLES: Mapping[Stream, tuple[str, ...]] = {
-    "mastery": (MASTERY_HISTORY, MASTERY_LATEST),
-    "activity": (ACTIVITY,),
+    "mastery": (MASTERY_HISTORY, MASTERY_LATEST, MASTERY_EVENTS, ERASED_LEARNERS),
+    "activity": (ACTIVITY, ERASED_LEARNERS),
+    "roster": (ROSTER_SCHOOLS, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_LEARNERS),
+}
+# Roster record kind (the oneof field, as in the compacted key) -> table and id column.
+ROSTER_TABLES: Mapping[str, tuple[str, str]] = {
+    "org": (ROSTER_SCHOOLS, "school_id"),
+    "school_class": (ROSTER_CLASSES, "class_id"),
+    "enrollment": (ROSTER_ENROLLMENTS, "enrollment_id"),
+    "learner": (ROSTER_LEARNERS, "learner_id"),
 }
 
 Row = dict[str, Any]
@@ -97,7 +119,9 @@ class Position:
 def rows_for(
     stream: Stream, envelope: envelope_pb2.Envelope, position: Position
 ) -> list[tuple[str, Row]]:
-    """(table, row) pairs that one envelope of `stream` projects to; empty if none."""
+    """(table, row) pairs that one envelope of `stream` projects to; empty if none.
+
+    Roster records are not envelopes: see `roster_rows`."""
     if stream == "mastery":
         return mastery_rows(envelope, position)
     return activity_rows(envelope, position)
@@ -107,6 +131,10 @@ def mastery_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[tu
     kind = envelope.WhichOneof("payload")
     if kind is None:
         raise RowError("envelope has no payload")
+    if kind == "learner_erased":
+        return [_erasure(envelope, position)]
+    if kind in _MASTERY_EVENT_KINDS:
+        return [(MASTERY_EVENTS, _mastery_event(envelope, kind, position))]
     if kind != "mastery_updated":
         return []
     update = envelope.mastery_updated
@@ -152,6 +180,9 @@ def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[t
     if kind not in _ACTIVITY_KINDS:
         # Scheduler ticks and mastery events are not learner activity.
         return []
+    if kind == "learner_erasure_requested":
+        # Not an activity row: it removes the learner (the sink applies it).
+        return [_erasure(envelope, position)]
     common = _identity(envelope)
     occurred_at, ingested_at = _times(envelope)
     row: Row = {
@@ -173,6 +204,10 @@ def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[t
         "error_tag": "",
         "assignment_id": "",
         "self_chosen": False,
+        "recommendation_id": "",
+        "option_index": 0,
+        "target_date": "",
+        "confidence": None,
         **_source(position),
     }
     row.update(_activity_details(envelope, kind))
@@ -210,18 +245,139 @@ def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> Row:
         }
     if kind == "goal_set":
         goal = envelope.goal_set
-        return {"activity_id": goal.goal_id, "skill_ids": _skills(goal.skill_id)}
+        return {
+            "activity_id": goal.goal_id,
+            "skill_ids": _skills(goal.skill_id),
+            "target_date": goal.target_date,
+        }
     if kind == "reflection_submitted":
         reflection = envelope.reflection_submitted
-        return {"activity_id": reflection.reflection_id, "skill_ids": _skills(reflection.skill_id)}
+        confidence = (
+            _unit("reflection_submitted.confidence", reflection.confidence)
+            if reflection.HasField("confidence")
+            else None
+        )
+        return {
+            "activity_id": reflection.reflection_id,
+            "skill_ids": _skills(reflection.skill_id),
+            "confidence": confidence,
+        }
     if kind == "teacher_override":
         return {"skill_ids": _skills(envelope.teacher_override.skill_id)}
     if kind == "activity_assigned":
         assigned = envelope.activity_assigned
         return {"activity_id": assigned.activity_id, "skill_ids": _skills(assigned.skill_id)}
     if kind == "recommendation_chosen":
-        return {"activity_id": envelope.recommendation_chosen.activity_id}
+        chosen = envelope.recommendation_chosen
+        return {
+            "activity_id": chosen.activity_id,
+            "recommendation_id": chosen.recommendation_id,
+            "option_index": chosen.option_index,
+        }
     return {}
+
+
+_MASTERY_EVENT_KINDS = frozenset(
+    {"skill_mastered", "struggling_detected", "mastery_overridden", "review_due"}
+)
+
+
+def _mastery_event(envelope: envelope_pb2.Envelope, kind: str, position: Position) -> Row:
+    """One row of `mastery_events`; the override's free-text reason is left out (PII risk)."""
+    common = _identity(envelope)
+    occurred_at, _ = _times(envelope)
+    payload = getattr(envelope, kind)
+    if not payload.skill_id:
+        raise RowError(f"{kind}.skill_id is empty")
+    reason, error_tag, attempts, p = "", "", 0, 0.0
+    if kind == "skill_mastered":
+        p = _unit("skill_mastered.p_mastered", payload.p_mastered)
+    elif kind == "struggling_detected":
+        reason, error_tag, attempts = payload.reason, payload.error_tag, payload.attempts
+    elif kind == "mastery_overridden":
+        reason, p = "teacher_override", _unit("mastery_overridden.p_after", payload.p_after)
+    else:
+        p = _unit("review_due.p_recall", payload.p_recall)
+    return {
+        "event_id": envelope.event_id,
+        **common,
+        "kind": kind,
+        "skill_id": payload.skill_id,
+        "reason": reason,
+        "error_tag": error_tag,
+        "attempts": attempts,
+        "p": p,
+        "occurred_at": occurred_at,
+        **_source(position),
+    }
+
+
+def _erasure(envelope: envelope_pb2.Envelope, position: Position) -> tuple[str, Row]:
+    common = _identity(envelope)
+    occurred_at, _ = _times(envelope)
+    return (
+        ERASED_LEARNERS,
+        {
+            "tenant_id": common["tenant_id"],
+            "learner_id": common["learner_id"],
+            "event_id": envelope.event_id,
+            "erased_at": occurred_at,
+            **_source(position),
+        },
+    )
+
+
+def roster_rows(
+    key: bytes | None, record: roster_pb2.RosterRecord | None, position: Position
+) -> list[tuple[str, Row]]:
+    """The row of one roster record; a tombstone (no value) marks the keyed entity deleted.
+
+    The compacted topic's key is `tenant/kind/sourcedId`; the value's tenant and kind must match.
+    Names and sealed identities never reach a table.
+    """
+    try:
+        tenant_id, kind, entity_id = (key or b"").decode().split("/", 2)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RowError(f"roster key {key!r} is not tenant/kind/id") from exc
+    if kind not in ROSTER_TABLES or not tenant_id or not entity_id:
+        raise RowError(f"roster key {key!r} names no known entity")
+    table, id_column = ROSTER_TABLES[kind]
+    row: Row = {"tenant_id": tenant_id, id_column: entity_id, "deleted": 1}
+    if record is not None:
+        if record.tenant_id != tenant_id or record.WhichOneof("entity") != kind:
+            raise RowError("roster value does not match its key")
+        entity = getattr(record, kind)
+        if entity.sourced_id != entity_id:
+            raise RowError("roster value does not match its key")
+        row["deleted"] = 0
+    entity = getattr(record, kind) if record is not None else None
+    if table == ROSTER_SCHOOLS:
+        row.update(
+            name=entity.name if entity else "",
+            type=entity.type if entity else "",
+            parent_id=entity.parent_id if entity else "",
+        )
+    elif table == ROSTER_CLASSES:
+        row.update(
+            school_id=entity.school_id if entity else "",
+            grade=entity.grade if entity else "",
+            subject=entity.subject if entity else "",
+        )
+    elif table == ROSTER_ENROLLMENTS:
+        row.update(
+            class_id=entity.class_id if entity else "",
+            learner_id=entity.user_id if entity else "",
+            role=entity.role if entity else "",
+            school_id=entity.school_id if entity else "",
+        )
+    else:
+        row.update(
+            school_id=entity.school_id if entity else "",
+            grade=entity.grade if entity else "",
+            subgroups=sorted(set(entity.subgroups)) if entity else [],
+        )
+    row.update(_source(position))
+    return [(table, row)]
 
 
 def _identity(envelope: envelope_pb2.Envelope) -> Row:

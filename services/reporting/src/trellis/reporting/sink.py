@@ -1,8 +1,9 @@
-"""The reporting sink: mastery and activity topics -> batched ClickHouse inserts, effectively once.
+"""The reporting sink: mastery, activity and roster topics -> batched ClickHouse inserts.
 
-One kafka-python consumer (group `settings.reporting.consumer_group`, no auto-commit) reads both
-topics. Records are mapped to rows by `trellis.reporting.rows` and batched: a batch is flushed at
-`batch_max_rows` records or `batch_max_seconds` after its first record, never row by row.
+Effectively once. One kafka-python consumer (group `settings.reporting.consumer_group`, no
+auto-commit) reads the three topics. Records are mapped to rows by `trellis.reporting.rows` and
+batched: a batch is flushed at `batch_max_rows` records or `batch_max_seconds` after its first
+record, never row by row.
 
 A flush, in this order:
 1. undecodable records go to the dead-letter topic (waiting for Kafka's ack); the sink goes on;
@@ -16,6 +17,12 @@ assignment, then advanced after each insert). Rows at or below it are dropped be
 so a crash between insert and commit, or a replay after the group's offsets were reset, re-reads
 records but inserts none of them again. A batch retried after an ambiguous failure (the store may
 have stored it) is the same block with the same token, which the store drops.
+
+Erasure: a `LearnerErasureRequested` (activity) or `LearnerErased` (mastery) record is stored in
+`erased_learners`, then every table is purged of that learner with lightweight DELETEs (rollups
+included), before the offsets are committed. The sink keeps the erased set (read from the table
+with the positions) and drops every row of an erased learner before inserting: a replay of the
+log, or a late mastery event, never brings them back.
 
 Failures: store or Kafka errors are retried with exponential backoff (the sink never gives up on
 data and never skips it); a stop request ends the retries, leaving the batch uncommitted.
@@ -41,18 +48,25 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from trellis.common.codec import decode_envelope
+from trellis.common.codec import decode, decode_envelope
 from trellis.common.kafka import create_consumer, create_producer, dead_letter, send_dead_letters
 from trellis.common.logging import get_logger
-from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.rows import (
     ACTIVITY,
+    ERASED_LEARNERS,
+    MASTERY_EVENTS,
     MASTERY_HISTORY,
     MASTERY_LATEST,
+    ROSTER_CLASSES,
+    ROSTER_ENROLLMENTS,
+    ROSTER_LEARNERS,
+    ROSTER_SCHOOLS,
     Position,
     Row,
     Stream,
+    roster_rows,
     rows_for,
 )
 from trellis.reporting.store.base import PartitionKey, ReportingStore
@@ -60,8 +74,19 @@ from trellis.reporting.store.base import PartitionKey, ReportingStore
 __all__ = ["ReportingSink", "SinkStats", "insert_token"]
 
 CONSUMER_NAME = "trellis-reporting"
-# History before latest: a reader never sees a latest value whose history row is missing.
-TABLE_ORDER = (MASTERY_HISTORY, MASTERY_LATEST, ACTIVITY)
+# Erasures first (they filter the rest); history before latest: a reader never sees a latest
+# value whose history row is missing.
+TABLE_ORDER = (
+    ERASED_LEARNERS,
+    MASTERY_HISTORY,
+    MASTERY_LATEST,
+    MASTERY_EVENTS,
+    ACTIVITY,
+    ROSTER_SCHOOLS,
+    ROSTER_CLASSES,
+    ROSTER_ENROLLMENTS,
+    ROSTER_LEARNERS,
+)
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 10.0
 
@@ -97,6 +122,8 @@ class SinkStats:
     consumed: int = 0
     inserted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     already_stored: int = 0
+    erased_rows_dropped: int = 0
+    erasures: int = 0
     dead_letters: int = 0
     not_projected: int = 0
     flushes: int = 0
@@ -160,7 +187,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class ReportingSink:
-    """Consumes the mastery and activity topics into the reporting store."""
+    """Consumes the mastery, activity and roster topics into the reporting store."""
 
     def __init__(
         self,
@@ -177,6 +204,7 @@ class ReportingSink:
         self._streams: dict[str, Stream] = {
             self._kafka.topics.name("mastery"): "mastery",
             self._kafka.topics.name("activity"): "activity",
+            self._kafka.topics.name("roster"): "roster",
         }
         self._consumer_factory = consumer_factory or self._create_consumer
         self._producer: KafkaProducer | None = None
@@ -188,6 +216,8 @@ class ReportingSink:
         self._positions_stale = True
         # Highest offset stored per table and partition; loaded lazily after each assignment.
         self._positions: dict[str, dict[PartitionKey, int]] = {}
+        # (tenant, learner) pairs erased: their rows are never inserted again.
+        self._erased: set[tuple[str, str]] = set()
         self._batch = _Batch()
         self._failing = False
         self.running = threading.Event()
@@ -341,13 +371,20 @@ class ReportingSink:
         batch.records += 1
         batch.next_offsets[key] = record.offset + 1
         self.stats.consumed += 1
+        stream = self._streams[record.topic]
+        position = Position(record.topic, record.partition, record.offset)
         try:
-            envelope = decode_envelope(record.value, record.headers)
-            pairs = rows_for(
-                self._streams[record.topic],
-                envelope,
-                Position(record.topic, record.partition, record.offset),
-            )
+            if stream == "roster":
+                # A compacted topic: a record without a value is a tombstone.
+                roster = (
+                    None
+                    if record.value is None
+                    else decode(roster_pb2.RosterRecord, record.value, record.headers)
+                )
+                pairs = roster_rows(record.key, roster, position)
+            else:
+                envelope = decode_envelope(record.value, record.headers)
+                pairs = rows_for(stream, envelope, position)
         except Exception as exc:  # anything undecodable is a dead letter, never a stop
             batch.letters.append((key, dead_letter(record, str(exc), CONSUMER_NAME)))
             return
@@ -394,13 +431,25 @@ class ReportingSink:
         if stale:
             try:
                 self._positions = {table: self._store.positions(table) for table in TABLE_ORDER}
+                self._erased = self._store.erased_learners()
             except Exception:
                 with self._lock:
                     self._positions_stale = True
                 raise
+        # Erasures of this batch apply to all of it, earlier offsets included.
+        erasures = {(r["tenant_id"], r["learner_id"]) for r in batch.rows.get(ERASED_LEARNERS, ())}
         for table in TABLE_ORDER:
             stored = self._positions.setdefault(table, {})
-            rows = _new_rows(batch.rows.get(table, ()), stored)
+            candidates = batch.rows.get(table, ())
+            if table != ERASED_LEARNERS:
+                kept = [
+                    r
+                    for r in candidates
+                    if (r["tenant_id"], r.get("learner_id", "")) not in self._erased | erasures
+                ]
+                self.stats.erased_rows_dropped += len(candidates) - len(kept)
+                candidates = kept
+            rows = _new_rows(candidates, stored)
             self.stats.already_stored += len(batch.rows.get(table, ())) - len(rows)
             if not rows:
                 continue
@@ -411,6 +460,13 @@ class ReportingSink:
                     stored[key] = row["source_offset"]
             self.stats.inserted[table] += len(rows)
             ROWS_INSERTED.labels(table).inc(len(rows))
+            if table == ERASED_LEARNERS:
+                self._erased |= {(r["tenant_id"], r["learner_id"]) for r in rows}
+        # Every erasure read in this batch is applied, even one already recorded: a crash
+        # between recording it and deleting leaves the batch uncommitted, so it is redone here.
+        for tenant_id, learner_id in sorted(erasures):
+            self._store.erase_learner(tenant_id, learner_id)
+            self.stats.erasures += 1
 
     def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}

@@ -108,5 +108,13 @@ class ReportingStore(ABC):
         """Rows of one tenant per table (mastery_latest: distinct class x learner x skill cells)."""
 
     @abstractmethod
+    def erased_learners(self) -> set[tuple[str, str]]:
+        """Every (tenant, pseudonymous learner) erased so far."""
+
+    @abstractmethod
+    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+        """Delete every row of one learner from every table, rollups included; idempotent."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the connections; the store cannot be used afterwards."""

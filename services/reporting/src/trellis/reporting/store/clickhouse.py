@@ -16,7 +16,19 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from trellis.reporting.rows import ACTIVITY, MASTERY_HISTORY, MASTERY_LATEST
+from trellis.reporting.rows import (
+    ACTIVITY,
+    ENGAGEMENT_DAILY,
+    ERASED_LEARNERS,
+    LEARNER_GOALS,
+    MASTERY_EVENTS,
+    MASTERY_HISTORY,
+    MASTERY_LATEST,
+    ROSTER_CLASSES,
+    ROSTER_ENROLLMENTS,
+    ROSTER_LEARNERS,
+    ROSTER_SCHOOLS,
+)
 from trellis.reporting.store.base import (
     HeatmapCell,
     PartitionKey,
@@ -29,11 +41,43 @@ from trellis.reporting.store.migrations import LATEST_VERSION, MIGRATIONS, SCHEM
 
 __all__ = ["TABLES", "ClickHouseStore"]
 
-TABLES = (ACTIVITY, MASTERY_HISTORY, MASTERY_LATEST)
+# Tables the sink writes (and positions are read from).
+TABLES = (
+    ACTIVITY,
+    MASTERY_HISTORY,
+    MASTERY_LATEST,
+    MASTERY_EVENTS,
+    ERASED_LEARNERS,
+    ROSTER_SCHOOLS,
+    ROSTER_CLASSES,
+    ROSTER_ENROLLMENTS,
+    ROSTER_LEARNERS,
+)
+# Tables holding rows of a learner (`learner_id`), materialized rollups included: erasure
+# deletes from each. `erased_learners` itself is kept: it is what keeps a replay out.
+LEARNER_TABLES = (
+    ACTIVITY,
+    MASTERY_HISTORY,
+    MASTERY_LATEST,
+    MASTERY_EVENTS,
+    ROSTER_ENROLLMENTS,
+    ROSTER_LEARNERS,
+    ENGAGEMENT_DAILY,
+    LEARNER_GOALS,
+)
+COUNTED_TABLES = (*TABLES, ENGAGEMENT_DAILY, LEARNER_GOALS)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Synchronous, deduplicated inserts: the sink commits Kafka offsets only after this returns, so
 # nothing may complete behind the call (chDB enables async_insert by default).
-_INSERT_SETTINGS = {"async_insert": 0, "insert_deduplicate": 1}
+# Materialized views drop a retried block too (their target tables keep a dedup window).
+_INSERT_SETTINGS = {
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
+# Lightweight DELETE (ClickHouse >= 23.3 GA; chDB 4.x): rows are masked at once and purged by
+# merges; synchronous so that erasure is done when the call returns.
+_DELETE_SETTINGS = {"lightweight_deletes_sync": 2, "mutations_sync": 2}
 
 
 class ClickHouseStore(ReportingStore):
@@ -229,20 +273,38 @@ class ClickHouseStore(ReportingStore):
         ]
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
-        rows = self._query(
-            """
-            SELECT 'activity', count() FROM {db}.activity WHERE tenant_id = {tenant:String}
-            UNION ALL
-            SELECT 'mastery_history', count() FROM {db}.mastery_history
-            WHERE tenant_id = {tenant:String}
-            UNION ALL
-            SELECT 'mastery_latest', count() FROM {db}.mastery_latest FINAL
-            WHERE tenant_id = {tenant:String}
-            """,
-            {"tenant": tenant_id},
-        )
+        # Replacing tables count their live keys (FINAL); roster tables leave tombstones out.
+        final = {MASTERY_LATEST, ERASED_LEARNERS, LEARNER_GOALS}
+        parts = []
+        for table in COUNTED_TABLES:
+            if table.startswith("roster_"):
+                body = f"{{db}}.{table} FINAL WHERE deleted = 0 AND"
+            elif table in final:
+                body = f"{{db}}.{table} FINAL WHERE"
+            else:
+                body = f"{{db}}.{table} WHERE"
+            parts.append(f"SELECT '{table}', count() FROM {body} tenant_id = {{tenant:String}}")
+        rows = self._query(" UNION ALL ".join(parts), {"tenant": tenant_id})
         counts = {str(table): int(count) for table, count in rows}
-        return {table: counts.get(table, 0) for table in TABLES}
+        return {table: counts.get(table, 0) for table in COUNTED_TABLES}
+
+    def erased_learners(self) -> set[tuple[str, str]]:
+        rows = self._query("SELECT DISTINCT tenant_id, learner_id FROM {db}.erased_learners")
+        return {(str(tenant), str(learner)) for tenant, learner in rows}
+
+    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+        for table in LEARNER_TABLES:
+            try:
+                self.client.command(
+                    self._sql(
+                        f"DELETE FROM {{db}}.{table} "
+                        "WHERE tenant_id = {tenant:String} AND learner_id = {learner:String}"
+                    ),
+                    parameters={"tenant": tenant_id, "learner": learner_id},
+                    settings=_DELETE_SETTINGS,
+                )
+            except ClickHouseError as exc:
+                raise StoreError(f"erasure from {table} failed: {exc}") from exc
 
 
 def _scope(

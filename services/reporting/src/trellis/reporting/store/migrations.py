@@ -20,6 +20,13 @@ Why these keys:
 - Every table records the Kafka position of each row (source_topic/partition/offset): the sink
   reads `max(source_offset)` per partition at start and never inserts a record twice, whatever
   the consumer group's committed offsets say (replay, crash between insert and commit).
+- Roster tables (migration 2) are ReplacingMergeTree keyed by the entity and versioned by the
+  offset of the compacted topic (a key always lives in one partition); a tombstone is a row with
+  `deleted = 1`. Readers use FINAL and `deleted = 0`.
+- `engagement_daily` (SummingMergeTree) and `learner_goals` (ReplacingMergeTree) are filled by
+  materialized views over `activity`; they are erased with the same lightweight DELETE.
+- `erased_learners` lists the (tenant, learner) pairs erased: the sink consults it before every
+  insert, so a replay of the log never brings an erased learner back.
 - `non_replicated_deduplication_window` keeps the hashes of the last inserts, so that a batch
   retried with the same `insert_deduplication_token` is dropped.
 """
@@ -126,6 +133,172 @@ CREATE TABLE IF NOT EXISTS {{db}}.activity (
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (tenant_id, school_id, class_id, learner_id, occurred_at)
 SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+        ),
+    ),
+    Migration(
+        2,
+        "roster, mastery events, engagement rollups, goals, erasure",
+        (
+            # Columns for recommendation choices, goals and reflections (no free text).
+            "ALTER TABLE {db}.activity "
+            "ADD COLUMN IF NOT EXISTS recommendation_id String DEFAULT ''",
+            "ALTER TABLE {db}.activity ADD COLUMN IF NOT EXISTS option_index UInt32 DEFAULT 0",
+            "ALTER TABLE {db}.activity ADD COLUMN IF NOT EXISTS target_date String DEFAULT ''",
+            "ALTER TABLE {db}.activity ADD COLUMN IF NOT EXISTS confidence Nullable(Float64)",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.roster_schools (
+    tenant_id LowCardinality(String),
+    school_id String,
+    name String,
+    type LowCardinality(String),
+    parent_id String,
+    deleted UInt8,{_SOURCE_COLUMNS}
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, school_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.roster_classes (
+    tenant_id LowCardinality(String),
+    class_id String,
+    school_id LowCardinality(String),
+    grade LowCardinality(String),
+    subject LowCardinality(String),
+    deleted UInt8,{_SOURCE_COLUMNS}
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, class_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.roster_enrollments (
+    tenant_id LowCardinality(String),
+    enrollment_id String,
+    class_id String,
+    learner_id String,
+    role LowCardinality(String),
+    school_id LowCardinality(String),
+    deleted UInt8,{_SOURCE_COLUMNS}
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, enrollment_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.roster_learners (
+    tenant_id LowCardinality(String),
+    learner_id String,
+    school_id LowCardinality(String),
+    grade LowCardinality(String),
+    subgroups Array(LowCardinality(String)),
+    deleted UInt8,{_SOURCE_COLUMNS}
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, learner_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.mastery_events (
+    event_id String,
+    tenant_id LowCardinality(String),
+    school_id LowCardinality(String),
+    class_id LowCardinality(String),
+    learner_id String,
+    kind LowCardinality(String),
+    skill_id LowCardinality(String),
+    reason LowCardinality(String),
+    error_tag LowCardinality(String),
+    attempts UInt32,
+    p Float64,
+    occurred_at DateTime64(3, 'UTC'),{_SOURCE_COLUMNS}
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (tenant_id, class_id, learner_id, occurred_at)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.erased_learners (
+    tenant_id LowCardinality(String),
+    learner_id String,
+    event_id String,
+    erased_at DateTime64(3, 'UTC'),{_SOURCE_COLUMNS}
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, learner_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            # Rollups: the target tables keep a deduplication window too, so that a batch
+            # retried with the same token (dropped by `activity`) is not counted twice here
+            # (with `deduplicate_blocks_in_dependent_materialized_views`).
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.engagement_daily (
+    tenant_id LowCardinality(String),
+    school_id LowCardinality(String),
+    class_id LowCardinality(String),
+    learner_id String,
+    day Date,
+    events UInt64,
+    attempts UInt64,
+    correct UInt64,
+    attempt_seconds Float64,
+    resources UInt64,
+    resource_seconds Float64
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (tenant_id, school_id, class_id, learner_id, day)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.engagement_daily_mv TO {db}.engagement_daily AS
+SELECT tenant_id, school_id, class_id, learner_id, toDate(occurred_at) AS day,
+       count() AS events,
+       countIf(kind = 'item_attempted') AS attempts,
+       countIf(kind = 'item_attempted' AND ifNull(score, 0) >= 0.5) AS correct,
+       sumIf(duration_seconds, kind = 'item_attempted') AS attempt_seconds,
+       countIf(kind = 'resource_engaged') AS resources,
+       sumIf(duration_seconds, kind = 'resource_engaged') AS resource_seconds
+FROM {db}.activity
+GROUP BY tenant_id, school_id, class_id, learner_id, day
+""",
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.learner_goals (
+    tenant_id LowCardinality(String),
+    learner_id String,
+    goal_id String,
+    school_id LowCardinality(String),
+    class_id LowCardinality(String),
+    skill_id LowCardinality(String),
+    target_date String,
+    set_at DateTime64(3, 'UTC'),
+    source_offset UInt64
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, learner_id, goal_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.learner_goals_mv TO {db}.learner_goals AS
+SELECT tenant_id, learner_id, activity_id AS goal_id, school_id, class_id,
+       if(empty(skill_ids), '', skill_ids[1]) AS skill_id, target_date,
+       occurred_at AS set_at, source_offset
+FROM {db}.activity
+WHERE kind = 'goal_set'
+""",
+            # Activity stored before this migration: the rollups start from it (only while
+            # they are empty, so a migration redone after a crash does not count it twice).
+            """
+INSERT INTO {db}.engagement_daily
+SELECT tenant_id, school_id, class_id, learner_id, toDate(occurred_at) AS day,
+       count(), countIf(kind = 'item_attempted'),
+       countIf(kind = 'item_attempted' AND ifNull(score, 0) >= 0.5),
+       sumIf(duration_seconds, kind = 'item_attempted'),
+       countIf(kind = 'resource_engaged'), sumIf(duration_seconds, kind = 'resource_engaged')
+FROM {db}.activity
+WHERE (SELECT count() FROM {db}.engagement_daily) = 0
+GROUP BY tenant_id, school_id, class_id, learner_id, day
+""",
+            """
+INSERT INTO {db}.learner_goals
+SELECT tenant_id, learner_id, activity_id, school_id, class_id,
+       if(empty(skill_ids), '', skill_ids[1]), target_date, occurred_at, source_offset
+FROM {db}.activity
+WHERE kind = 'goal_set' AND (SELECT count() FROM {db}.learner_goals) = 0
 """,
         ),
     ),
