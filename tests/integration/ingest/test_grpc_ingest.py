@@ -4,6 +4,7 @@ the activity topic, once each."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,18 +14,13 @@ from prometheus_client import REGISTRY
 from tests.conftest import TEST_TENANT
 from trellis.common.codec import decode_envelope
 from trellis.common.grpc.errors import bad_request_fields, bad_request_violations
-from trellis.common.grpc.server import ServiceBinding, create_server
-from trellis.common.kafka import create_consumer, create_producer
+from trellis.common.kafka import create_consumer
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal, Settings
 from trellis.ingest.adapters.follower import CatalogFollower
-from trellis.ingest.adapters.grpc import IngestServicer
-from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
+from trellis.ingest.app import create_ingest
 from trellis.ingest.catalog import CatalogView
-from trellis.ingest.dedup import DedupWindow
-from trellis.ingest.service import IngestService
 
 TOKEN = "ingest-test-token"
 OTHER_TENANT_TOKEN = "other-tenant-token"
@@ -32,36 +28,39 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 OCCURRED = datetime.now(UTC) - timedelta(minutes=1)
 
 
+SCHOOL_TOKEN = "school-one-token"
+TEACHER_TOKEN = "teacher-token"
+TOKENS = {
+    TOKEN: Principal(tenant_id=TEST_TENANT),
+    OTHER_TENANT_TOKEN: Principal(tenant_id="another-district"),
+    SCHOOL_TOKEN: Principal(tenant_id=TEST_TENANT, schools=["sch1"]),
+    TEACHER_TOKEN: Principal(
+        tenant_id=TEST_TENANT, role="teacher", schools=["sch1"], classes=["c1"]
+    ),
+}
+
+
+def small(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"max_batch_size": 10})}
+    )
+
+
+@asynccontextmanager
+async def running_ingest(settings: Settings) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
+    app = create_ingest(small(settings), TOKENS, port=0)
+    await app.start(ready_timeout_s=30)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
+            yield ingest_pb2_grpc.IngestServiceStub(channel)
+    finally:
+        await app.close()
+
+
 @pytest.fixture
 async def ingest(settings: Settings) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
-    publisher = KafkaPublisher(create_producer(settings.kafka), settings.kafka, max_in_flight=4)
-    catalog = CatalogView()
-    follower = CatalogFollower(settings.kafka, catalog)
-    follower.start()
-    service = IngestService(
-        publisher, Pseudonymizer(settings.pseudonym.all_keys()), DedupWindow(1_000), catalog
-    )
-    server = create_server(
-        settings.services.ingest.model_copy(update={"port": 0}),
-        {
-            TOKEN: Principal(tenant_id=TEST_TENANT),
-            OTHER_TENANT_TOKEN: Principal(tenant_id="another-district"),
-        },
-        [
-            ServiceBinding(
-                "trellis.ingest.v1.IngestService",
-                ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-                IngestServicer(service, max_batch_size=10, max_in_flight=4),
-            )
-        ],
-    )
-    await server.start()
-    await server.set_serving(True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield ingest_pb2_grpc.IngestServiceStub(channel)
-    await server.stop()
-    follower.stop()
-    publisher.close()
+    async with running_ingest(settings) as stub:
+        yield stub
 
 
 def attempt(event_id: str, score: float = 1.0) -> envelope_pb2.Envelope:
