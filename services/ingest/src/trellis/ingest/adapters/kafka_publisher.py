@@ -45,7 +45,12 @@ class KafkaPublisher:
             except KafkaError as exc:
                 log.warning("produce failed", topic=name, error=str(exc))
                 futures.append(None)
-        self._producer.flush(timeout=self._kafka.delivery_timeout_ms / 1000)
+        try:
+            self._producer.flush(timeout=self._kafka.delivery_timeout_ms / 1000)
+        except KafkaError as exc:
+            # Not flushed in time: every record not acknowledged by now is answered NOT_STORED
+            # (it may still land later: a retry is then a duplicate, which consumers dedupe).
+            log.warning("flush timed out", topic=name, error=str(exc))
         stored = []
         for future in futures:
             try:
