@@ -91,11 +91,10 @@ def load(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report.to_json()))
         return
-    accepted = report.statuses.get("ITEM_STATUS_ACCEPTED", 0)
     print(
         f"offered {args.rate} events/s for {args.duration} s: sent {report.events_sent} events in"
-        f" {report.requests} requests over {report.duration_s} s"
-        f" -> achieved {report.achieved_rate} events/s ({accepted} accepted)"
+        f" {report.requests} requests over {report.duration_s} s -> achieved"
+        f" {report.achieved_rate} events/s stored ({report.answered_rate} events/s answered)"
     )
     print(f"statuses: {report.statuses}  rpc errors: {report.rpc_errors or 'none'}")
     print(f"latency per request (from its due time), ms: {report.latency_ms}")

@@ -8,7 +8,6 @@ difficulty and resources with interest tags and modalities. `roster_records` and
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,22 +21,22 @@ SCHOOL_NAMES = (
 )  # fmt: skip
 # Per-grade strands of a math curriculum, in teaching order (prerequisites come earlier).
 SKILL_BANK = (
-    "Place value",
-    "Equivalent fractions",
-    "Add fractions with like denominators",
-    "Multiply fractions",
-    "Add fractions with unlike denominators",
-    "Decimals and fractions",
-    "Fraction word problems",
-    "Area and perimeter",
-    "Volume",
-    "Line plots",
-    "Coordinate plane",
-    "Numerical patterns",
-    "Order of operations",
-    "Divide fractions",
-    "Ratios",
-    "Percent",
+    ("place-value", "Place value"),
+    ("frac-equiv", "Equivalent fractions"),
+    ("frac-add-like", "Add fractions with like denominators"),
+    ("frac-mult", "Multiply fractions"),
+    ("frac-add-unlike", "Add fractions with unlike denominators"),
+    ("decimals", "Decimals and fractions"),
+    ("frac-word", "Fraction word problems"),
+    ("area-perimeter", "Area and perimeter"),
+    ("volume", "Volume"),
+    ("line-plots", "Line plots"),
+    ("coordinates", "Coordinate plane"),
+    ("patterns", "Numerical patterns"),
+    ("order-of-ops", "Order of operations"),
+    ("frac-divide", "Divide fractions"),
+    ("ratios", "Ratios"),
+    ("percent", "Percent"),
 )
 INTERESTS = ("sports", "music", "animals", "space", "art", "games", "cooking", "nature")
 MODALITIES = ("video", "text", "audio", "interactive")
@@ -155,18 +154,14 @@ class District:
         return {s.skill_id: s for s in self.skills}
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def _skills(config: DistrictConfig, rng: np.random.Generator) -> list[Skill]:
     skills: list[Skill] = []
     previous_grade_last: str | None = None
     for grade in config.grades:
         grade_skills: list[Skill] = []
         for k in range(config.skills_per_grade):
-            name = SKILL_BANK[k]
-            skill_id = f"math.g{grade}.{slug(name)}"
+            key, name = SKILL_BANK[k]
+            skill_id = f"g{grade}.{key}"
             prerequisites: tuple[str, ...]
             if k == 0:
                 prerequisites = (previous_grade_last,) if previous_grade_last else ()
