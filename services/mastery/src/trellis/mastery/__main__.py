@@ -1,4 +1,10 @@
-"""`python -m trellis.mastery worker`: the Faust worker and the mastery read API in one process.
+"""`python -m trellis.mastery worker | fit | evaluate`.
+
+worker: the Faust worker and the mastery read API in one process.
+fit --train FILE [--out params.json] [--version V]: fit a versioned parameter set (BKT per skill
+    by EM, item difficulties, calibration) and write it as `ModelParameters` JSON.
+evaluate --train FILE --test FILE [--json] [--no-pybkt] [--bootstrap N]: next-attempt AUC, RMSE
+    and ECE of Trellis's model and of pyBKT fitted on the same training file (DESIGN.md §8).
 
 Wiring only: settings are read once here and passed down.
 """
@@ -6,8 +12,12 @@ Wiring only: settings are read once here and passed down.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from trellis.common.grpc.server import GrpcServer, ServiceBinding, create_server
 from trellis.common.logging import configure_logging, get_logger
@@ -16,6 +26,7 @@ from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
+from trellis.mastery.fitting import Progress
 from trellis.mastery.stream.app import create_stream, ensure_stream_topics
 from trellis.mastery.stream.worker import MasteryWorker
 
@@ -46,12 +57,100 @@ def worker(settings: Settings) -> None:
     MasteryWorker(stream.app, grpc_server).execute_from_commandline()
 
 
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    """A rich progress bar on stderr: one task per stage reported by the fitting code."""
+    from rich.console import Console
+    from rich.progress import Progress as Bar
+
+    with Bar(console=Console(stderr=True), transient=False) as bar:
+        tasks: dict[str, object] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
+
+        yield report
+
+
+def fit(train: Path, out: Path | None, version: str | None) -> None:
+    from trellis.mastery.adapters.model_parameters import to_json
+    from trellis.mastery.dataset import read_attempts
+    from trellis.mastery.fitting import fit_model
+
+    # Same training file, same version: a refit of the same data names the same set.
+    version = version or "fit-" + hashlib.sha256(train.read_bytes()).hexdigest()[:12]
+    data = read_attempts(train)
+    print(
+        f"{train}: {data.attempts} attempts, {len(data.users)} learners, "
+        f"{len(data.skills)} skills, {len(data.items)} items",
+        file=sys.stderr,
+    )
+    with _progress_bar() as progress:
+        fitted = fit_model(data, version, progress=progress)
+    text = to_json(fitted.model)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n")
+        print(f"parameter set {version} written to {out}", file=sys.stderr)
+
+
+def evaluate(train: Path, test: Path, as_json: bool, pybkt: bool, bootstrap: int) -> None:
+    from trellis.mastery.evaluation import evaluate as run
+
+    with _progress_bar() as progress:
+        result = run(
+            train,
+            test,
+            references=("pybkt",) if pybkt else (),
+            bootstrap=bootstrap,
+            progress=progress,
+            on_stage=lambda stage: print(stage, file=sys.stderr),
+        )
+    document = result.as_dict()
+    if as_json:
+        print(json.dumps(document))
+        return
+    print(f"{'model':<10} {'auc':>7} {'rmse':>7} {'ece':>7} {'n':>9}  auc 95% ci")
+    for name, row in document.items():
+        ci = row.get("auc_ci95")
+        interval = "" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+        print(
+            f"{name:<10} {row['auc']:>7.4f} {row['rmse']:>7.4f} {row['ece']:>7.4f} "
+            f"{row['n']:>9}  {interval}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m trellis.mastery", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m trellis.mastery",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("worker", help="consume activity, keep mastery state, serve the read API")
+    fit_cmd = commands.add_parser("fit", help="fit a versioned parameter set from a file")
+    fit_cmd.add_argument("--train", type=Path, required=True)
+    fit_cmd.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
+    fit_cmd.add_argument("--version", help="version name (default: fit-<sha256 of the file>)")
+    eval_cmd = commands.add_parser("evaluate", help="next-attempt prediction, vs pyBKT")
+    eval_cmd.add_argument("--train", type=Path, required=True)
+    eval_cmd.add_argument("--test", type=Path, required=True)
+    eval_cmd.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    eval_cmd.add_argument("--no-pybkt", action="store_true", help="skip the pyBKT reference")
+    eval_cmd.add_argument(
+        "--bootstrap", type=int, default=0, help="resamples of test learners for AUC intervals"
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "fit":
+        fit(args.train, args.out, args.version)
+        return
+    if args.command == "evaluate":
+        evaluate(args.train, args.test, args.json, not args.no_pybkt, args.bootstrap)
+        return
     settings = Settings()
     configure_logging(settings.log_level)
     if args.command == "worker":
