@@ -158,6 +158,20 @@ class ReportingSettings(BaseModel):
     consumer_group: str = "trellis-reporting"
     batch_max_rows: int = 5_000
     batch_max_seconds: float = 1.0
+    # District rollups: groups of fewer learners are withheld (small-cell suppression).
+    min_cell_size: int = Field(default=10, ge=1)
+    # Longest a report query may run (a shorter client deadline wins).
+    query_timeout_s: float = Field(default=10.0, gt=0)
+    # Who needs support: a skill below this mastery after at least this many attempts ...
+    low_mastery_p: float = Field(default=0.4, ge=0, le=1)
+    low_mastery_min_attempts: int = Field(default=3, ge=0)
+    # ... or fewer than this many activity events over the last `recent_days` days.
+    low_engagement_min_events: int = Field(default=3, ge=0)
+    recent_days: int = Field(default=7, ge=1)
+    # Ready to accelerate: at least this share of started skills mastered (and this many skills),
+    # and not struggling in the recent window.
+    accelerate_mastered_share: float = Field(default=0.8, ge=0, le=1)
+    accelerate_min_skills: int = Field(default=3, ge=1)
 
 
 class Settings(BaseSettings):

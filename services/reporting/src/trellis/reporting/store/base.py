@@ -11,16 +11,26 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 __all__ = [
+    "EngagementDay",
+    "ErrorCount",
+    "GoalRow",
+    "GrowthRow",
     "HeatmapCell",
     "PartitionKey",
+    "ReadyLearner",
     "ReportingStore",
+    "RollupRows",
+    "SkillGap",
     "SkillProgress",
     "StoreError",
     "StoreStatus",
+    "SupportReason",
+    "Target",
+    "TimelineEntry",
 ]
 
 # (topic, partition)
@@ -54,6 +64,97 @@ class HeatmapCell:
     skill_id: str
     p_mastered: float
     level: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a report is about: a class, or a school (exactly one of them), within a tenant."""
+
+    tenant_id: str
+    class_id: str = ""
+    school_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SupportReason:
+    learner_id: str
+    reason: str  # low_mastery | struggling | low_engagement
+    skill_id: str  # empty for low_engagement
+    value: float  # p_mastered, attempts, or events in the window
+    detail: str  # struggling: many_attempts | repeated_error[:tag]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyLearner:
+    learner_id: str
+    skills_started: int
+    skills_mastered: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkillGap:
+    skill_id: str
+    learners: int
+    below: int  # under the low-mastery threshold
+    mastered: int
+    mean_mastery: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementDay:
+    learner_id: str
+    day: date
+    events: int
+    attempts: int
+    correct: int
+    attempt_seconds: float
+    resources: int
+    resource_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCount:
+    skill_id: str
+    error_tag: str
+    attempts: int
+    learners: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrowthRow:
+    learner_id: str
+    skill_id: str
+    p_start: float
+    p_end: float
+    updates: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    occurred_at: datetime
+    event_id: str
+    kind: str
+    skill_ids: list[str]
+    activity_id: str
+    score: float | None  # attempts: score; mastery events: p
+    detail: str  # error tag, struggling reason, ...
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class GoalRow:
+    goal_id: str
+    skill_id: str
+    target_date: str
+    set_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRows:
+    """Unsuppressed groups (key, learners, mean mastery, mastered share) and the total."""
+
+    groups: list[tuple[str, int, float, float]]
+    total: tuple[int, float, float]
 
 
 class ReportingStore(ABC):
@@ -114,6 +215,134 @@ class ReportingStore(ABC):
     @abstractmethod
     def erase_learner(self, tenant_id: str, learner_id: str) -> None:
         """Delete every row of one learner from every table, rollups included; idempotent."""
+
+    # --- reports (implemented by the ClickHouse stores; fakes need not) ---
+    # Each runs within `timeout_s` (None: no limit) and pages by the cursor it returns rows in.
+
+    def needs_support(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        low_p: float,
+        min_attempts: int,
+        min_events: int,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[SupportReason]:
+        """Reasons of the first `limit` learners (by id, after `after`) who need support."""
+        raise NotImplementedError
+
+    def ready_to_accelerate(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        mastered_share: float,
+        min_skills: int,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[ReadyLearner]:
+        """Learners (by id, never by score) with most started skills mastered, not struggling."""
+        raise NotImplementedError
+
+    def skill_gaps(
+        self,
+        target: Target,
+        *,
+        low_p: float,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[SkillGap]:
+        raise NotImplementedError
+
+    def engagement(
+        self,
+        target: Target,
+        *,
+        since: date,
+        until: date,
+        learner_id: str = "",
+        limit: int,
+        after: tuple[str, date] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[EngagementDay]:
+        """Per learner and day in [since, until), by (learner, day)."""
+        raise NotImplementedError
+
+    def error_breakdown(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        skill_id: str = "",
+        limit: int,
+        after: tuple[str, str] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[ErrorCount]:
+        raise NotImplementedError
+
+    def growth(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[GrowthRow]:
+        raise NotImplementedError
+
+    def timeline(
+        self,
+        tenant_id: str,
+        learner_id: str,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[TimelineEntry]:
+        raise NotImplementedError
+
+    def learner_goals(
+        self, tenant_id: str, learner_id: str, *, timeout_s: float | None = None
+    ) -> list[GoalRow]:
+        raise NotImplementedError
+
+    def rollup(
+        self,
+        tenant_id: str,
+        dimension: str,
+        *,
+        skill_id: str = "",
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> RollupRows:
+        """Groups of active roster learners by school, grade or subgroup (unsuppressed)."""
+        raise NotImplementedError
 
     @abstractmethod
     def close(self) -> None:

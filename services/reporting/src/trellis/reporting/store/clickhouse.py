@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import clickhouse_connect
@@ -30,12 +30,22 @@ from trellis.reporting.rows import (
     ROSTER_SCHOOLS,
 )
 from trellis.reporting.store.base import (
+    EngagementDay,
+    ErrorCount,
+    GoalRow,
+    GrowthRow,
     HeatmapCell,
     PartitionKey,
+    ReadyLearner,
     ReportingStore,
+    RollupRows,
+    SkillGap,
     SkillProgress,
     StoreError,
     StoreStatus,
+    SupportReason,
+    Target,
+    TimelineEntry,
 )
 from trellis.reporting.store.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_MIGRATIONS_DDL
 
@@ -130,9 +140,17 @@ class ClickHouseStore(ReportingStore):
     def _sql(self, template: str) -> str:
         return template.replace("{db}", self.database)
 
-    def _query(self, template: str, parameters: Mapping[str, Any] | None = None) -> list[Any]:
+    def _query(
+        self,
+        template: str,
+        parameters: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Any]:
+        settings = {} if timeout_s is None else {"max_execution_time": max(1, round(timeout_s))}
         try:
-            result = self.client.query(self._sql(template), parameters=dict(parameters or {}))
+            result = self.client.query(
+                self._sql(template), parameters=dict(parameters or {}), settings=settings
+            )
             rows = list(result.result_rows)
         except ClickHouseError as exc:
             raise StoreError(f"query failed: {exc}") from exc
@@ -288,6 +306,444 @@ class ClickHouseStore(ReportingStore):
         counts = {str(table): int(count) for table, count in rows}
         return {table: counts.get(table, 0) for table in COUNTED_TABLES}
 
+    # --- reports ---
+
+    def needs_support(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        low_p: float,
+        min_attempts: int,
+        min_events: int,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[SupportReason]:
+        where, parameters = _where(target, classes, schools)
+        # Learners of the target with no activity at all are low on engagement too: the roster
+        # names them (the class's enrolled learners, or the school's learners).
+        scope, _ = _scope(classes=classes, schools=schools)
+        if target.class_id:
+            roster = f"""
+                SELECT learner_id, toUInt64(0) FROM {{db}}.roster_enrollments FINAL
+                WHERE tenant_id = {{tenant:String}} AND class_id = {{target_class:String}}
+                  AND deleted = 0 AND role IN ('student', 'learner') {scope}"""
+        elif classes is None:
+            roster = f"""
+                SELECT learner_id, toUInt64(0) FROM {{db}}.roster_learners FINAL
+                WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
+                  AND deleted = 0 {scope}"""
+        else:
+            roster = ""
+        roster_part = f"UNION ALL {roster}" if roster else ""
+        rows = self._query(
+            f"""
+            WITH reasons AS (
+                SELECT learner_id, 'low_mastery' AS reason, toString(skill_id) AS skill,
+                       p AS value, '' AS detail
+                FROM ({_LATEST.format(where=where)})
+                WHERE p < {{low_p:Float64}} AND n >= {{min_attempts:UInt32}}
+                UNION ALL
+                SELECT learner_id, 'struggling', toString(skill_id), toFloat64(max(attempts)),
+                       arrayStringConcat(arraySort(groupUniqArray(
+                           if(error_tag = '', toString(reason),
+                              concat(toString(reason), ':', toString(error_tag))))), ',')
+                FROM {{db}}.mastery_events
+                WHERE {where} AND kind = 'struggling_detected'
+                  AND occurred_at >= {{since:DateTime64(3, 'UTC')}}
+                  AND occurred_at <= {{until:DateTime64(3, 'UTC')}}
+                GROUP BY learner_id, skill_id
+                UNION ALL
+                SELECT learner_id, 'low_engagement', '', toFloat64(sum(recent)), ''
+                FROM (
+                    SELECT learner_id,
+                           sumIf(events, day >= toDate({{since:DateTime64(3, 'UTC')}})
+                                 AND day <= toDate({{until:DateTime64(3, 'UTC')}})) AS recent
+                    FROM {{db}}.engagement_daily WHERE {where}
+                    GROUP BY learner_id
+                    {roster_part}
+                )
+                GROUP BY learner_id
+                HAVING sum(recent) < {{min_events:UInt64}}
+            )
+            SELECT learner_id, reason, skill, value, detail FROM reasons
+            WHERE learner_id IN (
+                SELECT DISTINCT learner_id FROM reasons WHERE learner_id > {{after:String}}
+                ORDER BY learner_id LIMIT {{limit:UInt32}})
+            ORDER BY learner_id, reason, skill
+            """,
+            {
+                **parameters,
+                "since": _time(since),
+                "until": _time(until),
+                "low_p": low_p,
+                "min_attempts": min_attempts,
+                "min_events": min_events,
+                "after": after,
+                "limit": limit,
+            },
+            timeout_s,
+        )
+        return [
+            SupportReason(str(learner), str(reason), str(skill), float(value), str(detail))
+            for learner, reason, skill, value, detail in rows
+        ]
+
+    def ready_to_accelerate(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        mastered_share: float,
+        min_skills: int,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[ReadyLearner]:
+        where, parameters = _where(target, classes, schools)
+        rows = self._query(
+            f"""
+            SELECT learner_id, count() AS started, countIf(level = {MASTERED_LEVEL}) AS mastered
+            FROM ({_LATEST.format(where=where)})
+            WHERE learner_id > {{after:String}}
+              AND learner_id NOT IN (
+                SELECT learner_id FROM {{db}}.mastery_events
+                WHERE {where} AND kind = 'struggling_detected'
+                  AND occurred_at >= {{since:DateTime64(3, 'UTC')}}
+                  AND occurred_at <= {{until:DateTime64(3, 'UTC')}})
+            GROUP BY learner_id
+            HAVING started >= {{min_skills:UInt32}} AND mastered >= started * {{share:Float64}}
+            ORDER BY learner_id
+            LIMIT {{limit:UInt32}}
+            """,
+            {
+                **parameters,
+                "since": _time(since),
+                "until": _time(until),
+                "min_skills": min_skills,
+                "share": mastered_share,
+                "after": after,
+                "limit": limit,
+            },
+            timeout_s,
+        )
+        return [ReadyLearner(str(learner), int(s), int(m)) for learner, s, m in rows]
+
+    def skill_gaps(
+        self,
+        target: Target,
+        *,
+        low_p: float,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[SkillGap]:
+        where, parameters = _where(target, classes, schools)
+        rows = self._query(
+            f"""
+            SELECT toString(skill_id) AS skill, count(), countIf(p < {{low_p:Float64}}),
+                   countIf(level = {MASTERED_LEVEL}), avg(p)
+            FROM ({_LATEST.format(where=where)})
+            WHERE skill > {{after:String}}
+            GROUP BY skill ORDER BY skill LIMIT {{limit:UInt32}}
+            """,
+            {**parameters, "low_p": low_p, "after": after, "limit": limit},
+            timeout_s,
+        )
+        return [
+            SkillGap(str(skill), int(n), int(below), int(mastered), float(mean))
+            for skill, n, below, mastered, mean in rows
+        ]
+
+    def engagement(
+        self,
+        target: Target,
+        *,
+        since: date,
+        until: date,
+        learner_id: str = "",
+        limit: int,
+        after: tuple[str, date] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[EngagementDay]:
+        where, parameters = _where(target, classes, schools)
+        after_learner, after_day = after or ("", date(1970, 1, 1))
+        learner = "AND learner_id = {learner:String}" if learner_id else ""
+        rows = self._query(
+            f"""
+            SELECT learner_id, day, sum(events), sum(attempts), sum(correct),
+                   sum(attempt_seconds), sum(resources), sum(resource_seconds)
+            FROM {{db}}.engagement_daily
+            WHERE {where} {learner} AND day >= {{since:Date}} AND day < {{until:Date}}
+              AND (learner_id > {{after_learner:String}}
+                   OR (learner_id = {{after_learner:String}} AND day > {{after_day:Date}}))
+            GROUP BY learner_id, day
+            ORDER BY learner_id, day
+            LIMIT {{limit:UInt32}}
+            """,
+            {
+                **parameters,
+                "learner": learner_id,
+                "since": since,
+                "until": until,
+                "after_learner": after_learner,
+                "after_day": after_day,
+                "limit": limit,
+            },
+            timeout_s,
+        )
+        return [
+            EngagementDay(
+                str(learner),
+                day,
+                int(events),
+                int(attempts),
+                int(correct),
+                float(a_s),
+                int(resources),
+                float(r_s),
+            )
+            for learner, day, events, attempts, correct, a_s, resources, r_s in rows
+        ]
+
+    def error_breakdown(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        skill_id: str = "",
+        limit: int,
+        after: tuple[str, str] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[ErrorCount]:
+        where, parameters = _where(target, classes, schools)
+        after_skill, after_tag = after or ("", "")
+        skill = "AND skill = {skill:String}" if skill_id else ""
+        rows = self._query(
+            f"""
+            SELECT skill, tag, count(), uniqExact(learner_id)
+            FROM (
+                SELECT learner_id, toString(s) AS skill, toString(error_tag) AS tag
+                FROM {{db}}.activity ARRAY JOIN skill_ids AS s
+                WHERE {where} AND kind = 'item_attempted' AND error_tag != ''
+                  AND occurred_at >= {{since:DateTime64(3, 'UTC')}}
+                  AND occurred_at < {{until:DateTime64(3, 'UTC')}}
+            )
+            WHERE (skill > {{after_skill:String}}
+                   OR (skill = {{after_skill:String}} AND tag > {{after_tag:String}})) {skill}
+            GROUP BY skill, tag
+            ORDER BY skill, tag
+            LIMIT {{limit:UInt32}}
+            """,
+            {
+                **parameters,
+                "skill": skill_id,
+                "since": _time(since),
+                "until": _time(until),
+                "after_skill": after_skill,
+                "after_tag": after_tag,
+                "limit": limit,
+            },
+            timeout_s,
+        )
+        return [ErrorCount(str(s), str(t), int(n), int(lrn)) for s, t, n, lrn in rows]
+
+    def growth(
+        self,
+        target: Target,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[GrowthRow]:
+        where, parameters = _where(target, classes, schools)
+        after_learner, after_skill = after or ("", "")
+        rows = self._query(
+            f"""
+            SELECT learner_id, toString(skill_id) AS skill,
+                   if(countIf(occurred_at < {{since:DateTime64(3, 'UTC')}}) > 0,
+                      argMaxIf(p_after, source_offset,
+                               occurred_at < {{since:DateTime64(3, 'UTC')}}),
+                      argMinIf(p_before, source_offset,
+                               occurred_at >= {{since:DateTime64(3, 'UTC')}})) AS p_start,
+                   argMax(p_after, source_offset) AS p_end,
+                   countIf(occurred_at >= {{since:DateTime64(3, 'UTC')}}) AS updates
+            FROM {{db}}.mastery_history
+            WHERE {where} AND occurred_at < {{until:DateTime64(3, 'UTC')}}
+              AND (learner_id > {{after_learner:String}}
+                   OR (learner_id = {{after_learner:String}} AND skill_id > {{after_skill:String}}))
+            GROUP BY learner_id, skill
+            HAVING updates > 0
+            ORDER BY learner_id, skill
+            LIMIT {{limit:UInt32}}
+            """,
+            {
+                **parameters,
+                "since": _time(since),
+                "until": _time(until),
+                "after_learner": after_learner,
+                "after_skill": after_skill,
+                "limit": limit,
+            },
+            timeout_s,
+        )
+        return [
+            GrowthRow(str(learner), str(skill), float(p0), float(p1), int(n))
+            for learner, skill, p0, p1, n in rows
+        ]
+
+    def timeline(
+        self,
+        tenant_id: str,
+        learner_id: str,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[TimelineEntry]:
+        scope, parameters = _scope(classes=classes, schools=schools)
+        after_time, after_event = after or (datetime(1970, 1, 1, tzinfo=UTC), "")
+        rows = self._query(
+            f"""
+            SELECT occurred_at, event_id, kind, skills, activity_id, score, detail, duration
+            FROM (
+                SELECT occurred_at, event_id, toString(kind) AS kind,
+                       arrayMap(x -> toString(x), skill_ids) AS skills, activity_id,
+                       score, toString(error_tag) AS detail, duration_seconds AS duration
+                FROM {{db}}.activity
+                WHERE tenant_id = {{tenant:String}} AND learner_id = {{learner:String}} {scope}
+                UNION ALL
+                SELECT occurred_at, event_id, toString(kind), [toString(skill_id)], '',
+                       toNullable(p),
+                       if(error_tag = '', toString(reason),
+                          concat(toString(reason), ':', toString(error_tag))),
+                       0.0
+                FROM {{db}}.mastery_events
+                WHERE tenant_id = {{tenant:String}} AND learner_id = {{learner:String}} {scope}
+            )
+            WHERE occurred_at >= {{since:DateTime64(3, 'UTC')}}
+              AND occurred_at < {{until:DateTime64(3, 'UTC')}}
+              AND (occurred_at > {{after_time:DateTime64(3, 'UTC')}}
+                   OR (occurred_at = {{after_time:DateTime64(3, 'UTC')}}
+                       AND event_id > {{after_event:String}}))
+            ORDER BY occurred_at, event_id
+            LIMIT {{limit:UInt32}}
+            """,
+            {
+                **parameters,
+                "tenant": tenant_id,
+                "learner": learner_id,
+                "since": _time(since),
+                "until": _time(until),
+                "after_time": _time(after_time),
+                "after_event": after_event,
+                "limit": limit,
+            },
+            timeout_s,
+        )
+        return [
+            TimelineEntry(
+                occurred_at=_utc(at),
+                event_id=str(event_id),
+                kind=str(kind),
+                skill_ids=[str(x) for x in skills],
+                activity_id=str(activity),
+                score=None if score is None else float(score),
+                detail=str(detail),
+                duration_seconds=float(duration),
+            )
+            for at, event_id, kind, skills, activity, score, detail, duration in rows
+        ]
+
+    def learner_goals(
+        self, tenant_id: str, learner_id: str, *, timeout_s: float | None = None
+    ) -> list[GoalRow]:
+        rows = self._query(
+            """
+            SELECT goal_id, toString(skill_id), target_date, set_at
+            FROM {db}.learner_goals FINAL
+            WHERE tenant_id = {tenant:String} AND learner_id = {learner:String}
+            ORDER BY set_at, goal_id
+            """,
+            {"tenant": tenant_id, "learner": learner_id},
+            timeout_s,
+        )
+        return [GoalRow(str(g), str(s), str(t), _utc(at)) for g, s, t, at in rows]
+
+    def rollup(
+        self,
+        tenant_id: str,
+        dimension: str,
+        *,
+        skill_id: str = "",
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> RollupRows:
+        keys = {"school": "r.school_id", "grade": "r.grade", "subgroup": "subgroup"}
+        if dimension not in keys:
+            raise ValueError(f"unknown rollup dimension {dimension!r}")
+        scope, parameters = _scope(schools=schools)
+        skill = "AND skill_id = {skill:String}" if skill_id else ""
+        # The population: active roster learners of the scope, with or without evidence
+        # (no evidence counts as 0), so every query of a caller splits the same total.
+        source = f"""
+            WITH per_learner AS (
+                SELECT learner_id, avg(p) AS mean_p, avg(level = {MASTERED_LEVEL}) AS share
+                FROM ({_LATEST.format(where="tenant_id = {tenant:String} " + skill)})
+                GROUP BY learner_id
+            )
+            SELECT __KEY__ AS key, count() AS learners, avg(pl.mean_p), avg(pl.share)
+            FROM (
+                SELECT learner_id, toString(school_id) AS school_id, toString(grade) AS grade,
+                       subgroups
+                FROM {{db}}.roster_learners FINAL
+                WHERE tenant_id = {{tenant:String}} AND deleted = 0 {scope}
+            ) AS r
+            LEFT JOIN per_learner AS pl ON r.learner_id = pl.learner_id
+            __JOIN__
+            __GROUP__
+            """
+        values = {**parameters, "tenant": tenant_id, "skill": skill_id}
+        join = "ARRAY JOIN r.subgroups AS subgroup" if dimension == "subgroup" else ""
+        groups = self._query(
+            source.replace("__KEY__", f"toString({keys[dimension]})")
+            .replace("__JOIN__", join)
+            .replace("__GROUP__", "GROUP BY key ORDER BY key"),
+            values,
+            timeout_s,
+        )
+        [total] = self._query(
+            source.replace("__KEY__", "''").replace("__JOIN__", "").replace("__GROUP__", ""),
+            values,
+            timeout_s,
+        )
+        return RollupRows(
+            groups=[(str(k), int(n), float(m), float(sh)) for k, n, m, sh in groups],
+            total=(int(total[1]), float(total[2] or 0.0), float(total[3] or 0.0)),
+        )
+
     def erased_learners(self) -> set[tuple[str, str]]:
         rows = self._query("SELECT DISTINCT tenant_id, learner_id FROM {db}.erased_learners")
         return {(str(tenant), str(learner)) for tenant, learner in rows}
@@ -305,6 +761,36 @@ class ClickHouseStore(ReportingStore):
                 )
             except ClickHouseError as exc:
                 raise StoreError(f"erasure from {table} failed: {exc}") from exc
+
+
+def _where(
+    target: Target, classes: Sequence[str] | None, schools: Sequence[str] | None
+) -> tuple[str, dict[str, Any]]:
+    """WHERE terms of a report's target (tenant, class or school) and the caller's scope."""
+    terms = ["tenant_id = {tenant:String}"]
+    parameters: dict[str, Any] = {"tenant": target.tenant_id}
+    if target.class_id:
+        terms.append("class_id = {target_class:String}")
+        parameters["target_class"] = target.class_id
+    if target.school_id:
+        terms.append("school_id = {target_school:String}")
+        parameters["target_school"] = target.school_id
+    scope, scope_parameters = _scope(classes=classes, schools=schools)
+    return " AND ".join(terms) + " " + scope, {**parameters, **scope_parameters}
+
+
+def _time(value: datetime) -> str:
+    """A DateTime64(3, 'UTC') literal for query parameters."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+# Latest mastery per learner x skill within a WHERE (argMax: correct before merges, across classes).
+_LATEST = """
+    SELECT learner_id, skill_id, argMax(p_mastered, source_offset) AS p,
+           argMax(level, source_offset) AS level, argMax(attempts, source_offset) AS n
+    FROM {{db}}.mastery_latest WHERE {where}
+    GROUP BY learner_id, skill_id"""
+MASTERED_LEVEL = 4
 
 
 def _scope(

@@ -1,0 +1,374 @@
+"""Report queries on the small known district of `dataset.py`, with hand-checked answers.
+
+One contract for every store adapter: chDB always, a ClickHouse server when
+TRELLIS_CLICKHOUSE__URL is set. The dataset is loaded once per class (the queries only read);
+erasure runs on a store of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from pytest import approx
+
+from tests.contract.reporting import dataset
+from tests.contract.reporting.dataset import AS_OF, OTHER, SINCE, TENANT, at
+from trellis.common.settings import Settings
+from trellis.reporting.store.base import ReportingStore, Target
+from trellis.reporting.store.chdb import ChdbStore
+from trellis.reporting.store.clickhouse import ClickHouseStore
+
+C1 = Target(TENANT, class_id="c1")
+SCHOOL_N = Target(TENANT, school_id="school-n")
+
+
+def support(store: ReportingStore, target: Target = C1, **kw: object) -> list[tuple[object, ...]]:
+    args: dict[str, object] = {
+        "since": SINCE,
+        "until": AS_OF,
+        "low_p": 0.4,
+        "min_attempts": 3,
+        "min_events": 3,
+        "limit": 100,
+    }
+    args.update(kw)
+    rows = store.needs_support(target, **args)  # type: ignore[arg-type]
+    return [(r.learner_id, r.reason, r.skill_id, r.value, r.detail) for r in rows]
+
+
+class ReportsContract:
+    @classmethod
+    def make_store(cls, path: Path) -> ReportingStore:
+        raise NotImplementedError
+
+    @classmethod
+    def dispose(cls, store: ReportingStore) -> None:
+        store.close()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def store(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReportingStore]:
+        store = cls.make_store(tmp_path_factory.mktemp("reports"))
+        store.migrate()
+        dataset.load(store)
+        try:
+            yield store
+        finally:
+            cls.dispose(store)
+
+    # --- who needs support, who is ready ---
+
+    def test_needs_support_names_each_learner_with_every_reason(
+        self, store: ReportingStore
+    ) -> None:
+        assert support(store) == [
+            ("n02", "low_mastery", "add", 0.2, ""),
+            ("n02", "struggling", "add", 6.0, "repeated_error:sign"),
+            ("n03", "low_engagement", "", 2.0, ""),
+            ("n05", "low_engagement", "", 0.0, ""),
+        ]
+
+    def test_needs_support_pages_by_learner_and_follows_the_thresholds(
+        self, store: ReportingStore
+    ) -> None:
+        first = support(store, limit=1)
+        rest = support(store, limit=1, after="n02")
+        # n02's two reasons stay on one page.
+        assert [r[0] for r in first] == ["n02", "n02"]
+        assert [r[0] for r in rest] == ["n03"]
+        # sub 0.3 after 2 attempts counts once 2 attempts are enough.
+        assert ("n02", "low_mastery", "sub", 0.3, "") in support(store, min_attempts=2)
+
+    def test_ready_to_accelerate_is_by_id_not_by_score(self, store: ReportingStore) -> None:
+        ready = store.ready_to_accelerate(
+            C1, since=SINCE, until=AS_OF, mastered_share=0.8, min_skills=3, limit=10
+        )
+        # n04's struggling was before the window; n03 has 2 of 3 mastered.
+        assert [(r.learner_id, r.skills_started, r.skills_mastered) for r in ready] == [
+            ("n01", 3, 3),
+            ("n04", 3, 3),
+        ]
+        earlier = store.ready_to_accelerate(
+            C1,
+            since=at(19, month=8),
+            until=AS_OF,
+            mastered_share=0.6,
+            min_skills=3,
+            limit=10,
+        )
+        assert [r.learner_id for r in earlier] == ["n01", "n03"]
+
+    # --- skill gaps, engagement, errors, growth ---
+
+    def test_skill_gaps_of_a_class(self, store: ReportingStore) -> None:
+        gaps = store.skill_gaps(C1, low_p=0.4, limit=10)
+        assert [(g.skill_id, g.learners, g.below, g.mastered) for g in gaps] == [
+            ("add", 4, 1, 3),
+            ("mul", 3, 0, 2),
+            ("sub", 4, 1, 3),
+        ]
+        assert [g.mean_mastery for g in gaps] == [
+            approx((0.97 + 0.2 + 0.97 + 0.96) / 4),
+            approx((0.95 + 0.6 + 0.96) / 3),
+            approx((0.96 + 0.3 + 0.97 + 0.96) / 4),
+        ]
+        assert [
+            g.skill_id for g in store.skill_gaps(SCHOOL_N, low_p=0.4, limit=1, after="add")
+        ] == ["mul"]
+
+    def test_engagement_per_learner_and_day(self, store: ReportingStore) -> None:
+        days = store.engagement(C1, since=date(2025, 9, 10), until=date(2025, 9, 15), limit=100)
+        assert [
+            (
+                d.learner_id,
+                d.day,
+                d.events,
+                d.attempts,
+                d.correct,
+                d.attempt_seconds,
+                d.resources,
+                d.resource_seconds,
+            )
+            for d in days
+        ] == [
+            ("n01", date(2025, 9, 11), 1, 0, 0, 0.0, 0, 0.0),
+            ("n01", date(2025, 9, 14), 3, 3, 3, 180.0, 0, 0.0),
+            ("n02", date(2025, 9, 10), 1, 0, 0, 0.0, 0, 0.0),
+            ("n02", date(2025, 9, 13), 4, 4, 1, 120.0, 0, 0.0),
+            ("n03", date(2025, 9, 14), 2, 1, 1, 45.0, 1, 300.0),
+            ("n04", date(2025, 9, 12), 3, 3, 3, 60.0, 0, 0.0),
+        ]
+        page = store.engagement(
+            C1,
+            since=date(2025, 9, 1),
+            until=date(2025, 9, 16),
+            limit=2,
+            after=("n01", date(2025, 9, 14)),
+        )
+        assert [(d.learner_id, d.day) for d in page] == [
+            ("n02", date(2025, 9, 10)),
+            ("n02", date(2025, 9, 13)),
+        ]
+        one = store.engagement(
+            C1, since=date(2025, 9, 1), until=date(2025, 9, 16), learner_id="n03", limit=10
+        )
+        assert [(d.day, d.attempts) for d in one] == [
+            (date(2025, 9, 1), 2),
+            (date(2025, 9, 14), 1),
+        ]
+
+    def test_error_types_per_skill(self, store: ReportingStore) -> None:
+        window = store.error_breakdown(C1, since=SINCE, until=AS_OF, limit=10)
+        whole = store.error_breakdown(C1, since=at(1, 0), until=AS_OF, limit=10)
+        sub = store.error_breakdown(C1, since=at(1, 0), until=AS_OF, skill_id="sub", limit=10)
+
+        assert [(e.skill_id, e.error_tag, e.attempts, e.learners) for e in window] == [
+            ("add", "carry", 1, 1),
+            ("add", "sign", 2, 1),
+        ]
+        assert [(e.skill_id, e.error_tag, e.attempts) for e in whole] == [
+            ("add", "carry", 1),
+            ("add", "sign", 2),
+            ("sub", "carry", 2),
+        ]
+        assert [(e.skill_id, e.error_tag) for e in sub] == [("sub", "carry")]
+
+    def test_growth_over_a_period(self, store: ReportingStore) -> None:
+        growth = store.growth(C1, since=at(8, 0), until=AS_OF, limit=100)
+        rows = {(g.learner_id, g.skill_id): (g.p_start, g.p_end, g.updates) for g in growth}
+
+        assert len(rows) == 10  # n03's mul moved before the period
+        assert rows[("n02", "add")] == (0.15, 0.2, 1)
+        assert rows[("n01", "add")] == (0.3, 0.97, 1)
+        assert ("n03", "mul") not in rows
+        pages = [
+            store.growth(C1, since=at(8, 0), until=AS_OF, limit=4, after=after)
+            for after in (None, ("n02", "add"))
+        ]
+        assert [(g.learner_id, g.skill_id) for g in pages[1]] == [
+            ("n02", "sub"),
+            ("n03", "add"),
+            ("n03", "sub"),
+            ("n04", "add"),
+        ]
+
+    # --- a learner ---
+
+    def test_timeline_of_a_learner(self, store: ReportingStore) -> None:
+        entries = store.timeline(TENANT, "n02", since=at(1, 0), until=AS_OF, limit=100)
+
+        assert [(e.occurred_at, e.kind, e.skill_ids, e.score, e.detail) for e in entries] == [
+            (at(10, 8), "goal_set", ["add"], None, ""),
+            (at(13, 10, 0), "item_attempted", ["add"], 0.0, "sign"),
+            (at(13, 10, 1), "item_attempted", ["add"], 0.0, "sign"),
+            (at(13, 10, 2), "item_attempted", ["add"], 0.0, "carry"),
+            (at(13, 10, 3), "item_attempted", ["add"], 1.0, ""),
+            (at(13, 10, 4), "struggling_detected", ["add"], 0.0, "repeated_error:sign"),
+        ]
+        second = store.timeline(
+            TENANT,
+            "n02",
+            since=at(1, 0),
+            until=AS_OF,
+            limit=2,
+            after=(entries[1].occurred_at, entries[1].event_id),
+        )
+        assert [e.occurred_at for e in second] == [at(13, 10, 1), at(13, 10, 2)]
+        assert store.timeline(TENANT, "n02", since=at(1, 0), until=AS_OF, limit=9, classes=[]) == []
+
+    def test_goals_of_a_learner(self, store: ReportingStore) -> None:
+        goals = store.learner_goals(TENANT, "n02")
+        assert [(g.goal_id, g.skill_id, g.target_date, g.set_at) for g in goals] == [
+            ("g1", "add", "2025-10-01", at(10, 8))
+        ]
+        assert [g.skill_id for g in store.learner_goals(TENANT, "n01")] == ["div"]
+
+    # --- district rollups (unsuppressed figures; suppression is applied by the service) ---
+
+    def test_rollups_group_the_active_roster(self, store: ReportingStore) -> None:
+        north_mean = (0.96 + 0.25 + (0.97 + 0.97 + 0.6) / 3 + 0.96) / 16
+        north_share = (1 + 0 + 2 / 3 + 1) / 16
+
+        schools = store.rollup(TENANT, "school")
+        grades = store.rollup(TENANT, "grade")
+        subgroups = store.rollup(TENANT, "subgroup")
+
+        assert [(k, n) for k, n, _, _ in schools.groups] == [
+            ("school-e", 11),
+            ("school-n", 16),
+            ("school-s", 9),
+        ]
+        assert schools.groups[1][2:] == (approx(north_mean), approx(north_share))
+        assert schools.groups[0][2:] == (0.0, 0.0)
+        assert schools.total[0] == grades.total[0] == subgroups.total[0] == 36
+        assert schools.total[1] == approx(north_mean * 16 / 36)
+        assert [(k, n) for k, n, _, _ in grades.groups] == [("3", 2), ("4", 21), ("5", 13)]
+        assert [(k, n) for k, n, _, _ in subgroups.groups] == [
+            ("ell", 12),
+            ("frl", 30),
+            ("iep", 5),
+        ]
+
+    def test_a_skill_filter_changes_the_figures_never_the_groups(
+        self, store: ReportingStore
+    ) -> None:
+        every = store.rollup(TENANT, "school")
+        mul = store.rollup(TENANT, "school", skill_id="mul")
+
+        assert [g[:2] for g in mul.groups] == [g[:2] for g in every.groups]
+        assert mul.groups[1][2:] == (approx((0.95 + 0.6 + 0.96) / 16), approx(2 / 16))
+
+    def test_rollups_of_a_scoped_admin_cover_their_schools(self, store: ReportingStore) -> None:
+        scoped = store.rollup(TENANT, "grade", schools=["school-s", "school-e"])
+        assert [(k, n) for k, n, _, _ in scoped.groups] == [("3", 2), ("4", 9), ("5", 9)]
+        assert scoped.total[0] == 20
+
+    # --- tenants and scopes ---
+
+    def test_nothing_of_another_tenant_shows(self, store: ReportingStore) -> None:
+        other = Target(OTHER, class_id="c1")
+        assert store.rollup(OTHER, "school").total[0] == 1
+        assert [g.mean_mastery for g in store.skill_gaps(other, low_p=0.4, limit=10)] == [0.1]
+        assert [
+            e.error_tag for e in store.error_breakdown(other, since=SINCE, until=AS_OF, limit=9)
+        ] == ["sign"]
+        assert store.learner_goals(OTHER, "n02") == []
+        # and the other way round: district-a's n01 has no "sign" error
+        assert ("n01", "add") not in {
+            (e.skill_id, e.error_tag)
+            for e in store.error_breakdown(C1, since=SINCE, until=AS_OF, limit=9)
+        }
+
+    def test_a_scope_limits_every_report(self, store: ReportingStore) -> None:
+        # A caller scoped to school-s (or to class c2) sees nothing of class c1.
+        assert support(store, schools=["school-s"]) == []
+        assert support(store, classes=["c2"]) == []
+        assert store.skill_gaps(C1, low_p=0.4, limit=9, schools=["school-s"]) == []
+        assert (
+            store.engagement(
+                C1, since=date(2025, 9, 1), until=date(2025, 9, 16), limit=9, classes=["c2"]
+            )
+            == []
+        )
+        assert store.growth(C1, since=at(8, 0), until=AS_OF, limit=9, schools=["school-s"]) == []
+        assert len(support(store, schools=["school-n"], classes=["c1"])) == 4
+
+
+class TestChdbReports(ReportsContract):
+    @classmethod
+    def make_store(cls, path: Path) -> ReportingStore:
+        return ChdbStore(path / "chdb", "trellis_reports")
+
+
+def test_erasure_removes_the_learner_from_every_table_and_rollup(tmp_path: Path) -> None:
+    store = ChdbStore(tmp_path / "chdb", "trellis_erasure")
+    try:
+        store.migrate()
+        dataset.load(store)
+        before = store.row_counts(TENANT)
+
+        store.erase_learner(TENANT, "n02")
+        store.erase_learner(TENANT, "n02")  # idempotent
+
+        after = store.row_counts(TENANT)
+        for table in (
+            "activity",
+            "mastery_history",
+            "mastery_latest",
+            "mastery_events",
+            "engagement_daily",
+            "learner_goals",
+            "roster_learners",
+            "roster_enrollments",
+        ):
+            left = store.client.query(
+                f"SELECT count() FROM trellis_erasure.{table} WHERE learner_id = 'n02'"
+            ).result_rows[0][0]
+            assert left == 0, table
+        assert before["activity"] - after["activity"] == 5
+        assert before["mastery_history"] - after["mastery_history"] == 3
+        assert before["learner_goals"] - after["learner_goals"] == 1
+        assert store.rollup(TENANT, "school").total[0] == 35
+        assert [r[0] for r in support(store)] == ["n03", "n05"]
+        # Other tenants' n02 (none) and other learners are untouched.
+        assert store.rollup(OTHER, "school").total[0] == 1
+    finally:
+        store.close()
+
+
+def test_a_retried_block_is_not_counted_twice_in_the_rollups(tmp_path: Path) -> None:
+    store = ChdbStore(tmp_path / "chdb", "trellis_rollup_dedup")
+    try:
+        store.migrate()
+        rows = dataset.build()["activity"]
+        store.insert("activity", rows, "same-token")
+        store.insert("activity", rows, "same-token")
+        days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 16), limit=100)
+        assert sum(d.events for d in days) == len([r for r in rows if r["tenant_id"] == TENANT])
+    finally:
+        store.close()
+
+
+_SERVER_URL = Settings().clickhouse.url
+
+if _SERVER_URL:
+
+    class TestClickHouseServerReports(ReportsContract):
+        @classmethod
+        def make_store(cls, path: Path) -> ReportingStore:
+            assert _SERVER_URL is not None
+            return ClickHouseStore(_SERVER_URL, f"trellis_reports_{uuid.uuid4().hex[:12]}")
+
+        @classmethod
+        def dispose(cls, store: ReportingStore) -> None:
+            assert isinstance(store, ClickHouseStore) and _SERVER_URL is not None
+            store.close()
+            admin = ClickHouseStore(_SERVER_URL, store.database)
+            try:
+                admin.client.command(f"DROP DATABASE IF EXISTS {store.database}")
+            finally:
+                admin.close()
