@@ -174,6 +174,43 @@ class ReportingSettings(BaseModel):
     accelerate_min_skills: int = Field(default=3, ge=1)
 
 
+class RecommenderSettings(BaseModel):
+    """The recommender's upstream (the mastery read API) and its policy defaults
+    (docs/recommender.md). Per-tenant band example:
+    `TRELLIS_RECOMMENDER__TENANT_BANDS='{"district-a": [0.5, 0.8]}'`."""
+
+    # host:port of the mastery read API; unset: TRELLIS_SERVICES__MASTERY__HOST and __PORT.
+    mastery_address: str | None = None
+    # Bearer token the recommender presents to the mastery read API (a `service` principal);
+    # unset: the caller's own token is forwarded, so mastery applies the caller's scope too.
+    mastery_token: SecretStr | None = None
+    # Deadline of each call to the mastery read API.
+    mastery_deadline_s: float = Field(default=0.5, gt=0)
+    # Target band of predicted success for practice items, and per-tenant overrides [low, high].
+    band_low: float = Field(default=0.6, ge=0, le=1)
+    band_high: float = Field(default=0.85, ge=0, le=1)
+    tenant_bands: dict[str, tuple[float, float]] = {}
+    default_k: int = Field(default=3, ge=1)
+    max_k: int = Field(default=10, ge=1)
+    # One recommendation in this many offers a resource outside the learner's interests (0: never).
+    broaden_every: int = Field(default=5, ge=0)
+    review_after_days: float = Field(default=21.0, gt=0)
+    group_min_size: int = Field(default=3, ge=1)
+    group_max_size: int = Field(default=6, ge=1)
+
+    def band(self, tenant_id: str) -> tuple[float, float]:
+        return self.tenant_bands.get(tenant_id, (self.band_low, self.band_high))
+
+    @model_validator(mode="after")
+    def _bands_are_ordered(self) -> RecommenderSettings:
+        for low, high in (self.band(""), *self.tenant_bands.values()):
+            if not 0 <= low <= high <= 1:
+                raise ValueError(f"target band must satisfy 0 <= low <= high <= 1: {low}, {high}")
+        if self.group_max_size < self.group_min_size:
+            raise ValueError("group_max_size must be at least group_min_size")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TRELLIS_", env_nested_delimiter="__", extra="ignore"
@@ -188,6 +225,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     mastery: MasterySettings = MasterySettings()
     reporting: ReportingSettings = ReportingSettings()
+    recommender: RecommenderSettings = RecommenderSettings()
 
     @model_validator(mode="after")
     def _tokens_name_known_tenants(self) -> Settings:

@@ -5,35 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from trellis.common.grpc.server import ServiceBinding, create_server, run_until_signal
-from trellis.common.logging import configure_logging, get_logger
+from trellis.common.grpc.server import run_until_signal
+from trellis.common.logging import configure_logging
 from trellis.common.metrics import start_metrics_server
-from trellis.common.pb.recommender.v1 import recommender_pb2, recommender_pb2_grpc
 from trellis.common.settings import Settings
-from trellis.recommender.adapters.grpc import RecommenderServicer
-
-log = get_logger(__name__)
+from trellis.recommender.adapters.app import Recommender
 
 
 async def serve(settings: Settings) -> None:
     server_settings = settings.services.recommender
     start_metrics_server(server_settings.metrics_port, server_settings.host)
-    server = create_server(
-        server_settings,
-        settings.auth.all_tokens(),
-        [
-            ServiceBinding(
-                recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name,
-                recommender_pb2_grpc.add_RecommenderServiceServicer_to_server,
-                RecommenderServicer(),
-            )
-        ],
-    )
-    await server.start()
-    # Stateless, with nothing to load yet: ready as soon as it listens.
-    await server.set_serving(True)
-    log.info("recommender serving", port=server.port)
-    await run_until_signal(server)
+    recommender = Recommender(settings)
+    await recommender.start()
+    await run_until_signal(recommender.server, recommender.close)
 
 
 def main() -> None:
