@@ -26,13 +26,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trellis.common.pb.events.v1 import mastery_pb2 as trellis_dot_events_dot_v1_dot_mastery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$trellis/reporting/v1/reporting.proto\x12\x14trellis.reporting.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftrellis/events/v1/mastery.proto\"\xa7\x01\n\rSkillProgress\x12\x10\n\x08skill_id\x18\x01 \x01(\t\x12\x12\n\np_mastered\x18\x02 \x01(\x01\x12.\n\x05level\x18\x03 \x01(\x0e\x32\x1f.trellis.events.v1.MasteryLevel\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19GetLearnerProgressRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\"Z\n\x0fLearnerProgress\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x33\n\x06skills\x18\x02 \x03(\x0b\x32#.trellis.reporting.v1.SkillProgress\"d\n\x16GetClassHeatmapRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n\x0bHeatmapCell\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\x12\n\np_mastered\x18\x03 \x01(\x01\x12.\n\x05level\x18\x04 \x01(\x0e\x32\x1f.trellis.events.v1.MasteryLevel\"k\n\x0c\x43lassHeatmap\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\t\x12\x30\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32!.trellis.reporting.v1.HeatmapCell\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\")\n\x14GetStoreStatsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"(\n\tTableRows\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"=\n\nStoreStats\x12/\n\x06tables\x18\x01 \x03(\x0b\x32\x1f.trellis.reporting.v1.TableRows2\xc4\x02\n\x10ReportingService\x12l\n\x12GetLearnerProgress\x12/.trellis.reporting.v1.GetLearnerProgressRequest\x1a%.trellis.reporting.v1.LearnerProgress\x12\x63\n\x0fGetClassHeatmap\x12,.trellis.reporting.v1.GetClassHeatmapRequest\x1a\".trellis.reporting.v1.ClassHeatmap\x12]\n\rGetStoreStats\x12*.trellis.reporting.v1.GetStoreStatsRequest\x1a .trellis.reporting.v1.StoreStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$trellis/reporting/v1/reporting.proto\x12\x14trellis.reporting.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftrellis/events/v1/mastery.proto\"\xa7\x01\n\rSkillProgress\x12\x10\n\x08skill_id\x18\x01 \x01(\t\x12\x12\n\np_mastered\x18\x02 \x01(\x01\x12.\n\x05level\x18\x03 \x01(\x0e\x32\x1f.trellis.events.v1.MasteryLevel\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19GetLearnerProgressRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\"Z\n\x0fLearnerProgress\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x33\n\x06skills\x18\x02 \x03(\x0b\x32#.trellis.reporting.v1.SkillProgress\"d\n\x16GetClassHeatmapRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n\x0bHeatmapCell\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\x12\n\np_mastered\x18\x03 \x01(\x01\x12.\n\x05level\x18\x04 \x01(\x0e\x32\x1f.trellis.events.v1.MasteryLevel\"k\n\x0c\x43lassHeatmap\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\t\x12\x30\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32!.trellis.reporting.v1.HeatmapCell\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\")\n\x14GetStoreStatsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"(\n\tTableRows\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"=\n\nStoreStats\x12/\n\x06tables\x18\x01 \x03(\x0b\x32\x1f.trellis.reporting.v1.TableRows\"F\n\x0cReportTarget\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x11\n\tschool_id\x18\x03 \x01(\t\"\x9e\x01\n\x16GetNeedsSupportRequest\x12\x32\n\x06target\x18\x01 \x01(\x0b\x32\".trellis.reporting.v1.ReportTarget\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n\rSupportReason\x12\x35\n\x04kind\x18\x01 \x01(\x0e\x32\'.trellis.reporting.v1.SupportReasonKind\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"X\n\x0cLearnerNeeds\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x34\n\x07reasons\x18\x02 \x03(\x0b\x32#.trellis.reporting.v1.SupportReason\"]\n\x0cNeedsSupport\x12\x34\n\x08learners\x18\x01 \x03(\x0b\x32\".trellis.reporting.v1.LearnerNeeds\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa3\x01\n\x1bGetReadyToAccelerateRequest\x12\x32\n\x06target\x18\x01 \x01(\x0b\x32\".trellis.reporting.v1.ReportTarget\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"S\n\x0cReadyLearner\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x16\n\x0eskills_started\x18\x02 \x01(\r\x12\x17\n\x0fskills_mastered\x18\x03 \x01(\r\"b\n\x11ReadyToAccelerate\x12\x34\n\x08learners\x18\x01 \x03(\x0b\x32\".trellis.reporting.v1.ReadyLearner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x13GetSkillGapsRequest\x12\x32\n\x06target\x18\x01 \x01(\x0b\x32\".trellis.reporting.v1.ReportTarget\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"e\n\x08SkillGap\x12\x10\n\x08skill_id\x18\x01 \x01(\t\x12\x10\n\x08learners\x18\x02 \x01(\r\x12\r\n\x05\x62\x65low\x18\x03 \x01(\r\x12\x10\n\x08mastered\x18\x04 \x01(\r\x12\x14\n\x0cmean_mastery\x18\x05 \x01(\x01\"T\n\tSkillGaps\x12.\n\x06skills\x18\x01 \x03(\x0b\x32\x1e.trellis.reporting.v1.SkillGap\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdb\x01\n\x14GetEngagementRequest\x12\x32\n\x06target\x18\x01 \x01(\x0b\x32\".trellis.reporting.v1.ReportTarget\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlearner_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"\xa9\x01\n\rEngagementDay\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x01(\r\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x0f\n\x07\x63orrect\x18\x05 \x01(\r\x12\x17\n\x0f\x61ttempt_seconds\x18\x06 \x01(\x01\x12\x11\n\tresources\x18\x07 \x01(\r\x12\x18\n\x10resource_seconds\x18\x08 \x01(\x01\"X\n\nEngagement\x12\x31\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32#.trellis.reporting.v1.EngagementDay\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdd\x01\n\x18GetErrorBreakdownRequest\x12\x32\n\x06target\x18\x01 \x01(\x0b\x32\".trellis.reporting.v1.ReportTarget\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08skill_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"U\n\nErrorCount\x12\x10\n\x08skill_id\x18\x01 \x01(\t\x12\x11\n\terror_tag\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x10\n\x08learners\x18\x04 \x01(\r\"[\n\x0e\x45rrorBreakdown\x12\x30\n\x06\x65rrors\x18\x01 \x03(\x0b\x32 .trellis.reporting.v1.ErrorCount\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc3\x01\n\x10GetGrowthRequest\x12\x32\n\x06target\x18\x01 \x01(\x0b\x32\".trellis.reporting.v1.ReportTarget\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"_\n\x06Growth\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\x0f\n\x07p_start\x18\x03 \x01(\x01\x12\r\n\x05p_end\x18\x04 \x01(\x01\x12\x0f\n\x07updates\x18\x05 \x01(\r\"S\n\x0cGrowthReport\x12*\n\x04rows\x18\x01 \x03(\x0b\x32\x1c.trellis.reporting.v1.Growth\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbf\x01\n\x19GetLearnerTimelineRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"\xd0\x01\n\rTimelineEntry\x12/\n\x0boccurred_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x11\n\tskill_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x61\x63tivity_id\x18\x05 \x01(\t\x12\x12\n\x05score\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x08 \x01(\x01\x42\x08\n\x06_score\"t\n\x0fLearnerTimeline\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x34\n\x07\x65ntries\x18\x02 \x03(\x0b\x32#.trellis.reporting.v1.TimelineEntry\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\">\n\x15GetLearnerViewRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\"\x97\x01\n\x0cGoalProgress\x12\x0f\n\x07goal_id\x18\x01 \x01(\t\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\x13\n\x0btarget_date\x18\x03 \x01(\t\x12*\n\x06set_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\np_mastered\x18\x05 \x01(\x01\x12\x0f\n\x07reached\x18\x06 \x01(\x08\"\x9c\x01\n\x0bLearnerView\x12\x12\n\nlearner_id\x18\x01 \x01(\t\x12\x33\n\x06skills\x18\x02 \x03(\x0b\x32#.trellis.reporting.v1.SkillProgress\x12\x11\n\tstrengths\x18\x03 \x03(\t\x12\x31\n\x05goals\x18\x04 \x03(\x0b\x32\".trellis.reporting.v1.GoalProgress\"y\n\x18GetDistrictRollupRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x38\n\tdimension\x18\x02 \x01(\x0e\x32%.trellis.reporting.v1.RollupDimension\x12\x10\n\x08skill_id\x18\x03 \x01(\t\"\x95\x01\n\nRollupCell\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08learners\x18\x02 \x01(\r\x12\x14\n\x0cmean_mastery\x18\x03 \x01(\x01\x12\x16\n\x0emastered_share\x18\x04 \x01(\x01\x12:\n\x0bsuppression\x18\x05 \x01(\x0e\x32%.trellis.reporting.v1.CellSuppression\"\xc3\x01\n\x0e\x44istrictRollup\x12\x38\n\tdimension\x18\x01 \x01(\x0e\x32%.trellis.reporting.v1.RollupDimension\x12/\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32 .trellis.reporting.v1.RollupCell\x12/\n\x05total\x18\x03 \x01(\x0b\x32 .trellis.reporting.v1.RollupCell\x12\x15\n\rmin_cell_size\x18\x04 \x01(\r*\xa9\x01\n\x11SupportReasonKind\x12#\n\x1fSUPPORT_REASON_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fSUPPORT_REASON_KIND_LOW_MASTERY\x10\x01\x12\"\n\x1eSUPPORT_REASON_KIND_STRUGGLING\x10\x02\x12&\n\"SUPPORT_REASON_KIND_LOW_ENGAGEMENT\x10\x03*\x8b\x01\n\x0fRollupDimension\x12 \n\x1cROLLUP_DIMENSION_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROLLUP_DIMENSION_SCHOOL\x10\x01\x12\x1a\n\x16ROLLUP_DIMENSION_GRADE\x10\x02\x12\x1d\n\x19ROLLUP_DIMENSION_SUBGROUP\x10\x03*\x91\x01\n\x0f\x43\x65llSuppression\x12 \n\x1c\x43\x45LL_SUPPRESSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x45LL_SUPPRESSION_SHOWN\x10\x01\x12\x1c\n\x18\x43\x45LL_SUPPRESSION_PRIMARY\x10\x02\x12\"\n\x1e\x43\x45LL_SUPPRESSION_COMPLEMENTARY\x10\x03\x32\xd7\t\n\x10ReportingService\x12l\n\x12GetLearnerProgress\x12/.trellis.reporting.v1.GetLearnerProgressRequest\x1a%.trellis.reporting.v1.LearnerProgress\x12\x63\n\x0fGetClassHeatmap\x12,.trellis.reporting.v1.GetClassHeatmapRequest\x1a\".trellis.reporting.v1.ClassHeatmap\x12]\n\rGetStoreStats\x12*.trellis.reporting.v1.GetStoreStatsRequest\x1a .trellis.reporting.v1.StoreStats\x12\x63\n\x0fGetNeedsSupport\x12,.trellis.reporting.v1.GetNeedsSupportRequest\x1a\".trellis.reporting.v1.NeedsSupport\x12r\n\x14GetReadyToAccelerate\x12\x31.trellis.reporting.v1.GetReadyToAccelerateRequest\x1a\'.trellis.reporting.v1.ReadyToAccelerate\x12Z\n\x0cGetSkillGaps\x12).trellis.reporting.v1.GetSkillGapsRequest\x1a\x1f.trellis.reporting.v1.SkillGaps\x12]\n\rGetEngagement\x12*.trellis.reporting.v1.GetEngagementRequest\x1a .trellis.reporting.v1.Engagement\x12i\n\x11GetErrorBreakdown\x12..trellis.reporting.v1.GetErrorBreakdownRequest\x1a$.trellis.reporting.v1.ErrorBreakdown\x12W\n\tGetGrowth\x12&.trellis.reporting.v1.GetGrowthRequest\x1a\".trellis.reporting.v1.GrowthReport\x12l\n\x12GetLearnerTimeline\x12/.trellis.reporting.v1.GetLearnerTimelineRequest\x1a%.trellis.reporting.v1.LearnerTimeline\x12`\n\x0eGetLearnerView\x12+.trellis.reporting.v1.GetLearnerViewRequest\x1a!.trellis.reporting.v1.LearnerView\x12i\n\x11GetDistrictRollup\x12..trellis.reporting.v1.GetDistrictRollupRequest\x1a$.trellis.reporting.v1.DistrictRollupb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trellis.common.pb.reporting.v1.reporting_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SUPPORTREASONKIND']._serialized_start=4773
+  _globals['_SUPPORTREASONKIND']._serialized_end=4942
+  _globals['_ROLLUPDIMENSION']._serialized_start=4945
+  _globals['_ROLLUPDIMENSION']._serialized_end=5084
+  _globals['_CELLSUPPRESSION']._serialized_start=5087
+  _globals['_CELLSUPPRESSION']._serialized_end=5232
   _globals['_SKILLPROGRESS']._serialized_start=129
   _globals['_SKILLPROGRESS']._serialized_end=296
   _globals['_GETLEARNERPROGRESSREQUEST']._serialized_start=298
@@ -51,6 +57,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TABLEROWS']._serialized_end=873
   _globals['_STORESTATS']._serialized_start=875
   _globals['_STORESTATS']._serialized_end=936
-  _globals['_REPORTINGSERVICE']._serialized_start=939
-  _globals['_REPORTINGSERVICE']._serialized_end=1263
+  _globals['_REPORTTARGET']._serialized_start=938
+  _globals['_REPORTTARGET']._serialized_end=1008
+  _globals['_GETNEEDSSUPPORTREQUEST']._serialized_start=1011
+  _globals['_GETNEEDSSUPPORTREQUEST']._serialized_end=1169
+  _globals['_SUPPORTREASON']._serialized_start=1171
+  _globals['_SUPPORTREASON']._serialized_end=1290
+  _globals['_LEARNERNEEDS']._serialized_start=1292
+  _globals['_LEARNERNEEDS']._serialized_end=1380
+  _globals['_NEEDSSUPPORT']._serialized_start=1382
+  _globals['_NEEDSSUPPORT']._serialized_end=1475
+  _globals['_GETREADYTOACCELERATEREQUEST']._serialized_start=1478
+  _globals['_GETREADYTOACCELERATEREQUEST']._serialized_end=1641
+  _globals['_READYLEARNER']._serialized_start=1643
+  _globals['_READYLEARNER']._serialized_end=1726
+  _globals['_READYTOACCELERATE']._serialized_start=1728
+  _globals['_READYTOACCELERATE']._serialized_end=1826
+  _globals['_GETSKILLGAPSREQUEST']._serialized_start=1828
+  _globals['_GETSKILLGAPSREQUEST']._serialized_end=1940
+  _globals['_SKILLGAP']._serialized_start=1942
+  _globals['_SKILLGAP']._serialized_end=2043
+  _globals['_SKILLGAPS']._serialized_start=2045
+  _globals['_SKILLGAPS']._serialized_end=2129
+  _globals['_GETENGAGEMENTREQUEST']._serialized_start=2132
+  _globals['_GETENGAGEMENTREQUEST']._serialized_end=2351
+  _globals['_ENGAGEMENTDAY']._serialized_start=2354
+  _globals['_ENGAGEMENTDAY']._serialized_end=2523
+  _globals['_ENGAGEMENT']._serialized_start=2525
+  _globals['_ENGAGEMENT']._serialized_end=2613
+  _globals['_GETERRORBREAKDOWNREQUEST']._serialized_start=2616
+  _globals['_GETERRORBREAKDOWNREQUEST']._serialized_end=2837
+  _globals['_ERRORCOUNT']._serialized_start=2839
+  _globals['_ERRORCOUNT']._serialized_end=2924
+  _globals['_ERRORBREAKDOWN']._serialized_start=2926
+  _globals['_ERRORBREAKDOWN']._serialized_end=3017
+  _globals['_GETGROWTHREQUEST']._serialized_start=3020
+  _globals['_GETGROWTHREQUEST']._serialized_end=3215
+  _globals['_GROWTH']._serialized_start=3217
+  _globals['_GROWTH']._serialized_end=3312
+  _globals['_GROWTHREPORT']._serialized_start=3314
+  _globals['_GROWTHREPORT']._serialized_end=3397
+  _globals['_GETLEARNERTIMELINEREQUEST']._serialized_start=3400
+  _globals['_GETLEARNERTIMELINEREQUEST']._serialized_end=3591
+  _globals['_TIMELINEENTRY']._serialized_start=3594
+  _globals['_TIMELINEENTRY']._serialized_end=3802
+  _globals['_LEARNERTIMELINE']._serialized_start=3804
+  _globals['_LEARNERTIMELINE']._serialized_end=3920
+  _globals['_GETLEARNERVIEWREQUEST']._serialized_start=3922
+  _globals['_GETLEARNERVIEWREQUEST']._serialized_end=3984
+  _globals['_GOALPROGRESS']._serialized_start=3987
+  _globals['_GOALPROGRESS']._serialized_end=4138
+  _globals['_LEARNERVIEW']._serialized_start=4141
+  _globals['_LEARNERVIEW']._serialized_end=4297
+  _globals['_GETDISTRICTROLLUPREQUEST']._serialized_start=4299
+  _globals['_GETDISTRICTROLLUPREQUEST']._serialized_end=4420
+  _globals['_ROLLUPCELL']._serialized_start=4423
+  _globals['_ROLLUPCELL']._serialized_end=4572
+  _globals['_DISTRICTROLLUP']._serialized_start=4575
+  _globals['_DISTRICTROLLUP']._serialized_end=4770
+  _globals['_REPORTINGSERVICE']._serialized_start=5235
+  _globals['_REPORTINGSERVICE']._serialized_end=6474
 # @@protoc_insertion_point(module_scope)

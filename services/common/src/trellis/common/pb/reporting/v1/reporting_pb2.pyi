@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from trellis.common.pb.events.v1 import mastery_pb2 as _mastery_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,73 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SupportReasonKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SupportReasonKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SupportReasonKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUPPORT_REASON_KIND_UNSPECIFIED: _SupportReasonKind.ValueType  # 0
+    SUPPORT_REASON_KIND_LOW_MASTERY: _SupportReasonKind.ValueType  # 1
+    """A skill under the low-mastery threshold after enough attempts (value: p_mastered)."""
+    SUPPORT_REASON_KIND_STRUGGLING: _SupportReasonKind.ValueType  # 2
+    """StrugglingDetected in the window (value: attempts; detail: reason[:error tag], ...)."""
+    SUPPORT_REASON_KIND_LOW_ENGAGEMENT: _SupportReasonKind.ValueType  # 3
+    """Fewer activity events than the threshold in the window (value: events)."""
+
+class SupportReasonKind(_SupportReasonKind, metaclass=_SupportReasonKindEnumTypeWrapper): ...
+
+SUPPORT_REASON_KIND_UNSPECIFIED: SupportReasonKind.ValueType  # 0
+SUPPORT_REASON_KIND_LOW_MASTERY: SupportReasonKind.ValueType  # 1
+"""A skill under the low-mastery threshold after enough attempts (value: p_mastered)."""
+SUPPORT_REASON_KIND_STRUGGLING: SupportReasonKind.ValueType  # 2
+"""StrugglingDetected in the window (value: attempts; detail: reason[:error tag], ...)."""
+SUPPORT_REASON_KIND_LOW_ENGAGEMENT: SupportReasonKind.ValueType  # 3
+"""Fewer activity events than the threshold in the window (value: events)."""
+Global___SupportReasonKind: _TypeAlias = SupportReasonKind  # noqa: Y015
+
+class _RollupDimension:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RollupDimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RollupDimension.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLUP_DIMENSION_UNSPECIFIED: _RollupDimension.ValueType  # 0
+    ROLLUP_DIMENSION_SCHOOL: _RollupDimension.ValueType  # 1
+    ROLLUP_DIMENSION_GRADE: _RollupDimension.ValueType  # 2
+    ROLLUP_DIMENSION_SUBGROUP: _RollupDimension.ValueType  # 3
+
+class RollupDimension(_RollupDimension, metaclass=_RollupDimensionEnumTypeWrapper): ...
+
+ROLLUP_DIMENSION_UNSPECIFIED: RollupDimension.ValueType  # 0
+ROLLUP_DIMENSION_SCHOOL: RollupDimension.ValueType  # 1
+ROLLUP_DIMENSION_GRADE: RollupDimension.ValueType  # 2
+ROLLUP_DIMENSION_SUBGROUP: RollupDimension.ValueType  # 3
+Global___RollupDimension: _TypeAlias = RollupDimension  # noqa: Y015
+
+class _CellSuppression:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CellSuppressionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CellSuppression.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CELL_SUPPRESSION_UNSPECIFIED: _CellSuppression.ValueType  # 0
+    CELL_SUPPRESSION_SHOWN: _CellSuppression.ValueType  # 1
+    CELL_SUPPRESSION_PRIMARY: _CellSuppression.ValueType  # 2
+    """Fewer learners than the minimum cell size."""
+    CELL_SUPPRESSION_COMPLEMENTARY: _CellSuppression.ValueType  # 3
+    """Withheld so that a withheld cell cannot be worked out from the total and the other cells."""
+
+class CellSuppression(_CellSuppression, metaclass=_CellSuppressionEnumTypeWrapper): ...
+
+CELL_SUPPRESSION_UNSPECIFIED: CellSuppression.ValueType  # 0
+CELL_SUPPRESSION_SHOWN: CellSuppression.ValueType  # 1
+CELL_SUPPRESSION_PRIMARY: CellSuppression.ValueType  # 2
+"""Fewer learners than the minimum cell size."""
+CELL_SUPPRESSION_COMPLEMENTARY: CellSuppression.ValueType  # 3
+"""Withheld so that a withheld cell cannot be worked out from the total and the other cells."""
+Global___CellSuppression: _TypeAlias = CellSuppression  # noqa: Y015
 
 @_typing.final
 class SkillProgress(_message.Message):
@@ -240,3 +308,874 @@ class StoreStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StoreStats: _TypeAlias = StoreStats  # noqa: Y015
+
+@_typing.final
+class ReportTarget(_message.Message):
+    """--- Reports added in v1 (additive): who needs support, readiness, gaps, engagement, errors,
+    growth, a learner's timeline and own view, district rollups with small-cell suppression.
+    Every report is scoped to the caller's tenant and schools (a teacher: their classes);
+    learners are never ordered by a score: lists are by learner id, then by the row's key.
+
+    What a class or school report is about: exactly one of class_id, school_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    SCHOOL_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    class_id: _builtins.str
+    school_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        class_id: _builtins.str = ...,
+        school_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "school_id", b"school_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportTarget: _TypeAlias = ReportTarget  # noqa: Y015
+
+@_typing.final
+class GetNeedsSupportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """End of the recent window (default: now); the window is the `recent_days` days before it."""
+
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "page_size", b"page_size", "page_token", b"page_token", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNeedsSupportRequest: _TypeAlias = GetNeedsSupportRequest  # noqa: Y015
+
+@_typing.final
+class SupportReason(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___SupportReasonKind.ValueType
+    skill_id: _builtins.str
+    value: _builtins.float
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___SupportReasonKind.ValueType = ...,
+        skill_id: _builtins.str = ...,
+        value: _builtins.float = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "skill_id", b"skill_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupportReason: _TypeAlias = SupportReason  # noqa: Y015
+
+@_typing.final
+class LearnerNeeds(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___SupportReason]: ...
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___SupportReason] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "reasons", b"reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerNeeds: _TypeAlias = LearnerNeeds  # noqa: Y015
+
+@_typing.final
+class NeedsSupport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerNeeds]: ...
+    def __init__(
+        self,
+        *,
+        learners: _abc.Iterable[Global___LearnerNeeds] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learners", b"learners", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NeedsSupport: _TypeAlias = NeedsSupport  # noqa: Y015
+
+@_typing.final
+class GetReadyToAccelerateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "page_size", b"page_size", "page_token", b"page_token", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReadyToAccelerateRequest: _TypeAlias = GetReadyToAccelerateRequest  # noqa: Y015
+
+@_typing.final
+class ReadyLearner(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    SKILLS_STARTED_FIELD_NUMBER: _builtins.int
+    SKILLS_MASTERED_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    skills_started: _builtins.int
+    skills_mastered: _builtins.int
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        skills_started: _builtins.int = ...,
+        skills_mastered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "skills_mastered", b"skills_mastered", "skills_started", b"skills_started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadyLearner: _TypeAlias = ReadyLearner  # noqa: Y015
+
+@_typing.final
+class ReadyToAccelerate(_message.Message):
+    """Learners by id (not a ranking)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReadyLearner]: ...
+    def __init__(
+        self,
+        *,
+        learners: _abc.Iterable[Global___ReadyLearner] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learners", b"learners", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadyToAccelerate: _TypeAlias = ReadyToAccelerate  # noqa: Y015
+
+@_typing.final
+class GetSkillGapsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSkillGapsRequest: _TypeAlias = GetSkillGapsRequest  # noqa: Y015
+
+@_typing.final
+class SkillGap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    BELOW_FIELD_NUMBER: _builtins.int
+    MASTERED_FIELD_NUMBER: _builtins.int
+    MEAN_MASTERY_FIELD_NUMBER: _builtins.int
+    skill_id: _builtins.str
+    learners: _builtins.int
+    below: _builtins.int
+    """Learners under the low-mastery threshold, and mastered."""
+    mastered: _builtins.int
+    mean_mastery: _builtins.float
+    def __init__(
+        self,
+        *,
+        skill_id: _builtins.str = ...,
+        learners: _builtins.int = ...,
+        below: _builtins.int = ...,
+        mastered: _builtins.int = ...,
+        mean_mastery: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below", b"below", "learners", b"learners", "mastered", b"mastered", "mean_mastery", b"mean_mastery", "skill_id", b"skill_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkillGap: _TypeAlias = SkillGap  # noqa: Y015
+
+@_typing.final
+class SkillGaps(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKILLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkillGap]: ...
+    def __init__(
+        self,
+        *,
+        skills: _abc.Iterable[Global___SkillGap] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "skills", b"skills"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkillGaps: _TypeAlias = SkillGaps  # noqa: Y015
+
+@_typing.final
+class GetEngagementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    """SIS id: one learner only (optional)."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Days [since, until) by their UTC date; default: the `recent_days` days up to today."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        learner_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "target", b"target", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "target", b"target", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEngagementRequest: _TypeAlias = GetEngagementRequest  # noqa: Y015
+
+@_typing.final
+class EngagementDay(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CORRECT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_SECONDS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    RESOURCE_SECONDS_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    day: _builtins.str
+    """ISO date (UTC)."""
+    events: _builtins.int
+    attempts: _builtins.int
+    correct: _builtins.int
+    attempt_seconds: _builtins.float
+    resources: _builtins.int
+    resource_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        day: _builtins.str = ...,
+        events: _builtins.int = ...,
+        attempts: _builtins.int = ...,
+        correct: _builtins.int = ...,
+        attempt_seconds: _builtins.float = ...,
+        resources: _builtins.int = ...,
+        resource_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_seconds", b"attempt_seconds", "attempts", b"attempts", "correct", b"correct", "day", b"day", "events", b"events", "learner_id", b"learner_id", "resource_seconds", b"resource_seconds", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngagementDay: _TypeAlias = EngagementDay  # noqa: Y015
+
+@_typing.final
+class Engagement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___EngagementDay]: ...
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___EngagementDay] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Engagement: _TypeAlias = Engagement  # noqa: Y015
+
+@_typing.final
+class GetErrorBreakdownRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    skill_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        skill_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "target", b"target", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "since", b"since", "skill_id", b"skill_id", "target", b"target", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetErrorBreakdownRequest: _TypeAlias = GetErrorBreakdownRequest  # noqa: Y015
+
+@_typing.final
+class ErrorCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    ERROR_TAG_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    skill_id: _builtins.str
+    error_tag: _builtins.str
+    attempts: _builtins.int
+    learners: _builtins.int
+    def __init__(
+        self,
+        *,
+        skill_id: _builtins.str = ...,
+        error_tag: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        learners: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "error_tag", b"error_tag", "learners", b"learners", "skill_id", b"skill_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorCount: _TypeAlias = ErrorCount  # noqa: Y015
+
+@_typing.final
+class ErrorBreakdown(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERRORS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorCount]: ...
+    def __init__(
+        self,
+        *,
+        errors: _abc.Iterable[Global___ErrorCount] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorBreakdown: _TypeAlias = ErrorBreakdown  # noqa: Y015
+
+@_typing.final
+class GetGrowthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "target", b"target", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "since", b"since", "target", b"target", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrowthRequest: _TypeAlias = GetGrowthRequest  # noqa: Y015
+
+@_typing.final
+class Growth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    P_START_FIELD_NUMBER: _builtins.int
+    P_END_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    skill_id: _builtins.str
+    p_start: _builtins.float
+    """Mastery at the start of the period (or before its first update in it) and at its end."""
+    p_end: _builtins.float
+    updates: _builtins.int
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        skill_id: _builtins.str = ...,
+        p_start: _builtins.float = ...,
+        p_end: _builtins.float = ...,
+        updates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "p_end", b"p_end", "p_start", b"p_start", "skill_id", b"skill_id", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Growth: _TypeAlias = Growth  # noqa: Y015
+
+@_typing.final
+class GrowthReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Growth]: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___Growth] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrowthReport: _TypeAlias = GrowthReport  # noqa: Y015
+
+@_typing.final
+class GetLearnerTimelineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    learner_id: _builtins.str
+    """SIS id."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        learner_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLearnerTimelineRequest: _TypeAlias = GetLearnerTimelineRequest  # noqa: Y015
+
+@_typing.final
+class TimelineEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SKILL_IDS_FIELD_NUMBER: _builtins.int
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    kind: _builtins.str
+    """The payload's name: item_attempted, resource_engaged, goal_set, skill_mastered, ..."""
+    activity_id: _builtins.str
+    score: _builtins.float
+    detail: _builtins.str
+    duration_seconds: _builtins.float
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def skill_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        event_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        skill_ids: _abc.Iterable[_builtins.str] | None = ...,
+        activity_id: _builtins.str = ...,
+        score: _builtins.float | None = ...,
+        detail: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "occurred_at", b"occurred_at", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "activity_id", b"activity_id", "detail", b"detail", "duration_seconds", b"duration_seconds", "event_id", b"event_id", "kind", b"kind", "occurred_at", b"occurred_at", "score", b"score", "skill_ids", b"skill_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___TimelineEntry: _TypeAlias = TimelineEntry  # noqa: Y015
+
+@_typing.final
+class LearnerTimeline(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    next_page_token: _builtins.str
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEntry]: ...
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        entries: _abc.Iterable[Global___TimelineEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "learner_id", b"learner_id", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerTimeline: _TypeAlias = LearnerTimeline  # noqa: Y015
+
+@_typing.final
+class GetLearnerViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    learner_id: _builtins.str
+    """SIS id; a learner may only ask for their own."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        learner_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLearnerViewRequest: _TypeAlias = GetLearnerViewRequest  # noqa: Y015
+
+@_typing.final
+class GoalProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    TARGET_DATE_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    P_MASTERED_FIELD_NUMBER: _builtins.int
+    REACHED_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    skill_id: _builtins.str
+    target_date: _builtins.str
+    p_mastered: _builtins.float
+    """Current mastery of the goal's skill (0 without evidence yet), and whether it is reached."""
+    reached: _builtins.bool
+    @_builtins.property
+    def set_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+        skill_id: _builtins.str = ...,
+        target_date: _builtins.str = ...,
+        set_at: _timestamp_pb2.Timestamp | None = ...,
+        p_mastered: _builtins.float = ...,
+        reached: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set_at", b"set_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal_id", b"goal_id", "p_mastered", b"p_mastered", "reached", b"reached", "set_at", b"set_at", "skill_id", b"skill_id", "target_date", b"target_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoalProgress: _TypeAlias = GoalProgress  # noqa: Y015
+
+@_typing.final
+class LearnerView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    SKILLS_FIELD_NUMBER: _builtins.int
+    STRENGTHS_FIELD_NUMBER: _builtins.int
+    GOALS_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    @_builtins.property
+    def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkillProgress]: ...
+    @_builtins.property
+    def strengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Skills mastered."""
+
+    @_builtins.property
+    def goals(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoalProgress]: ...
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        skills: _abc.Iterable[Global___SkillProgress] | None = ...,
+        strengths: _abc.Iterable[_builtins.str] | None = ...,
+        goals: _abc.Iterable[Global___GoalProgress] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goals", b"goals", "learner_id", b"learner_id", "skills", b"skills", "strengths", b"strengths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerView: _TypeAlias = LearnerView  # noqa: Y015
+
+@_typing.final
+class GetDistrictRollupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    dimension: Global___RollupDimension.ValueType
+    skill_id: _builtins.str
+    """Optional: figures for one skill (the groups stay the same)."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        dimension: Global___RollupDimension.ValueType = ...,
+        skill_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "skill_id", b"skill_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDistrictRollupRequest: _TypeAlias = GetDistrictRollupRequest  # noqa: Y015
+
+@_typing.final
+class RollupCell(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    MEAN_MASTERY_FIELD_NUMBER: _builtins.int
+    MASTERED_SHARE_FIELD_NUMBER: _builtins.int
+    SUPPRESSION_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    learners: _builtins.int
+    """0 and no figures when withheld."""
+    mean_mastery: _builtins.float
+    mastered_share: _builtins.float
+    suppression: Global___CellSuppression.ValueType
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        learners: _builtins.int = ...,
+        mean_mastery: _builtins.float = ...,
+        mastered_share: _builtins.float = ...,
+        suppression: Global___CellSuppression.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "learners", b"learners", "mastered_share", b"mastered_share", "mean_mastery", b"mean_mastery", "suppression", b"suppression"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollupCell: _TypeAlias = RollupCell  # noqa: Y015
+
+@_typing.final
+class DistrictRollup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    MIN_CELL_SIZE_FIELD_NUMBER: _builtins.int
+    dimension: Global___RollupDimension.ValueType
+    min_cell_size: _builtins.int
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___RollupCell]: ...
+    @_builtins.property
+    def total(self) -> Global___RollupCell:
+        """Every active roster learner of the caller's schools."""
+
+    def __init__(
+        self,
+        *,
+        dimension: Global___RollupDimension.ValueType = ...,
+        cells: _abc.Iterable[Global___RollupCell] | None = ...,
+        total: Global___RollupCell | None = ...,
+        min_cell_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "dimension", b"dimension", "min_cell_size", b"min_cell_size", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DistrictRollup: _TypeAlias = DistrictRollup  # noqa: Y015

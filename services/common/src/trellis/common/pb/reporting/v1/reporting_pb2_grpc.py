@@ -49,6 +49,51 @@ class ReportingServiceStub:
                 request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetStoreStatsRequest.SerializeToString,
                 response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.StoreStats.FromString,
                 _registered_method=True)
+        self.GetNeedsSupport = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetNeedsSupport',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetNeedsSupportRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.NeedsSupport.FromString,
+                _registered_method=True)
+        self.GetReadyToAccelerate = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetReadyToAccelerate',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetReadyToAccelerateRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ReadyToAccelerate.FromString,
+                _registered_method=True)
+        self.GetSkillGaps = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetSkillGaps',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetSkillGapsRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.SkillGaps.FromString,
+                _registered_method=True)
+        self.GetEngagement = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetEngagement',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetEngagementRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.Engagement.FromString,
+                _registered_method=True)
+        self.GetErrorBreakdown = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetErrorBreakdown',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetErrorBreakdownRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ErrorBreakdown.FromString,
+                _registered_method=True)
+        self.GetGrowth = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetGrowth',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetGrowthRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GrowthReport.FromString,
+                _registered_method=True)
+        self.GetLearnerTimeline = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetLearnerTimeline',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerTimelineRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerTimeline.FromString,
+                _registered_method=True)
+        self.GetLearnerView = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetLearnerView',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerViewRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerView.FromString,
+                _registered_method=True)
+        self.GetDistrictRollup = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetDistrictRollup',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetDistrictRollupRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.DistrictRollup.FromString,
+                _registered_method=True)
 
 
 class ReportingServiceServicer:
@@ -75,6 +120,69 @@ class ReportingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNeedsSupport(self, request, context):
+        """Teachers and admins: learners of a class or school who need support, with every reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReadyToAccelerate(self, request, context):
+        """Learners ready to accelerate (by id: never a ranking).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSkillGaps(self, request, context):
+        """Per skill: learners with evidence, below the threshold, mastered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEngagement(self, request, context):
+        """Activity and time on task per learner and day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetErrorBreakdown(self, request, context):
+        """Error tags per skill.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGrowth(self, request, context):
+        """Mastery at the start and at the end of a period, per learner and skill.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLearnerTimeline(self, request, context):
+        """One learner's activity and mastery events in time order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLearnerView(self, request, context):
+        """A learner's own view: progress, strengths, goals and progress toward them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDistrictRollup(self, request, context):
+        """District admins: rollups by school, grade or subgroup with small-cell suppression.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReportingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +200,51 @@ def add_ReportingServiceServicer_to_server(servicer, server):
                     servicer.GetStoreStats,
                     request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetStoreStatsRequest.FromString,
                     response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.StoreStats.SerializeToString,
+            ),
+            'GetNeedsSupport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNeedsSupport,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetNeedsSupportRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.NeedsSupport.SerializeToString,
+            ),
+            'GetReadyToAccelerate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReadyToAccelerate,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetReadyToAccelerateRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ReadyToAccelerate.SerializeToString,
+            ),
+            'GetSkillGaps': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSkillGaps,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetSkillGapsRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.SkillGaps.SerializeToString,
+            ),
+            'GetEngagement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEngagement,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetEngagementRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.Engagement.SerializeToString,
+            ),
+            'GetErrorBreakdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetErrorBreakdown,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetErrorBreakdownRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ErrorBreakdown.SerializeToString,
+            ),
+            'GetGrowth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGrowth,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetGrowthRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GrowthReport.SerializeToString,
+            ),
+            'GetLearnerTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLearnerTimeline,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerTimelineRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerTimeline.SerializeToString,
+            ),
+            'GetLearnerView': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLearnerView,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerViewRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerView.SerializeToString,
+            ),
+            'GetDistrictRollup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDistrictRollup,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetDistrictRollupRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.DistrictRollup.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +328,249 @@ class ReportingService:
             '/trellis.reporting.v1.ReportingService/GetStoreStats',
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetStoreStatsRequest.SerializeToString,
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.StoreStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNeedsSupport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetNeedsSupport',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetNeedsSupportRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.NeedsSupport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReadyToAccelerate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetReadyToAccelerate',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetReadyToAccelerateRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.ReadyToAccelerate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSkillGaps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetSkillGaps',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetSkillGapsRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.SkillGaps.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEngagement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetEngagement',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetEngagementRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.Engagement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetErrorBreakdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetErrorBreakdown',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetErrorBreakdownRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.ErrorBreakdown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGrowth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetGrowth',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetGrowthRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GrowthReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLearnerTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetLearnerTimeline',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerTimelineRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerTimeline.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLearnerView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetLearnerView',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetLearnerViewRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.LearnerView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDistrictRollup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetDistrictRollup',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetDistrictRollupRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.DistrictRollup.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,24 @@ class ReportingServiceStub:
     """Learners x skills of a class with their latest mastery."""
     GetStoreStats: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetStoreStatsRequest, _reporting_pb2.StoreStats]
     """Row counts per table: admin only."""
+    GetNeedsSupport: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetNeedsSupportRequest, _reporting_pb2.NeedsSupport]
+    """Teachers and admins: learners of a class or school who need support, with every reason."""
+    GetReadyToAccelerate: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetReadyToAccelerateRequest, _reporting_pb2.ReadyToAccelerate]
+    """Learners ready to accelerate (by id: never a ranking)."""
+    GetSkillGaps: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetSkillGapsRequest, _reporting_pb2.SkillGaps]
+    """Per skill: learners with evidence, below the threshold, mastered."""
+    GetEngagement: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetEngagementRequest, _reporting_pb2.Engagement]
+    """Activity and time on task per learner and day."""
+    GetErrorBreakdown: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetErrorBreakdownRequest, _reporting_pb2.ErrorBreakdown]
+    """Error tags per skill."""
+    GetGrowth: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetGrowthRequest, _reporting_pb2.GrowthReport]
+    """Mastery at the start and at the end of a period, per learner and skill."""
+    GetLearnerTimeline: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetLearnerTimelineRequest, _reporting_pb2.LearnerTimeline]
+    """One learner's activity and mastery events in time order."""
+    GetLearnerView: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetLearnerViewRequest, _reporting_pb2.LearnerView]
+    """A learner's own view: progress, strengths, goals and progress toward them."""
+    GetDistrictRollup: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetDistrictRollupRequest, _reporting_pb2.DistrictRollup]
+    """District admins: rollups by school, grade or subgroup with small-cell suppression."""
 
 @_typing.type_check_only
 class ReportingServiceAsyncStub(ReportingServiceStub):
@@ -47,6 +65,24 @@ class ReportingServiceAsyncStub(ReportingServiceStub):
     """Learners x skills of a class with their latest mastery."""
     GetStoreStats: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetStoreStatsRequest, _reporting_pb2.StoreStats]  # type: ignore[assignment]
     """Row counts per table: admin only."""
+    GetNeedsSupport: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetNeedsSupportRequest, _reporting_pb2.NeedsSupport]  # type: ignore[assignment]
+    """Teachers and admins: learners of a class or school who need support, with every reason."""
+    GetReadyToAccelerate: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetReadyToAccelerateRequest, _reporting_pb2.ReadyToAccelerate]  # type: ignore[assignment]
+    """Learners ready to accelerate (by id: never a ranking)."""
+    GetSkillGaps: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetSkillGapsRequest, _reporting_pb2.SkillGaps]  # type: ignore[assignment]
+    """Per skill: learners with evidence, below the threshold, mastered."""
+    GetEngagement: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetEngagementRequest, _reporting_pb2.Engagement]  # type: ignore[assignment]
+    """Activity and time on task per learner and day."""
+    GetErrorBreakdown: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetErrorBreakdownRequest, _reporting_pb2.ErrorBreakdown]  # type: ignore[assignment]
+    """Error tags per skill."""
+    GetGrowth: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetGrowthRequest, _reporting_pb2.GrowthReport]  # type: ignore[assignment]
+    """Mastery at the start and at the end of a period, per learner and skill."""
+    GetLearnerTimeline: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetLearnerTimelineRequest, _reporting_pb2.LearnerTimeline]  # type: ignore[assignment]
+    """One learner's activity and mastery events in time order."""
+    GetLearnerView: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetLearnerViewRequest, _reporting_pb2.LearnerView]  # type: ignore[assignment]
+    """A learner's own view: progress, strengths, goals and progress toward them."""
+    GetDistrictRollup: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetDistrictRollupRequest, _reporting_pb2.DistrictRollup]  # type: ignore[assignment]
+    """District admins: rollups by school, grade or subgroup with small-cell suppression."""
 
 class ReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +108,77 @@ class ReportingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_reporting_pb2.StoreStats, _abc.Awaitable[_reporting_pb2.StoreStats]]:
         """Row counts per table: admin only."""
+
+    @_abc_1.abstractmethod
+    def GetNeedsSupport(
+        self,
+        request: _reporting_pb2.GetNeedsSupportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.NeedsSupport, _abc.Awaitable[_reporting_pb2.NeedsSupport]]:
+        """Teachers and admins: learners of a class or school who need support, with every reason."""
+
+    @_abc_1.abstractmethod
+    def GetReadyToAccelerate(
+        self,
+        request: _reporting_pb2.GetReadyToAccelerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.ReadyToAccelerate, _abc.Awaitable[_reporting_pb2.ReadyToAccelerate]]:
+        """Learners ready to accelerate (by id: never a ranking)."""
+
+    @_abc_1.abstractmethod
+    def GetSkillGaps(
+        self,
+        request: _reporting_pb2.GetSkillGapsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.SkillGaps, _abc.Awaitable[_reporting_pb2.SkillGaps]]:
+        """Per skill: learners with evidence, below the threshold, mastered."""
+
+    @_abc_1.abstractmethod
+    def GetEngagement(
+        self,
+        request: _reporting_pb2.GetEngagementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.Engagement, _abc.Awaitable[_reporting_pb2.Engagement]]:
+        """Activity and time on task per learner and day."""
+
+    @_abc_1.abstractmethod
+    def GetErrorBreakdown(
+        self,
+        request: _reporting_pb2.GetErrorBreakdownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.ErrorBreakdown, _abc.Awaitable[_reporting_pb2.ErrorBreakdown]]:
+        """Error tags per skill."""
+
+    @_abc_1.abstractmethod
+    def GetGrowth(
+        self,
+        request: _reporting_pb2.GetGrowthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.GrowthReport, _abc.Awaitable[_reporting_pb2.GrowthReport]]:
+        """Mastery at the start and at the end of a period, per learner and skill."""
+
+    @_abc_1.abstractmethod
+    def GetLearnerTimeline(
+        self,
+        request: _reporting_pb2.GetLearnerTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.LearnerTimeline, _abc.Awaitable[_reporting_pb2.LearnerTimeline]]:
+        """One learner's activity and mastery events in time order."""
+
+    @_abc_1.abstractmethod
+    def GetLearnerView(
+        self,
+        request: _reporting_pb2.GetLearnerViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.LearnerView, _abc.Awaitable[_reporting_pb2.LearnerView]]:
+        """A learner's own view: progress, strengths, goals and progress toward them."""
+
+    @_abc_1.abstractmethod
+    def GetDistrictRollup(
+        self,
+        request: _reporting_pb2.GetDistrictRollupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.DistrictRollup, _abc.Awaitable[_reporting_pb2.DistrictRollup]]:
+        """District admins: rollups by school, grade or subgroup with small-cell suppression."""
 
 def add_ReportingServiceServicer_to_server(servicer: ReportingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
