@@ -20,7 +20,7 @@ async def serve(settings: Settings) -> None:
     server_settings = settings.services.ingest
     start_metrics_server(server_settings.metrics_port, server_settings.host)
     app = create_ingest(settings)
-    # Calls are served at once; health turns SERVING once the dedup window and replicas are in.
+    # The port opens at once; calls and health wait for the dedup window and the replicas.
     await app.start()
     log.info("ingest serving", port=app.server.port)
     await run_until_signal(app.server, on_stop=app.close_clients)

@@ -1,8 +1,9 @@
 """Builds a whole ingest process (producer, replicas, dedup window, gRPC server) from settings.
 
 Used by `__main__` (serve), by the integration tests and by the benchmark, so all three run the
-same wiring. `start()` serves calls at once but reports SERVING only after the dedup window is
-rebuilt and the catalog and roster replicas have caught up.
+same wiring. `start()` opens the port at once but reports SERVING only after the dedup window is
+rebuilt and the catalog and roster replicas have caught up; until then calls are answered
+UNAVAILABLE (retry), never with answers from an incomplete window or replica.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from trellis.ingest.service import IngestService
 @dataclass
 class IngestApp:
     server: GrpcServer
+    servicer: IngestServicer
     service: IngestService
     publisher: KafkaPublisher
     followers: list[TopicFollower[Any]]
@@ -52,6 +54,7 @@ class IngestApp:
             if loop.time() > deadline:
                 raise TimeoutError("catalog and roster replicas did not catch up")
             await asyncio.sleep(0.05)
+        self.servicer.ready = True
         await self.server.set_serving(True)
 
     async def close(self) -> None:
@@ -90,6 +93,9 @@ def create_ingest(
         roster,
         ingest.unknown_references,
     )
+    servicer = IngestServicer(
+        service, ingest.max_batch_size, ingest.max_in_flight_batches, ready=False
+    )
     server_settings = settings.services.ingest
     if port is not None:
         server_settings = server_settings.model_copy(update={"port": port})
@@ -100,8 +106,10 @@ def create_ingest(
             ServiceBinding(
                 ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
                 ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-                IngestServicer(service, ingest.max_batch_size, ingest.max_in_flight_batches),
+                servicer,
             )
         ],
     )
-    return IngestApp(server, service, publisher, followers, dedup, catalog, roster, settings)
+    return IngestApp(
+        server, servicer, service, publisher, followers, dedup, catalog, roster, settings
+    )

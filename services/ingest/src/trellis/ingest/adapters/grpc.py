@@ -55,7 +55,12 @@ def _result(outcome: ItemOutcome) -> ingest_pb2.ItemResult:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, service: IngestService, max_batch_size: int, max_in_flight: int) -> None:
+    def __init__(
+        self, service: IngestService, max_batch_size: int, max_in_flight: int, ready: bool = True
+    ) -> None:
+        # False while the dedup window and the replicas load: answers would be wrong, so calls
+        # are refused with UNAVAILABLE (retry) until the process sets it.
+        self.ready = ready
         self._service = service
         self._max_batch_size = max_batch_size
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -66,6 +71,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         principal = current_principal()
         require_role(principal, *writers)
         authorize_tenant(principal, tenant_id)
+        self._check_ready()
         self._check_tenant(tenant_id)
         if size == 0:
             raise InvalidArgument([(field, "must not be empty")])
@@ -74,6 +80,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if self._in_flight.locked():
             # Bounded in-flight work: refuse rather than queue without bound.
             raise ResourceExhausted(retry_after_s=0.5)
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable("ingest is starting (dedup window, catalog and roster replicas)")
 
     def _check_tenant(self, tenant_id: str) -> None:
         # Only a platform admin can name a tenant other than its token's (which has a key).
@@ -109,6 +119,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> AsyncIterator[ingest_pb2.ItemResult]:
         principal = current_principal()
         require_role(principal, *WRITERS)
+        self._check_ready()
         index = 0
         async for event in request_iterator:
             # A stream belongs to the caller's tenant; events may leave tenant_id empty.

@@ -1,4 +1,5 @@
-"""Prometheus metrics of ingest: answers per item (by tenant, record kind, status and reason) and
+"""Prometheus metrics of ingest: answers per item (by tenant, record kind, status and reason: the
+first violation, or the first warning of an item accepted with remarks) and
 produce latency. Reasons name the field without its batch index, so label values stay bounded."""
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ _INDEX = re.compile(r"\[\d+\]")
 
 def count_outcomes(tenant_id: str, kind: str, outcomes: Iterable[ItemOutcome]) -> None:
     for outcome in outcomes:
-        reason = (
-            f"{_INDEX.sub('[]', outcome.violations[0].field)} {outcome.violations[0].reason}"
-            if outcome.violations
-            else ""
-        )
+        # The first violation, or for an item accepted with remarks its first warning.
+        remarks = outcome.violations or outcome.warnings
+        reason = f"{_INDEX.sub('[]', remarks[0].field)} {remarks[0].reason}" if remarks else ""
+
         ITEMS.labels(tenant_id, kind, outcome.status.value, reason).inc()
