@@ -30,6 +30,14 @@ lint: setup ## ruff, mypy, import contracts and the proto compatibility check
 test: setup lint ## Lint, then unit, contract, integration and e2e tests on a Kafka broker of their own
 	tools/run-tests.sh
 
+.PHONY: bench
+bench: setup ## Every benchmark (bench/benchmarks/) on a Kafka of its own: bench/results/latest.json and a table
+	$(PY) bench/run.py
+
+.PHONY: bench-quick
+bench-quick: setup ## Every benchmark at its reduced size (under 10 minutes in all)
+	$(PY) bench/run.py --quick
+
 .PHONY: up
 up: setup ## Start Kafka and the four services in the background (see `make down`)
 	deploy/local/stack.sh up
