@@ -37,7 +37,9 @@ async def serve(settings: Settings) -> None:
     start_metrics_server(server_settings.metrics_port, server_settings.host)
     store = create_store(settings.clickhouse)
     executor = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="reporting-store")
-    service = ReportingService(store, Pseudonymizer(settings.pseudonym.all_keys()), executor)
+    service = ReportingService(
+        store, Pseudonymizer(settings.pseudonym.all_keys()), executor, settings.reporting
+    )
     server = create_server(
         server_settings,
         settings.auth.all_tokens(),

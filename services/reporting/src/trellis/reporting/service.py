@@ -14,26 +14,52 @@ import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Generic, TypeVar
 
 from trellis.common.pseudonym import Pseudonymizer
-from trellis.reporting.store.base import HeatmapCell, ReportingStore, SkillProgress
+from trellis.common.settings import ReportingSettings
+from trellis.reporting.store.base import (
+    EngagementDay,
+    ErrorCount,
+    GoalRow,
+    GrowthRow,
+    HeatmapCell,
+    ReadyLearner,
+    ReportingStore,
+    SkillGap,
+    SkillProgress,
+    SupportReason,
+    Target,
+    TimelineEntry,
+)
+from trellis.reporting.suppression import Group, suppress
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "DIMENSIONS",
     "MAX_PAGE_SIZE",
     "BadPageToken",
+    "GoalProgress",
     "HeatmapPage",
+    "LearnerNeeds",
     "LearnerProgress",
+    "LearnerView",
+    "Page",
     "ReportingService",
+    "Rollup",
     "Scope",
+    "decode_cursor",
     "decode_page_token",
+    "encode_cursor",
     "encode_page_token",
+    "recent_window",
 ]
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5_000
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class BadPageToken(ValueError):
@@ -85,11 +111,16 @@ def decode_page_token(class_id: str, token: str) -> tuple[str, str] | None:
 
 class ReportingService:
     def __init__(
-        self, store: ReportingStore, pseudonymizer: Pseudonymizer, executor: Executor
+        self,
+        store: ReportingStore,
+        pseudonymizer: Pseudonymizer,
+        executor: Executor,
+        settings: ReportingSettings | None = None,
     ) -> None:
         self._store = store
         self._pseudonymizer = pseudonymizer
         self._executor = executor
+        self.settings = settings or ReportingSettings()
 
     async def _run(self, call: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
@@ -128,3 +159,369 @@ class ReportingService:
 
     async def store_stats(self, tenant_id: str) -> dict[str, int]:
         return await self._run(lambda: self._store.row_counts(tenant_id))
+
+    def _timeout(self, remaining_s: float | None) -> float:
+        """The query's time limit: the settings' limit, or the caller's deadline if sooner."""
+        limit = self.settings.query_timeout_s
+        return limit if remaining_s is None else max(0.0, min(limit, remaining_s))
+
+    async def needs_support(
+        self,
+        target: Target,
+        as_of: datetime,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[LearnerNeeds]:
+        size = page_size(size_requested)
+        bound = _target_bound(target)
+        after = decode_cursor("needs", bound, page_token, 1)
+        since, until = recent_window(as_of, self.settings.recent_days)
+        cfg = self.settings
+        reasons = await self._run(
+            lambda: self._store.needs_support(
+                target,
+                since=since,
+                until=until,
+                low_p=cfg.low_mastery_p,
+                min_attempts=cfg.low_mastery_min_attempts,
+                min_events=cfg.low_engagement_min_events,
+                limit=size + 1,
+                after=after[0] if after else "",
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        learners: list[LearnerNeeds] = []
+        for reason in reasons:
+            if not learners or learners[-1].learner_id != reason.learner_id:
+                learners.append(LearnerNeeds(reason.learner_id, []))
+            learners[-1].reasons.append(reason)
+        return _paged(learners, size, "needs", bound, lambda n: [n.learner_id])
+
+    async def ready_to_accelerate(
+        self,
+        target: Target,
+        as_of: datetime,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[ReadyLearner]:
+        size = page_size(size_requested)
+        bound = _target_bound(target)
+        after = decode_cursor("ready", bound, page_token, 1)
+        since, until = recent_window(as_of, self.settings.recent_days)
+        rows = await self._run(
+            lambda: self._store.ready_to_accelerate(
+                target,
+                since=since,
+                until=until,
+                mastered_share=self.settings.accelerate_mastered_share,
+                min_skills=self.settings.accelerate_min_skills,
+                limit=size + 1,
+                after=after[0] if after else "",
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        return _paged(rows, size, "ready", bound, lambda r: [r.learner_id])
+
+    async def skill_gaps(
+        self,
+        target: Target,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[SkillGap]:
+        size = page_size(size_requested)
+        bound = _target_bound(target)
+        after = decode_cursor("gaps", bound, page_token, 1)
+        rows = await self._run(
+            lambda: self._store.skill_gaps(
+                target,
+                low_p=self.settings.low_mastery_p,
+                limit=size + 1,
+                after=after[0] if after else "",
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        return _paged(rows, size, "gaps", bound, lambda r: [r.skill_id])
+
+    async def engagement(
+        self,
+        target: Target,
+        since: date,
+        until: date,
+        sis_learner_id: str,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[EngagementDay]:
+        size = page_size(size_requested)
+        learner_id = (
+            self._pseudonymizer.pseudonymize(target.tenant_id, sis_learner_id)
+            if sis_learner_id
+            else ""
+        )
+        bound = f"{_target_bound(target)}|{since}|{until}|{learner_id}"
+        after = decode_cursor("engagement", bound, page_token, 2)
+        rows = await self._run(
+            lambda: self._store.engagement(
+                target,
+                since=since,
+                until=until,
+                learner_id=learner_id,
+                limit=size + 1,
+                after=(after[0], date.fromisoformat(after[1])) if after else None,
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        return _paged(rows, size, "engagement", bound, lambda r: [r.learner_id, str(r.day)])
+
+    async def error_breakdown(
+        self,
+        target: Target,
+        since: datetime,
+        until: datetime,
+        skill_id: str,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[ErrorCount]:
+        size = page_size(size_requested)
+        bound = f"{_target_bound(target)}|{since.isoformat()}|{until.isoformat()}|{skill_id}"
+        after = decode_cursor("errors", bound, page_token, 2)
+        rows = await self._run(
+            lambda: self._store.error_breakdown(
+                target,
+                since=since,
+                until=until,
+                skill_id=skill_id,
+                limit=size + 1,
+                after=(after[0], after[1]) if after else None,
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        return _paged(rows, size, "errors", bound, lambda r: [r.skill_id, r.error_tag])
+
+    async def growth(
+        self,
+        target: Target,
+        since: datetime,
+        until: datetime,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[GrowthRow]:
+        size = page_size(size_requested)
+        bound = f"{_target_bound(target)}|{since.isoformat()}|{until.isoformat()}"
+        after = decode_cursor("growth", bound, page_token, 2)
+        rows = await self._run(
+            lambda: self._store.growth(
+                target,
+                since=since,
+                until=until,
+                limit=size + 1,
+                after=(after[0], after[1]) if after else None,
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        return _paged(rows, size, "growth", bound, lambda r: [r.learner_id, r.skill_id])
+
+    async def timeline(
+        self,
+        tenant_id: str,
+        sis_learner_id: str,
+        since: datetime,
+        until: datetime,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> tuple[str, Page[TimelineEntry]]:
+        size = page_size(size_requested)
+        learner_id = self._pseudonymizer.pseudonymize(tenant_id, sis_learner_id)
+        bound = f"{tenant_id}|{learner_id}|{since.isoformat()}|{until.isoformat()}"
+        after = decode_cursor("timeline", bound, page_token, 2)
+        try:
+            cursor = (datetime.fromisoformat(after[0]), after[1]) if after else None
+        except ValueError as exc:
+            raise BadPageToken("page_token is not valid") from exc
+        rows = await self._run(
+            lambda: self._store.timeline(
+                tenant_id,
+                learner_id,
+                since=since,
+                until=until,
+                limit=size + 1,
+                after=cursor,
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        page = _paged(
+            rows, size, "timeline", bound, lambda r: [r.occurred_at.isoformat(), r.event_id]
+        )
+        return learner_id, page
+
+    async def learner_view(
+        self, tenant_id: str, sis_learner_id: str, scope: Scope, remaining_s: float | None = None
+    ) -> LearnerView:
+        progress = await self.learner_progress(tenant_id, sis_learner_id, scope)
+        goals = await self._run(
+            lambda: self._store.learner_goals(
+                tenant_id, progress.learner_id, timeout_s=self._timeout(remaining_s)
+            )
+        )
+        by_skill = {p.skill_id: p for p in progress.skills}
+        return LearnerView(
+            learner_id=progress.learner_id,
+            skills=progress.skills,
+            strengths=[p.skill_id for p in progress.skills if p.level == MASTERED],
+            goals=[
+                GoalProgress(
+                    goal=goal,
+                    p_mastered=by_skill[goal.skill_id].p_mastered
+                    if goal.skill_id in by_skill
+                    else 0.0,
+                    reached=goal.skill_id in by_skill and by_skill[goal.skill_id].level == MASTERED,
+                )
+                for goal in goals
+            ],
+        )
+
+    async def district_rollup(
+        self,
+        tenant_id: str,
+        dimension: str,
+        skill_id: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Rollup:
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"unknown dimension {dimension!r}")
+        raw = await self._run(
+            lambda: self._store.rollup(
+                tenant_id,
+                dimension,
+                skill_id=skill_id,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        k = self.settings.min_cell_size
+        groups = [Group(key, n, mean, share) for key, n, mean, share in raw.groups]
+        total = Group("", *raw.total)
+        cells, shown_total = suppress(groups, total, k, partition=dimension != "subgroup")
+        return Rollup(dimension, cells, shown_total, k)
+
+
+# --- reports ---
+
+
+def encode_cursor(kind: str, bound: str, values: Sequence[str]) -> str:
+    """An opaque cursor of a report: the last key served, bound to the report and its target."""
+    raw = json.dumps({"k": kind, "b": bound, "v": list(values)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, bound: str, token: str, size: int) -> list[str] | None:
+    """The key values of a cursor (None: first page); BadPageToken if not issued for this."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        cursor = json.loads(raw)
+        found_kind, found_bound, values = cursor["k"], cursor["b"], cursor["v"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise BadPageToken("page_token is not valid") from exc
+    if (
+        found_kind != kind
+        or not isinstance(values, list)
+        or len(values) != size
+        or not all(isinstance(v, str) for v in values)
+    ):
+        raise BadPageToken("page_token is not valid")
+    if found_bound != bound:
+        raise BadPageToken("page_token belongs to another request")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[_R]):
+    items: list[_R]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerNeeds:
+    learner_id: str
+    reasons: list[SupportReason]
+
+
+@dataclass(frozen=True, slots=True)
+class GoalProgress:
+    goal: GoalRow
+    p_mastered: float
+    reached: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerView:
+    learner_id: str
+    skills: list[SkillProgress]
+    strengths: list[str]
+    goals: list[GoalProgress]
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    dimension: str
+    cells: list[Group]
+    total: Group
+    min_cell_size: int
+
+
+DIMENSIONS = ("school", "grade", "subgroup")
+MASTERED = 4
+
+
+def page_size(requested: int) -> int:
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def recent_window(as_of: datetime, days: int) -> tuple[datetime, datetime]:
+    """The `days` calendar days (UTC) up to and including `as_of`'s day, ending at `as_of`."""
+    start = datetime.combine(as_of.astimezone(UTC).date(), time.min, tzinfo=UTC)
+    return start - timedelta(days=days - 1), as_of
+
+
+def _target_bound(target: Target) -> str:
+    return f"{target.tenant_id}|{target.class_id}|{target.school_id}"
+
+
+def _paged(
+    rows: list[_R], size: int, kind: str, bound: str, key: Callable[[_R], list[str]]
+) -> Page[_R]:
+    """A page of `size` rows out of `size + 1` fetched, with the cursor of its last row."""
+    if len(rows) <= size:
+        return Page(rows, "")
+    rows = rows[:size]
+    return Page(rows, encode_cursor(kind, bound, key(rows[-1])))

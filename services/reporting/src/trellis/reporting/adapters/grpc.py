@@ -11,6 +11,7 @@ Who may call what (DESIGN.md §3a), always within the caller's tenant:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from trellis.common.grpc.auth import (
     authorize_class,
     authorize_learner,
+    authorize_school,
     authorize_tenant,
     current_principal,
     require_role,
@@ -27,8 +29,9 @@ from trellis.common.grpc.errors import InvalidArgument, NotFound, Unavailable
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from trellis.common.pseudonym import UnknownTenantKey
 from trellis.common.settings import Principal, Role
-from trellis.reporting.service import BadPageToken, ReportingService, Scope
-from trellis.reporting.store.base import SkillProgress, StoreError
+from trellis.reporting.service import BadPageToken, ReportingService, Scope, recent_window
+from trellis.reporting.store.base import SkillProgress, StoreError, Target
+from trellis.reporting.suppression import Group, Suppression
 
 __all__ = ["SERVICE_NAME", "ReportingServicer"]
 
@@ -60,7 +63,9 @@ def _skill(progress: SkillProgress) -> reporting_pb2.SkillProgress:
     )
 
 
-class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
+class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
+    """Progress, heatmap and statistics."""
+
     def __init__(self, service: ReportingService) -> None:
         self._service = service
 
@@ -141,4 +146,409 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
                 reporting_pb2.TableRows(table=table, rows=rows)
                 for table, rows in sorted(counts.items())
             ]
+        )
+
+
+# --- reports ---
+
+REPORT_READERS: tuple[Role, ...] = ("teacher", "district_admin", "platform_admin")
+_REASONS = {
+    "low_mastery": reporting_pb2.SUPPORT_REASON_KIND_LOW_MASTERY,
+    "struggling": reporting_pb2.SUPPORT_REASON_KIND_STRUGGLING,
+    "low_engagement": reporting_pb2.SUPPORT_REASON_KIND_LOW_ENGAGEMENT,
+}
+_DIMENSIONS = {
+    reporting_pb2.ROLLUP_DIMENSION_SCHOOL: "school",
+    reporting_pb2.ROLLUP_DIMENSION_GRADE: "grade",
+    reporting_pb2.ROLLUP_DIMENSION_SUBGROUP: "subgroup",
+}
+_SUPPRESSION = {
+    Suppression.SHOWN: reporting_pb2.CELL_SUPPRESSION_SHOWN,
+    Suppression.PRIMARY: reporting_pb2.CELL_SUPPRESSION_PRIMARY,
+    Suppression.COMPLEMENTARY: reporting_pb2.CELL_SUPPRESSION_COMPLEMENTARY,
+}
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _when(ts: Timestamp, default: datetime) -> datetime:
+    """A request time, or `default` when unset."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return default
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else float(remaining)
+
+
+def authorize_target(principal: Principal, target: reporting_pb2.ReportTarget) -> Target:
+    """A report target of the caller's tenant and scope: exactly one of class and school."""
+    require_role(principal, *REPORT_READERS)
+    authorize_tenant(principal, target.tenant_id)
+    if bool(target.class_id) == bool(target.school_id):
+        raise InvalidArgument([("target", "name exactly one of class_id and school_id")])
+    if target.class_id:
+        authorize_class(principal, target.class_id)
+    else:
+        authorize_school(principal, target.school_id)
+    return Target(target.tenant_id, class_id=target.class_id, school_id=target.school_id)
+
+
+def _period(
+    since: Timestamp, until: Timestamp, now: datetime, days: int
+) -> tuple[datetime, datetime]:
+    start, _ = recent_window(now, days)
+    begin, end = _when(since, start), _when(until, now)
+    if end <= begin:
+        raise InvalidArgument([("until", "must be after since")])
+    return begin, end
+
+
+class _Reports:
+    """Error mapping shared by the report methods."""
+
+    @staticmethod
+    def fail(exc: Exception) -> Exception:
+        if isinstance(exc, BadPageToken):
+            return InvalidArgument([("page_token", str(exc))])
+        if isinstance(exc, UnknownTenantKey):
+            return NotFound("no pseudonymization key for this tenant")
+        if isinstance(exc, StoreError):
+            return Unavailable("the reporting store is unavailable")
+        return exc
+
+
+class ReportingServicer(_CoreServicer):
+    """Every method of `trellis.reporting.v1.ReportingService`."""
+
+    async def GetNeedsSupport(
+        self,
+        request: reporting_pb2.GetNeedsSupportRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.NeedsSupport:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        try:
+            page = await self._service.needs_support(
+                target,
+                _when(request.as_of, datetime.now(UTC)),
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.NeedsSupport(
+            learners=[
+                reporting_pb2.LearnerNeeds(
+                    learner_id=needs.learner_id,
+                    reasons=[
+                        reporting_pb2.SupportReason(
+                            kind=_REASONS.get(r.reason, 0),  # type: ignore[arg-type]
+                            skill_id=r.skill_id,
+                            value=r.value,
+                            detail=r.detail,
+                        )
+                        for r in needs.reasons
+                    ],
+                )
+                for needs in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetReadyToAccelerate(
+        self,
+        request: reporting_pb2.GetReadyToAccelerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.ReadyToAccelerate:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        try:
+            page = await self._service.ready_to_accelerate(
+                target,
+                _when(request.as_of, datetime.now(UTC)),
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.ReadyToAccelerate(
+            learners=[
+                reporting_pb2.ReadyLearner(
+                    learner_id=r.learner_id,
+                    skills_started=r.skills_started,
+                    skills_mastered=r.skills_mastered,
+                )
+                for r in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetSkillGaps(
+        self,
+        request: reporting_pb2.GetSkillGapsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.SkillGaps:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        try:
+            page = await self._service.skill_gaps(
+                target,
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.SkillGaps(
+            skills=[
+                reporting_pb2.SkillGap(
+                    skill_id=g.skill_id,
+                    learners=g.learners,
+                    below=g.below,
+                    mastered=g.mastered,
+                    mean_mastery=g.mean_mastery,
+                )
+                for g in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetEngagement(
+        self,
+        request: reporting_pb2.GetEngagementRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.Engagement:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        now = datetime.now(UTC)
+        days = self._service.settings.recent_days
+        since, until = _period(request.since, request.until, now + timedelta(days=1), days + 1)
+        try:
+            page = await self._service.engagement(
+                target,
+                since.date(),
+                until.date() if request.HasField("until") else (now + timedelta(days=1)).date(),
+                request.learner_id,
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError, UnknownTenantKey) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.Engagement(
+            days=[
+                reporting_pb2.EngagementDay(
+                    learner_id=d.learner_id,
+                    day=d.day.isoformat(),
+                    events=d.events,
+                    attempts=d.attempts,
+                    correct=d.correct,
+                    attempt_seconds=d.attempt_seconds,
+                    resources=d.resources,
+                    resource_seconds=d.resource_seconds,
+                )
+                for d in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetErrorBreakdown(
+        self,
+        request: reporting_pb2.GetErrorBreakdownRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.ErrorBreakdown:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        now = datetime.now(UTC)
+        since, until = _period(
+            request.since, request.until, now, self._service.settings.recent_days
+        )
+        try:
+            page = await self._service.error_breakdown(
+                target,
+                since,
+                until,
+                request.skill_id,
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.ErrorBreakdown(
+            errors=[
+                reporting_pb2.ErrorCount(
+                    skill_id=e.skill_id,
+                    error_tag=e.error_tag,
+                    attempts=e.attempts,
+                    learners=e.learners,
+                )
+                for e in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetGrowth(
+        self,
+        request: reporting_pb2.GetGrowthRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.GrowthReport:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        now = datetime.now(UTC)
+        since, until = _period(request.since, request.until, now, 30)
+        try:
+            page = await self._service.growth(
+                target,
+                since,
+                until,
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.GrowthReport(
+            rows=[
+                reporting_pb2.Growth(
+                    learner_id=g.learner_id,
+                    skill_id=g.skill_id,
+                    p_start=g.p_start,
+                    p_end=g.p_end,
+                    updates=g.updates,
+                )
+                for g in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetLearnerTimeline(
+        self,
+        request: reporting_pb2.GetLearnerTimelineRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.LearnerTimeline:
+        principal = current_principal()
+        require_role(principal, *PROGRESS_READERS)
+        authorize_tenant(principal, request.tenant_id)
+        if not request.learner_id:
+            raise InvalidArgument([("learner_id", "must not be empty")])
+        authorize_learner(principal, request.learner_id)
+        now = datetime.now(UTC)
+        since, until = _period(request.since, request.until, now, 30)
+        try:
+            learner_id, page = await self._service.timeline(
+                request.tenant_id,
+                request.learner_id,
+                since,
+                until,
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError, UnknownTenantKey) as exc:
+            raise _Reports.fail(exc) from exc
+        entries = []
+        for e in page.items:
+            entry = reporting_pb2.TimelineEntry(
+                occurred_at=_timestamp(e.occurred_at),
+                event_id=e.event_id,
+                kind=e.kind,
+                skill_ids=e.skill_ids,
+                activity_id=e.activity_id,
+                detail=e.detail,
+                duration_seconds=e.duration_seconds,
+            )
+            if e.score is not None:
+                entry.score = e.score
+            entries.append(entry)
+        return reporting_pb2.LearnerTimeline(
+            learner_id=learner_id, entries=entries, next_page_token=page.next_page_token
+        )
+
+    async def GetLearnerView(
+        self,
+        request: reporting_pb2.GetLearnerViewRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.LearnerView:
+        principal = current_principal()
+        require_role(principal, *PROGRESS_READERS)
+        authorize_tenant(principal, request.tenant_id)
+        if not request.learner_id:
+            raise InvalidArgument([("learner_id", "must not be empty")])
+        authorize_learner(principal, request.learner_id)
+        try:
+            view = await self._service.learner_view(
+                request.tenant_id, request.learner_id, scope_of(principal), _remaining(context)
+            )
+        except (StoreError, UnknownTenantKey) as exc:
+            raise _Reports.fail(exc) from exc
+        return reporting_pb2.LearnerView(
+            learner_id=view.learner_id,
+            skills=[_skill(s) for s in view.skills],
+            strengths=view.strengths,
+            goals=[
+                reporting_pb2.GoalProgress(
+                    goal_id=g.goal.goal_id,
+                    skill_id=g.goal.skill_id,
+                    target_date=g.goal.target_date,
+                    set_at=_timestamp(g.goal.set_at),
+                    p_mastered=g.p_mastered,
+                    reached=g.reached,
+                )
+                for g in view.goals
+            ],
+        )
+
+    async def GetDistrictRollup(
+        self,
+        request: reporting_pb2.GetDistrictRollupRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.DistrictRollup:
+        principal = current_principal()
+        require_role(principal, *ADMINS)
+        authorize_tenant(principal, request.tenant_id)
+        dimension = _DIMENSIONS.get(request.dimension)
+        if dimension is None:
+            raise InvalidArgument([("dimension", "must be school, grade or subgroup")])
+        try:
+            rollup = await self._service.district_rollup(
+                request.tenant_id,
+                dimension,
+                request.skill_id,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except StoreError as exc:
+            raise _Reports.fail(exc) from exc
+
+        def cell(group: Group) -> reporting_pb2.RollupCell:
+            return reporting_pb2.RollupCell(
+                key=group.key,
+                learners=group.learners,
+                mean_mastery=group.mean_mastery,
+                mastered_share=group.mastered_share,
+                suppression=_SUPPRESSION[group.suppression],
+            )
+
+        return reporting_pb2.DistrictRollup(
+            dimension=request.dimension,
+            cells=[cell(g) for g in rollup.cells],
+            total=cell(rollup.total),
+            min_cell_size=rollup.min_cell_size,
         )
