@@ -8,6 +8,8 @@ from datetime import datetime
 from enum import Enum
 from typing import TypeVar
 
+from google.protobuf import timestamp_pb2
+
 from trellis.common.codec import Encoded, encode_catalog, encode_envelope, encode_roster
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2
@@ -22,6 +24,7 @@ from trellis.ingest.validation import Violation, validate_catalog, validate_even
 # Publishes records to a topic ("activity", "roster", "catalog"); answers, per record, whether
 # Kafka confirmed it.
 Publish = Callable[[str, Sequence[Encoded]], Awaitable[list[bool]]]
+PSEUDONYM_CACHE_SIZE = 100_000
 Record = TypeVar("Record", roster_pb2.RosterRecord, catalog_pb2.CatalogRecord)
 
 
@@ -74,6 +77,19 @@ class IngestService:
         self._catalog = catalog
         self._roster = RosterView() if roster is None else roster
         self._unknown_references = unknown_references
+        self._pseudonyms: dict[tuple[str, int, str], str] = {}
+
+    def _pseudonym(self, tenant_id: str, sis_id: str) -> str:
+        """The current pseudonym, memoized (bounded: cleared when full): an HMAC per event costs."""
+        version = self._pseudonymizer.current_version(tenant_id)
+        key = (tenant_id, version, sis_id)
+        pseudonym = self._pseudonyms.get(key)
+        if pseudonym is None:
+            if len(self._pseudonyms) >= PSEUDONYM_CACHE_SIZE:
+                self._pseudonyms.clear()
+            pseudonym = self._pseudonymizer.pseudonymize(tenant_id, sis_id, version)
+            self._pseudonyms[key] = pseudonym
+        return pseudonym
 
     def knows_tenant(self, tenant_id: str) -> bool:
         """Whether ingest holds the tenant's pseudonym key (without it nothing can be stored)."""
@@ -94,6 +110,8 @@ class IngestService:
         outcomes = [
             ItemOutcome(first_index + i, e.event_id, Status.ACCEPTED) for i, e in enumerate(events)
         ]
+        ingested_at = timestamp_pb2.Timestamp()
+        ingested_at.FromDatetime(now)
         pending: dict[str, int] = {}  # event_id -> position of its first copy in to_publish
         to_publish: list[tuple[ItemOutcome, bytes, envelope_pb2.Envelope]] = []
         for outcome, event in zip(outcomes, events, strict=True):
@@ -112,7 +130,7 @@ class IngestService:
                 continue
             # The fingerprint is of the stored form, so that a restart can rebuild the window
             # from the topic itself.
-            stored_form = self._stored_form(tenant_id, event, now)
+            stored_form = self._stored_form(tenant_id, event, ingested_at)
             digest = fingerprint(stored_form)
             seen = self._dedup.check(tenant_id, event.event_id, digest)
             if seen is Seen.NEW and event.event_id in pending:
@@ -137,15 +155,15 @@ class IngestService:
         return outcomes
 
     def _stored_form(
-        self, tenant_id: str, event: envelope_pb2.Envelope, now: datetime
+        self, tenant_id: str, event: envelope_pb2.Envelope, ingested_at: timestamp_pb2.Timestamp
     ) -> envelope_pb2.Envelope:
         """The event as the log keeps it: pseudonymous learner, tenant and ingest time set."""
         stored = envelope_pb2.Envelope()
         stored.CopyFrom(event)
         stored.tenant_id = tenant_id
         stored.pseudonym_key_version = self._pseudonymizer.current_version(tenant_id)
-        stored.learner_id = self._pseudonymizer.pseudonymize(tenant_id, event.learner_id)
-        stored.ingested_at.FromDatetime(now)
+        stored.learner_id = self._pseudonym(tenant_id, event.learner_id)
+        stored.ingested_at.CopyFrom(ingested_at)
         return stored
 
     async def upsert_roster(

@@ -32,7 +32,7 @@ def _check_id(path: str, value: str, *, required: bool = True) -> list[Violation
         return [Violation(path, "is required")] if required else []
     if len(value) > MAX_ID_LENGTH:
         return [Violation(path, f"is longer than {MAX_ID_LENGTH} characters")]
-    if any(c in value for c in "/\x00"):
+    if "/" in value or "\x00" in value:
         return [Violation(path, "must not contain '/' or NUL")]
     return []
 
