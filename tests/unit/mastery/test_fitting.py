@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from tests.unit.mastery.synthetic import SKILLS, difficulties, generate, write
-from trellis.mastery.adapters.model_parameters import from_json, to_json
 from trellis.mastery.dataset import DatasetError, attempts_from_rows, read_attempts
 from trellis.mastery.domain import EMPTY, Attempt, BktParameters, apply_attempt
 from trellis.mastery.fitting import (
@@ -21,6 +20,7 @@ from trellis.mastery.fitting import (
     fit_model,
     predict_attempts,
 )
+from trellis.mastery.model_parameters import from_json, to_json
 from trellis.mastery.prediction import Calibration, ModelSet
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)

@@ -113,3 +113,52 @@ async def test_a_learner_held_by_another_worker_is_unavailable(
     store.owns = lambda key: False  # type: ignore[method-assign]
     with pytest.raises(Unavailable):
         await servicer.GetLearnerMastery(request(), None)  # type: ignore[arg-type]
+
+
+async def test_predict_items_uses_the_catalog_and_the_active_parameter_set(
+    store: InMemoryLearnerStore,
+) -> None:
+    from trellis.common.pb.events.v1 import catalog_pb2
+    from trellis.mastery.catalog import CatalogView
+
+    catalog = CatalogView()
+    for record in [
+        catalog_pb2.CatalogRecord(
+            tenant_id=TENANT, item=catalog_pb2.Item(item_id="i-a", skill_ids=["a"])
+        ),
+        catalog_pb2.CatalogRecord(
+            tenant_id=TENANT,
+            item=catalog_pb2.Item(item_id="i-new", skill_ids=["new"], difficulty=1.0),
+        ),
+        catalog_pb2.CatalogRecord(
+            tenant_id=TENANT,
+            model_parameters=catalog_pb2.ModelParameters(
+                version="fit-7", weight_bkt=1.0, weight_difficulty=-1.0, intercept=0.0
+            ),
+        ),
+    ]:
+        catalog.apply(record)
+    servicer = MasteryServicer(MasteryService(store, catalog=catalog), PSEUDONYMIZER)
+    caller(role="service")
+    reply = await servicer.PredictItems(
+        api_pb2.PredictItemsRequest(
+            tenant_id=TENANT, learner_id="sis-1", item_ids=["i-a", "unknown", "i-new"]
+        ),
+        None,  # type: ignore[arg-type]
+    )
+    assert reply.model_version == "fit-7"
+    assert [p.item_id for p in reply.predictions] == ["i-a", "i-new"]
+    # i-a: the state says 142/205 after one correct answer (the defaults, no decay):
+    # 0.692683*0.9 + 0.307317*0.2 = 0.684878...; identity calibration, difficulty 0.
+    assert reply.predictions[0].p_correct == pytest.approx(0.684878048780, abs=1e-9)
+    # i-new: prior 0.3 -> p_bkt 0.41, logit -0.363965; difficulty 1 -> sigmoid(-1.363965).
+    assert reply.predictions[1].p_correct == pytest.approx(0.203596580, abs=1e-9)
+
+
+async def test_predict_items_is_scoped_like_every_read(servicer: MasteryServicer) -> None:
+    caller(role="learner", learner_id="sis-2")
+    with pytest.raises(PermissionDenied):
+        await servicer.PredictItems(
+            api_pb2.PredictItemsRequest(tenant_id=TENANT, learner_id="sis-1", item_ids=["x"]),
+            None,  # type: ignore[arg-type]
+        )

@@ -75,9 +75,9 @@ def _progress_bar() -> Iterator[Progress]:
 
 
 def fit(train: Path, out: Path | None, version: str | None) -> None:
-    from trellis.mastery.adapters.model_parameters import to_json
     from trellis.mastery.dataset import read_attempts
     from trellis.mastery.fitting import fit_model
+    from trellis.mastery.model_parameters import to_json
 
     # Same training file, same version: a refit of the same data names the same set.
     version = version or "fit-" + hashlib.sha256(train.read_bytes()).hexdigest()[:12]

@@ -8,12 +8,14 @@ their events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from trellis.common.codec import learner_key
 from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.mastery.catalog import CatalogView
 from trellis.mastery.domain import (
     DEFAULT,
     EMPTY,
@@ -62,10 +64,24 @@ def default_parameters(_skill_id: str) -> BktParameters:
     return DEFAULT
 
 
+@dataclass(frozen=True, slots=True)
+class Predictions:
+    """P(correct) per item the catalog knows (unknown items are left out), and the version."""
+
+    items: tuple[tuple[str, float], ...]
+    model_version: str
+
+
 class MasteryService:
-    def __init__(self, store: LearnerStore, params_for_skill: ParamsForSkill = default_parameters):
+    def __init__(
+        self,
+        store: LearnerStore,
+        params_for_skill: ParamsForSkill = default_parameters,
+        catalog: CatalogView | None = None,
+    ):
         self._store = store
         self._params_for_skill = params_for_skill
+        self._catalog = catalog or CatalogView()
 
     def record_activity(self, key: bytes, envelope: envelope_pb2.Envelope) -> Handled:
         """Apply one event of the activity topic, read under message key `key`.
@@ -110,6 +126,25 @@ class MasteryService:
         if not wanted:
             return dict(state.skills)
         return {s: state.skill(s, self._params_for_skill(s)) for s in wanted}
+
+    def predict_items(
+        self, tenant_id: str, learner_id: str, item_ids: Sequence[str], now: datetime
+    ) -> Predictions:
+        """Predicted success of this learner's next attempt on each item at `now`, from the
+        tenant's active parameter set (`trellis.mastery.prediction`)."""
+        key = learner_key(tenant_id, learner_id)
+        if not self._store.owns(key):
+            raise NotOwned(tenant_id)
+        state = self._store.get(key) or EMPTY
+        model = self._catalog.model(tenant_id)
+        out = []
+        for item_id in dict.fromkeys(item_ids):
+            info = self._catalog.item(tenant_id, item_id)
+            if info is None:
+                continue
+            p = model.predict(state, item_id, info.skill_ids, now, info.difficulty)
+            out.append((item_id, p))
+        return Predictions(tuple(out), model.version)
 
 
 def _check_identity(key: bytes, envelope: envelope_pb2.Envelope) -> None:

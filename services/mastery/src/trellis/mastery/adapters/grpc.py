@@ -1,14 +1,15 @@
 """The mastery read API (`trellis.mastery.v1.MasteryService`): authorizes, pseudonymizes, reads.
 
-Only `GetLearnerMastery` for now, from this worker's table: right with a single worker. With
-several, a learner whose partition another worker owns gets UNAVAILABLE rather than a wrong
-"no state" answer; routing to the owner is a later issue. Methods not overridden here answer
-UNIMPLEMENTED until they are built.
+`GetLearnerMastery` and `PredictItems` for now, from this worker's table: right with a single
+worker. With several, a learner whose partition another worker owns gets UNAVAILABLE rather than
+a wrong "no state" answer; routing to the owner is a later issue. Methods not overridden here
+answer UNIMPLEMENTED until they are built.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -34,16 +35,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
     async def GetLearnerMastery(
         self, request: mastery_pb2.GetLearnerMasteryRequest, context: Context
     ) -> mastery_pb2.LearnerMastery:
-        principal = current_principal()
-        authorize_tenant(principal, request.tenant_id)
-        if not request.learner_id:
-            raise InvalidArgument([("learner_id", "must not be empty")])
-        # Learners see only themselves; a teacher's class scope needs the roster (later issue).
-        authorize_learner(principal, request.learner_id)
-        try:
-            pseudonym = self._pseudonymizer.pseudonymize(request.tenant_id, request.learner_id)
-        except UnknownTenantKey as exc:
-            raise NotFound("no learners are known for this tenant") from exc
+        pseudonym = self._learner(request.tenant_id, request.learner_id)
         try:
             skills = self._service.mastery_of(request.tenant_id, pseudonym, request.skill_ids)
         except NotOwned as exc:
@@ -56,14 +48,44 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             skills=[_skill(skill_id, state) for skill_id, state in items],
         )
 
+    def _learner(self, tenant_id: str, learner_id: str) -> str:
+        """Authorize the caller for this learner; the learner's pseudonym."""
+        principal = current_principal()
+        authorize_tenant(principal, tenant_id)
+        if not learner_id:
+            raise InvalidArgument([("learner_id", "must not be empty")])
+        # Learners see only themselves; a teacher's class scope needs the roster (later issue).
+        authorize_learner(principal, learner_id)
+        try:
+            return self._pseudonymizer.pseudonymize(tenant_id, learner_id)
+        except UnknownTenantKey as exc:
+            raise NotFound("no learners are known for this tenant") from exc
+
     async def GetLearnerProfile(self, request: Any, context: Context) -> Any:
         await _not_yet(context)
 
     async def GetClassMastery(self, request: Any, context: Context) -> Any:
         await _not_yet(context)
 
-    async def PredictItems(self, request: Any, context: Context) -> Any:
-        await _not_yet(context)
+    async def PredictItems(
+        self, request: mastery_pb2.PredictItemsRequest, context: Context
+    ) -> mastery_pb2.PredictItemsResponse:
+        pseudonym = self._learner(request.tenant_id, request.learner_id)
+        # A read: the wall clock only decides how far recall has decayed in this answer.
+        now = datetime.now(UTC)
+        try:
+            predicted = self._service.predict_items(
+                request.tenant_id, pseudonym, request.item_ids, now
+            )
+        except NotOwned as exc:
+            raise Unavailable("this learner's state is held by another mastery worker") from exc
+        return mastery_pb2.PredictItemsResponse(
+            predictions=[
+                mastery_pb2.ItemPrediction(item_id=item_id, p_correct=p)
+                for item_id, p in predicted.items
+            ],
+            model_version=predicted.model_version,
+        )
 
     async def SubscribeMastery(
         self, request: Any, context: Context
