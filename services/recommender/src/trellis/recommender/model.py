@@ -73,11 +73,17 @@ class Catalog:
             MappingProxyType({r.resource_id: r for r in resources}),
         )
 
+    @cached_property
+    def _prerequisites(self) -> dict[str, tuple[str, ...]]:
+        return {
+            s.skill_id: tuple(
+                dict.fromkeys(p for p in s.prerequisites if p in self.skills and p != s.skill_id)
+            )
+            for s in self.skills.values()
+        }
+
     def prerequisites(self, skill_id: str) -> tuple[str, ...]:
-        skill = self.skills.get(skill_id)
-        if skill is None:
-            return ()
-        return tuple(p for p in skill.prerequisites if p in self.skills and p != skill_id)
+        return self._prerequisites.get(skill_id, ())
 
     @cached_property
     def _dependents(self) -> dict[str, tuple[str, ...]]:
@@ -90,9 +96,17 @@ class Catalog:
     def dependents(self, skill_id: str) -> tuple[str, ...]:
         return self._dependents.get(skill_id, ())
 
+    @cached_property
+    def _ancestors(self) -> dict[str, frozenset[str]]:
+        return {}
+
     def ancestors(self, skill_id: str) -> frozenset[str]:
-        """Every skill reachable through prerequisites (the skill itself excluded)."""
-        return _reach(skill_id, self.prerequisites)
+        """Every skill reachable through prerequisites (the skill itself excluded); memoized, the
+        catalog being immutable."""
+        found = self._ancestors.get(skill_id)
+        if found is None:
+            found = self._ancestors[skill_id] = _reach(skill_id, self.prerequisites)
+        return found
 
     def descendants(self, skill_id: str) -> frozenset[str]:
         return _reach(skill_id, self.dependents)

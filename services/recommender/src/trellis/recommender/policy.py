@@ -8,7 +8,7 @@ import hashlib
 import math
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trellis.recommender.model import (
     AUDIO,
@@ -60,6 +60,9 @@ class PolicyConfig:
     # A mastered skill not practised for this many days is due for review (when the mastery
     # service has not already said so with the level `review_due`).
     review_after_days: float = 21.0
+    # How many of the most urgent frontier skills an answer draws its items and resources from
+    # (at least k): bounds the work per request, and PredictItems' size, on large catalogs.
+    frontier_breadth: int = 12
     # Fallback success estimate when PredictItems is unavailable (docs/recommender.md).
     guess: float = 0.2
     slip: float = 0.1
@@ -167,7 +170,7 @@ def _accommodation_reasons(profile: Profile) -> tuple[Reason, ...]:
 # --- the policy ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Context:
     catalog: Catalog
     learner: LearnerState
@@ -175,28 +178,80 @@ class _Context:
     config: PolicyConfig
     mastered: Mapping[str, str]
     predictions: Mapping[str, float]
+    _success: dict[str, tuple[float, Reason | None]] = field(default_factory=dict)
+    _ready: dict[str, bool] = field(default_factory=dict)
 
     def success(self, item: Item) -> tuple[float, Reason | None]:
-        if item.item_id in self.predictions:
-            return self.predictions[item.item_id], None
-        p = estimate_success(item, self.learner, self.config)
-        return p, Reason.of(R_ESTIMATED, source="p_mastered_and_difficulty")
+        found = self._success.get(item.item_id)
+        if found is None:
+            if item.item_id in self.predictions:
+                found = (self.predictions[item.item_id], None)
+            else:
+                p = estimate_success(item, self.learner, self.config)
+                found = (p, Reason.of(R_ESTIMATED, source="p_mastered_and_difficulty"))
+            self._success[item.item_id] = found
+        return found
 
     def ready(self, skills: Iterable[str]) -> bool:
-        return all(prerequisites_met(self.catalog, self.mastered, s) for s in skills)
+        for s in skills:
+            ok = self._ready.get(s)
+            if ok is None:
+                ok = self._ready[s] = prerequisites_met(self.catalog, self.mastered, s)
+            if not ok:
+                return False
+        return True
 
     def name(self, skill_id: str) -> str:
         skill = self.catalog.skills.get(skill_id)
         return skill.name if skill is not None and skill.name else skill_id
 
 
-def candidate_items(
-    catalog: Catalog, learner: LearnerState, profile: Profile, config: PolicyConfig
+def goal_skills(catalog: Catalog, profile: Profile) -> set[str]:
+    out: set[str] = set()
+    for goal in profile.goal_skills:
+        if goal in catalog.skills:
+            out |= {goal, *catalog.ancestors(goal)}
+    return out
+
+
+def ordered_frontier(
+    catalog: Catalog, learner: LearnerState, profile: Profile, mastered: Mapping[str, str]
 ) -> list[str]:
-    """The items whose predicted success the policy may need (ask PredictItems for these)."""
+    """Frontier skills, most urgent first: toward a declared goal, then shallow in the graph,
+    then closest to mastery, then by id."""
+    on_goal = goal_skills(catalog, profile)
+    skills = [
+        s for s in catalog.skills if s not in mastered and prerequisites_met(catalog, mastered, s)
+    ]
+    return sorted(
+        skills,
+        key=lambda s: (s not in on_goal, catalog.depth.get(s, 0), -learner.get(s).p_mastered, s),
+    )
+
+
+def due_for_review(catalog: Catalog, learner: LearnerState, config: PolicyConfig) -> list[str]:
+    """Mastered skills whose recall has decayed: level review_due, or not practised for
+    review_after_days; most overdue first."""
+    due = []
+    for skill_id, state in learner.skills.items():
+        if not shown_mastered(catalog, learner, skill_id, config):
+            continue
+        days = state.days_since_practice
+        if state.level == REVIEW_DUE or (days is not None and days >= config.review_after_days):
+            due.append((-(days or 0.0), skill_id))
+    return [s for _, s in sorted(due)]
+
+
+def candidate_items(
+    catalog: Catalog, learner: LearnerState, profile: Profile, config: PolicyConfig, k: int = 0
+) -> list[str]:
+    """The items whose predicted success the policy may need (ask PredictItems for these): those
+    of the most urgent frontier skills, of skills due for review, of struggling skills and their
+    prerequisites."""
     mastered = mastered_skills(catalog, learner, config)
-    wanted = set(frontier(catalog, learner, config))
-    wanted |= {s for s in mastered if s in learner.skills}
+    breadth = max(config.frontier_breadth, k or config.k)
+    wanted = set(ordered_frontier(catalog, learner, profile, mastered)[:breadth])
+    wanted |= set(due_for_review(catalog, learner, config))
     for state in learner.skills.values():
         if state.struggling:
             wanted.add(state.skill_id)
@@ -266,7 +321,9 @@ def recommend(
     else:
         leading = _support(ctx)
         mode = "struggling: support before anything harder" if leading else ""
-    frontier_skills = _ordered_frontier(ctx)
+    frontier_skills = ordered_frontier(catalog, learner, profile, ctx.mastered)[
+        : max(config.frontier_breadth, k)
+    ]
     review = _review(ctx)
     band_items, more_items, off_band = _frontier_items(ctx, frontier_skills)
     resources = _resources(ctx, frontier_skills)
@@ -401,34 +458,6 @@ def _items(ctx: _Context, skill_id: str) -> list[Item]:
     ]
 
 
-def _goal_skills(ctx: _Context) -> set[str]:
-    out: set[str] = set()
-    for goal in ctx.profile.goal_skills:
-        if goal in ctx.catalog.skills:
-            out |= {goal, *ctx.catalog.ancestors(goal)}
-    return out
-
-
-def _ordered_frontier(ctx: _Context) -> list[str]:
-    """Frontier skills, most urgent first: toward a declared goal, then shallow in the graph,
-    then closest to mastery."""
-    on_goal = _goal_skills(ctx)
-    skills = [
-        s
-        for s in ctx.catalog.skills
-        if s not in ctx.mastered and prerequisites_met(ctx.catalog, ctx.mastered, s)
-    ]
-    return sorted(
-        skills,
-        key=lambda s: (
-            s not in on_goal,
-            ctx.catalog.depth.get(s, 0),
-            -ctx.learner.get(s).p_mastered,
-            s,
-        ),
-    )
-
-
 def _frontier_reasons(ctx: _Context, skill_id: str) -> list[Reason]:
     reasons = [Reason.of(R_FRONTIER, p_mastered=ctx.learner.get(skill_id).p_mastered)]
     implied = sorted(
@@ -440,7 +469,7 @@ def _frontier_reasons(ctx: _Context, skill_id: str) -> list[Reason]:
     )
     if implied:
         reasons.append(Reason.of(R_ACCELERATION, shown_mastered=",".join(implied)))
-    if skill_id in _goal_skills(ctx):
+    if skill_id in goal_skills(ctx.catalog, ctx.profile):
         reasons.append(Reason.of(R_GOAL))
     return reasons
 
@@ -508,16 +537,10 @@ def _frontier_items(
 def _review(ctx: _Context) -> list[Option]:
     """Mastered skills whose recall has decayed: level review_due, or not practised for
     review_after_days. The item nearest the band's centre, most overdue skill first."""
-    due = []
-    for skill_id, state in sorted(ctx.learner.skills.items()):
-        if not shown_mastered(ctx.catalog, ctx.learner, skill_id, ctx.config):
-            continue
-        days = state.days_since_practice
-        if state.level == REVIEW_DUE or (days is not None and days >= ctx.config.review_after_days):
-            due.append((-(days or 0.0), skill_id, days))
     centre = (ctx.config.band_low + ctx.config.band_high) / 2
     out = []
-    for _, skill_id, days in sorted(due):
+    for skill_id in due_for_review(ctx.catalog, ctx.learner, ctx.config):
+        days = ctx.learner.get(skill_id).days_since_practice
         items = sorted(
             _items(ctx, skill_id), key=lambda i: (abs(ctx.success(i)[0] - centre), i.item_id)
         )

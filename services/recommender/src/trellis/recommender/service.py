@@ -92,7 +92,7 @@ class RecommenderService:
             profile, degraded = CONSERVATIVE_PROFILE, True
         elif isinstance(profile, BaseException):
             raise profile
-        wanted = candidate_items(catalog, state, profile, config)
+        wanted = candidate_items(catalog, state, profile, config, k)
         predictions: Mapping[str, float] = {}
         if wanted:
             try:
