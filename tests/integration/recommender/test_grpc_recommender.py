@@ -32,6 +32,9 @@ TOKENS = {
     "teacher-c1": Principal(tenant_id=TEST_TENANT, role="teacher", classes=["c1"]),
     "teacher-c2": Principal(tenant_id=TEST_TENANT, role="teacher", classes=["c2"]),
     "learner-1": Principal(tenant_id=TEST_TENANT, role="learner", learner_id="sis-1"),
+    "admin-school-1": Principal(tenant_id=TEST_TENANT, role="district_admin", schools=["school-1"]),
+    "admin-school-2": Principal(tenant_id=TEST_TENANT, role="district_admin", schools=["school-2"]),
+    "other-tenant": Principal(tenant_id="elsewhere", role="service"),
 }
 SKILLS = [("count", ()), ("add", ("count",)), ("multiply", ("add",)), ("shapes", ())]
 
@@ -323,6 +326,13 @@ async def test_scopes(harness: Harness) -> None:
     )
     assert (await next_for(harness, "sis-1", "learner-1")).explanation
     assert await code_of(next_for(harness, token="nope")) == grpc.StatusCode.UNAUTHENTICATED
+    assert (await next_for(harness, token="admin-school-1")).explanation
+    assert await code_of(next_for(harness, token="admin-school-2")) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert await code_of(next_for(harness, token="other-tenant")) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
     assert await code_of(next_for(harness, k=50)) == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -125,3 +125,13 @@ async def test_grouping_uses_roster_membership() -> None:
     port.failing.add("class")
     with pytest.raises(MasteryUnavailable):
         await service.group_learners(GroupRequest("t", "c1", "need", 3, 6))
+
+
+async def test_interest_grouping_reads_each_members_profile() -> None:
+    service, port, _ = make()
+    port.profile_answer = Profile(interests=("music",))
+    grouping = await service.group_learners(GroupRequest("t", "c1", "interest", 3, 6))
+    assert [(g.binding, len(g.learner_ids)) for g in grouping.groups] == [("music", 4)]
+    port.failing.add("profile")
+    with pytest.raises(MasteryUnavailable):
+        await service.group_learners(GroupRequest("t", "c1", "interest", 3, 6))
