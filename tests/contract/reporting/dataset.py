@@ -26,6 +26,7 @@ Tenant `district-b` has a learner n01 too, with other values: it must never show
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,7 +66,9 @@ def at(day: int, hour: int = 10, minute: int = 0, month: int = 9) -> datetime:
 
 
 class Builder:
-    def __init__(self) -> None:
+    def __init__(self, ids: Callable[[str], str] = str) -> None:
+        # Learner ids as stored (a gRPC test maps them to the pseudonyms of SIS ids).
+        self.ids = ids
         self.tables: dict[str, list[Row]] = defaultdict(list)
         self.offsets: dict[str, int] = defaultdict(int)
 
@@ -92,7 +95,7 @@ class Builder:
             tenant_id=tenant,
             school_id="school-n",
             class_id=class_id,
-            learner_id=learner,
+            learner_id=self.ids(learner),
             occurred_at=_ts(when),
             **payload,
         )
@@ -157,11 +160,16 @@ class Builder:
         self._add(activity_rows(envelope, self._position(ACTIVITY_TOPIC)))
 
     def roster(self, tenant: str, kind: str, entity: Any) -> None:
+        if kind == "learner":
+            entity.sourced_id = self.ids(entity.sourced_id)
+        if kind == "enrollment":
+            entity.user_id = self.ids(entity.user_id)
         record = roster_pb2.RosterRecord(tenant_id=tenant, **{kind: entity})
         key = f"{tenant}/{kind}/{entity.sourced_id}".encode()
         self._add(roster_rows(key, record, self._position(ROSTER_TOPIC)))
 
     def tombstone(self, tenant: str, kind: str, entity_id: str) -> None:
+        entity_id = self.ids(entity_id) if kind == "learner" else entity_id
         key = f"{tenant}/{kind}/{entity_id}".encode()
         self._add(roster_rows(key, None, self._position(ROSTER_TOPIC)))
 
@@ -181,8 +189,8 @@ def learners() -> list[tuple[str, str, str, list[str]]]:
     return out
 
 
-def build() -> dict[str, list[Row]]:
-    b = Builder()
+def build(ids: Callable[[str], str] = str) -> dict[str, list[Row]]:
+    b = Builder(ids)
     for school in ("school-n", "school-s", "school-e"):
         b.roster(TENANT, "org", roster_pb2.Org(sourced_id=school, name=school, type="school"))
     b.roster(
@@ -268,8 +276,8 @@ def build() -> dict[str, list[Row]]:
     return dict(b.tables)
 
 
-def load(store: ReportingStore) -> None:
-    for table, rows in build().items():
+def load(store: ReportingStore, ids: Callable[[str], str] = str) -> None:
+    for table, rows in build(ids).items():
         store.insert(table, rows, f"dataset/{table}")
 
 

@@ -296,6 +296,13 @@ class ReportsContract:
         )
         assert store.growth(C1, since=at(8, 0), until=AS_OF, limit=9, schools=["school-s"]) == []
         assert len(support(store, schools=["school-n"], classes=["c1"])) == 4
+        # A teacher's view of their school: their classes' learners, enrolled ones included.
+        assert [r[:2] for r in support(store, SCHOOL_N, classes=["c1"])] == [
+            ("n02", "low_mastery"),
+            ("n02", "struggling"),
+            ("n03", "low_engagement"),
+            ("n05", "low_engagement"),
+        ]
 
 
 class TestChdbReports(ReportsContract):

@@ -338,8 +338,12 @@ class ClickHouseStore(ReportingStore):
                 WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
                   AND deleted = 0 {scope}"""
         else:
-            roster = ""
-        roster_part = f"UNION ALL {roster}" if roster else ""
+            # A teacher's view of a school: the learners enrolled in their classes there.
+            roster = f"""
+                SELECT learner_id, toUInt64(0) FROM {{db}}.roster_enrollments FINAL
+                WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
+                  AND deleted = 0 AND role IN ('student', 'learner') {scope}"""
+        roster_part = f"UNION ALL {roster}"
         rows = self._query(
             f"""
             WITH reasons AS (
