@@ -82,9 +82,17 @@ def test_frontier_is_unmastered_skills_whose_prerequisites_are_mastered() -> Non
     assert frontier(CATALOG, learner, NO_BROADEN) == ["add", "shapes"]
 
 
-def test_teacher_override_counts_as_mastered() -> None:
-    learner = state(SkillState("count", 0.2, "practicing", attempts=1, overridden=True))
+def test_teacher_override_to_mastered_counts_and_to_not_mastered_stands() -> None:
+    # While an override stands, the mastery service reports the teacher's value.
+    learner = state(SkillState("count", 0.99, "practicing", attempts=1, overridden=True))
+    assert mastered_skills(CATALOG, learner, NO_BROADEN)["count"] == "override"
     assert "add" in frontier(CATALOG, learner, NO_BROADEN)
+    # A teacher who says "not mastered" is not overruled by acceleration from a dependent skill.
+    learner = state(
+        SkillState("count", 0.1, "practicing", attempts=1, overridden=True), mastered("add")
+    )
+    assert "count" not in mastered_skills(CATALOG, learner, NO_BROADEN)
+    assert "count" in frontier(CATALOG, learner, NO_BROADEN)
 
 
 def test_acceleration_past_skills_shown_mastered() -> None:

@@ -84,29 +84,31 @@ def threshold_of(catalog: Catalog, skill_id: str, config: PolicyConfig) -> float
 def shown_mastered(
     catalog: Catalog, learner: LearnerState, skill_id: str, config: PolicyConfig
 ) -> bool:
-    """Mastered by evidence or by a teacher override (review due still counts as mastered)."""
+    """Mastered by evidence, or by a teacher override: while an override stands the mastery
+    service reports the teacher's value, so an override to mastered counts as mastered and an
+    override to a low value does not (review due still counts as mastered)."""
     state = learner.skills.get(skill_id)
     if state is None:
         return False
-    return (
-        state.overridden
-        or state.level in (MASTERED, REVIEW_DUE)
-        or state.p_mastered >= threshold_of(catalog, skill_id, config)
+    return state.level in (MASTERED, REVIEW_DUE) or state.p_mastered >= threshold_of(
+        catalog, skill_id, config
     )
 
 
 def mastered_skills(
     catalog: Catalog, learner: LearnerState, config: PolicyConfig
 ) -> dict[str, str]:
-    """Every skill taken as mastered, with how: "shown", or "implied_by:<skill>" when a skill that
-    depends on it is shown mastered (acceleration: the learner is not sent back to it)."""
+    """Every skill taken as mastered, with how: "shown", "override" (a teacher set it mastered),
+    or "implied_by:<skill>" when a skill that depends on it is shown mastered (acceleration: the
+    learner is not sent back to it), unless a teacher's override says it is not mastered."""
     out: dict[str, str] = {}
     shown = sorted(s for s in catalog.skills if shown_mastered(catalog, learner, s, config))
     for skill_id in shown:
-        out[skill_id] = "shown"
+        out[skill_id] = "override" if learner.get(skill_id).overridden else "shown"
     for skill_id in shown:
         for ancestor in sorted(catalog.ancestors(skill_id)):
-            out.setdefault(ancestor, f"implied_by:{skill_id}")
+            if ancestor not in out and not learner.get(ancestor).overridden:
+                out[ancestor] = f"implied_by:{skill_id}"
     return out
 
 
