@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from trellis.simulator.load import make_events, run_load
+from trellis.simulator.load import make_district, make_events, run_load, setup_district
 
 
 class StandIn(ingest_pb2_grpc.IngestServiceServicer):
@@ -36,6 +36,25 @@ class StandIn(ingest_pb2_grpc.IngestServiceServicer):
                 for i, e in enumerate(request.events)
             ]
         )
+
+    async def UpsertCatalog(
+        self, request: ingest_pb2.UpsertCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.UpsertResponse:
+        self.catalog = len(request.records) + getattr(self, "catalog", 0)
+        return _accepted(len(request.records))
+
+    async def UpsertRoster(
+        self, request: ingest_pb2.UpsertRosterRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.UpsertResponse:
+        return _accepted(len(request.records))
+
+
+def _accepted(n: int) -> ingest_pb2.UpsertResponse:
+    return ingest_pb2.UpsertResponse(
+        results=[
+            ingest_pb2.ItemResult(index=i, status=ingest_pb2.ITEM_STATUS_ACCEPTED) for i in range(n)
+        ]
+    )
 
 
 @pytest.fixture
@@ -76,6 +95,16 @@ async def test_max_rate_is_bounded_by_count_and_time(stand_in: tuple[str, StandI
     )
     assert report.events_sent == 600
     assert report.duration_s < 30
+
+
+async def test_setup_upserts_the_catalog_and_roster(stand_in: tuple[str, StandIn]) -> None:
+    target, _ = stand_in
+    district = make_district(1_200, seed=2026)
+    stored = await setup_district(target, "tok", district)
+    assert stored == {
+        "catalog": 54,
+        "roster": 1 + 1 + 2 * 2 + 2 * 1_200,
+    }  # orgs, classes+teachers, learners+enrollments
 
 
 async def test_refuses_other_hosts() -> None:

@@ -18,7 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from trellis.simulator.district import DistrictConfig
 from trellis.simulator.export import write_simulation
 from trellis.simulator.learners import BehaviourConfig
-from trellis.simulator.load import make_events, new_run_id, run_load
+from trellis.simulator.load import (
+    make_district,
+    make_events,
+    new_run_id,
+    run_load,
+    setup_district,
+)
 from trellis.simulator.simulation import simulate
 
 
@@ -70,6 +76,11 @@ def load(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
     rate = None if args.rate == "max" else float(args.rate)
     planned = args.max_events if rate is None else min(args.max_events, int(rate * args.duration))
+    if args.setup:
+        district = make_district(args.learners, args.seed, args.tenant)
+        with console.status(f"upserting the catalog and roster of {args.learners} learners"):
+            stored = asyncio.run(setup_district(args.target, args.token, district))
+        console.print(f"setup: {stored}")
     with console.status(f"simulating {planned} events of {args.learners} learners"):
         events = make_events(planned, args.learners, args.seed, new_run_id())
     with _progress(console) as progress:
@@ -133,7 +144,10 @@ def main() -> None:
     ld.add_argument("--learners", type=int, default=2000, help="concurrent simulated learners")
     ld.add_argument("--batch", type=int, default=10, help="events per RecordEvents call")
     ld.add_argument("--concurrency", type=int, default=64, help="requests in flight, at most")
-    ld.add_argument("--seed", type=int, default=7)
+    ld.add_argument("--seed", type=int, default=2026, help="2026: the demo district's catalog")
+    ld.add_argument(
+        "--setup", action="store_true", help="first upsert the load district's catalog and roster"
+    )
     ld.add_argument("--pid", type=int, action="append", default=[], help="also report its CPU")
     ld.add_argument("--json", action="store_true", help="print the report as JSON")
 

@@ -26,10 +26,17 @@ import psutil
 
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from trellis.simulator.district import DistrictConfig, build_district
+from trellis.simulator.district import (
+    District,
+    DistrictConfig,
+    build_district,
+    catalog_records,
+    roster_records,
+)
 from trellis.simulator.learners import BehaviourConfig, LearnerRun
 
 LOOPBACK_NAMES = {"localhost"}
+SETUP_BATCH = 500
 
 
 def check_loopback(target: str) -> None:
@@ -44,12 +51,53 @@ def check_loopback(target: str) -> None:
     raise ValueError(f"the load generator only targets loopback addresses, not {host!r}")
 
 
+def make_district(learners: int, seed: int, tenant_id: str = "demo-district") -> District:
+    """The load's district: with the demo's seed (2026) its catalog is the demo district's."""
+    return build_district(DistrictConfig(seed=seed, learners=learners, tenant_id=tenant_id))
+
+
+async def setup_district(target: str, token: str, district: District) -> dict[str, int]:
+    """Upserts the district's catalog and roster, so that every reference of the load is known."""
+    check_loopback(target)
+    metadata = (("authorization", f"Bearer {token}"),)
+    tenant_id = district.config.tenant_id
+    stored = {"catalog": 0, "roster": 0}
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        catalog = catalog_records(district)
+        for i in range(0, len(catalog), SETUP_BATCH):
+            reply = await stub.UpsertCatalog(
+                ingest_pb2.UpsertCatalogRequest(
+                    tenant_id=tenant_id, records=catalog[i : i + SETUP_BATCH]
+                ),
+                metadata=metadata,
+                timeout=60,
+            )
+            stored["catalog"] += _stored(reply.results)
+        roster = roster_records(district)
+        for i in range(0, len(roster), SETUP_BATCH):
+            reply = await stub.UpsertRoster(
+                ingest_pb2.UpsertRosterRequest(
+                    tenant_id=tenant_id, records=roster[i : i + SETUP_BATCH]
+                ),
+                metadata=metadata,
+                timeout=60,
+            )
+            stored["roster"] += _stored(reply.results)
+    return stored
+
+
+def _stored(results: Sequence[ingest_pb2.ItemResult]) -> int:
+    ok = (ingest_pb2.ITEM_STATUS_ACCEPTED, ingest_pb2.ITEM_STATUS_DUPLICATE)
+    return sum(r.status in ok for r in results)
+
+
 def make_events(
     count: int, learners: int, seed: int, run_id: str, days: int = 20
 ) -> list[envelope_pb2.Envelope]:
     """`count` activity events of `learners` simulated learners, interleaved across learners
     (each learner's own events in order), with ids unique to `run_id`, all in the past."""
-    district = build_district(DistrictConfig(seed=seed, learners=learners, tenant_id="load"))
+    district = make_district(learners, seed)
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     events: list[envelope_pb2.Envelope] = []
     epoch = 0
