@@ -296,6 +296,8 @@ class FlakyStore(ReportingStore):
         self._store = store
         self.fail_before = fail_before
         self.fail_after = fail_after
+        self.fail_erase = 0
+        self.erasures = 0
         self.tokens: list[str] = []
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:
@@ -332,6 +334,10 @@ class FlakyStore(ReportingStore):
         return self._store.erased_learners()
 
     def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+        self.erasures += 1
+        if self.fail_erase > 0:
+            self.fail_erase -= 1
+            raise ConnectionError("store unreachable during the erasure")
         self._store.erase_learner(tenant_id, learner_id)
 
     def close(self) -> None:
@@ -480,3 +486,32 @@ def test_roster_and_erasure_through_the_broker_and_a_replay_does_not_bring_them_
     assert rows_of(erased) == 0
     assert store.row_counts(TENANT) == after
     assert replay.stats.erased_rows_dropped >= 6 + 6 + 2
+
+
+def test_an_erasure_that_fails_after_being_recorded_is_redone_before_the_commit(
+    sink_settings: Settings, store: ChdbStore, producer: KafkaProducer
+) -> None:
+    activity_topic = sink_settings.kafka.topics.name("activity")
+    produce(producer, activity_topic, [item_attempted(n) for n in range(16)])
+    with Running(sink_settings, store) as sink:
+        wait_until(lambda: counts(store)[ACTIVITY] == 16, "the attempts")
+        wait_until(all_committed(sink_settings, sink), "offsets committed")
+    erasure = envelope_pb2.Envelope(
+        event_id="erase-1",
+        tenant_id=TENANT,
+        learner_id=LEARNERS[1],
+        occurred_at=_ts(T0 + timedelta(hours=1)),
+        learner_erasure_requested=activity_pb2.LearnerErasureRequested(),
+    )
+    produce(producer, activity_topic, [erasure])
+    flaky = FlakyStore(store, fail_before=0, fail_after=0)
+    flaky.fail_erase = 2
+
+    with Running(sink_settings, flaky) as sink:
+        wait_until(lambda: counts(store)[ACTIVITY] == 14, "the erasure")
+        wait_until(all_committed(sink_settings, sink), "offsets committed")
+
+    # Recorded once, deleted on the third try; learner-01's 2 attempts are gone.
+    assert store.erased_learners() == {(TENANT, LEARNERS[1])}
+    assert flaky.erasures == 3
+    assert sink.stats.retries >= 2

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from trellis.common.pseudonym import Pseudonymizer, UnknownTenantKey
-from trellis.common.settings import Principal
+from trellis.common.settings import Principal, ReportingSettings
 from trellis.reporting.adapters.grpc import scope_of
 from trellis.reporting.service import (
     DEFAULT_PAGE_SIZE,
@@ -19,15 +19,21 @@ from trellis.reporting.service import (
     BadPageToken,
     ReportingService,
     Scope,
+    decode_cursor,
     decode_page_token,
+    encode_cursor,
     encode_page_token,
+    recent_window,
 )
 from trellis.reporting.store.base import (
     HeatmapCell,
     PartitionKey,
     ReportingStore,
+    RollupRows,
     SkillProgress,
     StoreStatus,
+    SupportReason,
+    Target,
 )
 
 KEYS = {"d1": {1: SecretStr("k1")}}
@@ -80,6 +86,19 @@ class FakeStore(ReportingStore):
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         return {"activity": 1}
+
+    def needs_support(self, target: Target, **kw: Any) -> list[SupportReason]:
+        self.calls.append(("needs_support", (target,), kw))
+        learners = [f"l{i}" for i in range(5) if f"l{i}" > kw["after"]][: kw["limit"]]
+        out = []
+        for learner in learners:
+            out.append(SupportReason(learner, "low_mastery", "s1", 0.1, ""))
+            out.append(SupportReason(learner, "struggling", "s1", 7, "many_attempts"))
+        return out
+
+    def rollup(self, tenant_id: str, dimension: str, **kw: Any) -> RollupRows:
+        self.calls.append(("rollup", (tenant_id, dimension), kw))
+        return RollupRows(groups=[("a", 4, 0.5, 0.25), ("b", 30, 0.5, 0.5)], total=(34, 0.5, 0.4))
 
     def close(self) -> None:
         pass
@@ -166,3 +185,69 @@ def test_scopes_follow_the_role() -> None:
     assert scope_of(Principal(tenant_id="d1", role="district_admin")) == Scope()
     assert scope_of(Principal(tenant_id="d1", role="platform_admin")) == Scope()
     assert scope_of(Principal(tenant_id="d1", role="learner", learner_id="x")) == Scope()
+
+
+async def test_needs_support_groups_reasons_and_pages_whole_learners(
+    executor: ThreadPoolExecutor,
+) -> None:
+    store = FakeStore()
+    service = ReportingService(store, Pseudonymizer(KEYS), executor)
+    target = Target("d1", class_id="c1")
+    as_of = datetime(2025, 9, 15, 12, tzinfo=UTC)
+
+    first = await service.needs_support(target, as_of, 2, "", Scope(classes=["c1"]), 0.25)
+    second = await service.needs_support(target, as_of, 2, first.next_page_token, Scope(), None)
+
+    assert [(n.learner_id, [r.reason for r in n.reasons]) for n in first.items] == [
+        ("l0", ["low_mastery", "struggling"]),
+        ("l1", ["low_mastery", "struggling"]),
+    ]
+    assert [n.learner_id for n in second.items] == ["l2", "l3"]
+    _, _, kw = store.calls[0]
+    # The window is the 7 days up to as_of; a 0.25 s deadline caps the 10 s query limit.
+    assert (kw["since"], kw["until"]) == (datetime(2025, 9, 9, tzinfo=UTC), as_of)
+    assert (kw["limit"], kw["after"], kw["timeout_s"], kw["classes"]) == (3, "", 0.25, ["c1"])
+    assert store.calls[1][2]["timeout_s"] == 10.0
+    with pytest.raises(BadPageToken, match="another request"):
+        await service.needs_support(
+            Target("d1", class_id="c2"), as_of, 2, first.next_page_token, Scope()
+        )
+
+
+async def test_rollups_apply_the_configured_cell_size(executor: ThreadPoolExecutor) -> None:
+    default = ReportingService(FakeStore(), Pseudonymizer(KEYS), executor)
+    small = ReportingService(
+        FakeStore(), Pseudonymizer(KEYS), executor, ReportingSettings(min_cell_size=3)
+    )
+
+    withheld = await default.district_rollup("d1", "school", "", Scope(schools=["s1"]))
+    shown = await small.district_rollup("d1", "school", "", Scope())
+
+    # 4 < 10: a alone withheld would be 34 - 30: b goes too.
+    assert [(c.key, c.learners, c.suppression.value) for c in withheld.cells] == [
+        ("a", 0, "primary"),
+        ("b", 0, "complementary"),
+    ]
+    assert [(c.key, c.learners) for c in shown.cells] == [("a", 4), ("b", 30)]
+    assert (withheld.min_cell_size, shown.min_cell_size) == (10, 3)
+    with pytest.raises(ValueError, match="dimension"):
+        await default.district_rollup("d1", "gender", "", Scope())
+
+
+def test_recent_window_is_whole_days_up_to_as_of() -> None:
+    as_of = datetime(2025, 9, 15, 12, 30, tzinfo=UTC)
+    assert recent_window(as_of, 1) == (datetime(2025, 9, 15, tzinfo=UTC), as_of)
+    assert recent_window(as_of, 7)[0] == datetime(2025, 9, 9, tzinfo=UTC)
+
+
+def test_report_cursors_are_bound_to_report_and_request() -> None:
+    token = encode_cursor("growth", "d1|c1|", ["l1", "s1"])
+
+    assert decode_cursor("growth", "d1|c1|", token, 2) == ["l1", "s1"]
+    assert decode_cursor("growth", "d1|c1|", "", 2) is None
+    with pytest.raises(BadPageToken):
+        decode_cursor("errors", "d1|c1|", token, 2)
+    with pytest.raises(BadPageToken, match="another request"):
+        decode_cursor("growth", "d1|c2|", token, 2)
+    with pytest.raises(BadPageToken):
+        decode_cursor("growth", "d1|c1|", token, 1)
