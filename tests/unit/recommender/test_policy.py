@@ -284,6 +284,9 @@ def test_broadening_now_and_then_deterministically() -> None:
         )
         for n in range(400)
     ]
+    for r in runs:
+        pairs = [(o.skill_id, o.format) for o in r.options]
+        assert len(pairs) == len(set(pairs))
     broadened = [r for r in runs if any(R_BROADEN in o.codes for o in r.options)]
     assert 40 <= len(broadened) <= 120  # about 1 in 5
     for r in broadened:
@@ -353,3 +356,17 @@ def test_resource_only_skill() -> None:
         config=NO_BROADEN,
     )
     assert [o.activity_id for o in r.options] == ["r"]
+
+
+def test_the_same_pin_twice_is_offered_once() -> None:
+    pins = (Pin("add-mid", "item"), Pin("add-mid", "item"))
+    r = rec(state(mastered("count")), Profile(pins=pins), predictions=banded_predictions())
+    assert [o.activity_id for o in r.options].count("add-mid") == 1
+
+
+def test_the_id_is_stable_within_a_day_of_no_practice() -> None:
+    def at(days: float) -> str:
+        learner = state(mastered("count", days_since_practice=days))
+        return rec(learner, predictions=banded_predictions()).recommendation_id
+
+    assert at(3.1) == at(3.9) != at(4.2)

@@ -276,10 +276,14 @@ def seed_of(
     k: int,
 ) -> str:
     """A digest of everything the recommendation depends on besides the catalog: the same inputs
-    give the same seed, hence the same broadening decision and the same recommendation id."""
+    give the same seed, hence the same broadening decision and the same recommendation id. Days
+    since practice count in whole days, so that the seed does not change from call to call."""
     digest = hashlib.sha256()
     digest.update(repr((tenant_id, learner_id, k)).encode())
-    digest.update(repr(sorted(learner.skills.items())).encode())
+    for skill_id, s in sorted(learner.skills.items()):
+        days = None if s.days_since_practice is None else int(s.days_since_practice)
+        fields = (skill_id, round(s.p_mastered, 4), s.level, s.attempts, s.struggling)
+        digest.update(repr((*fields, s.overridden, days)).encode())
     digest.update(repr(profile).encode())
     digest.update(repr(sorted((i, round(p, 4)) for i, p in predictions.items())).encode())
     return digest.hexdigest()
@@ -338,11 +342,18 @@ def recommend(
         preferred.append(resources[0])
     preferred += [*band_items[1:], *review[1:], *more_items, *resources[1:], *off_band]
 
-    chosen = list(pins[:k])
+    chosen = _pick(pins, k, [], prefer_distinct=False)
     broaden = _broaden(ctx, frontier_skills) if broadens(seed, config) else None
+    if broaden is not None and (broaden.skill_id, broaden.format) in _pairs(chosen):
+        broaden = None
     room = k - len(chosen) - (1 if broaden is not None and k - len(chosen) >= 2 else 0)
     chosen += _pick(preferred, room, chosen)
-    if broaden is not None and len(chosen) < k and broaden.activity_id not in _ids(chosen):
+    if (
+        broaden is not None
+        and len(chosen) < k
+        and broaden.activity_id not in _ids(chosen)
+        and (broaden.skill_id, broaden.format) not in _pairs(chosen)
+    ):
         chosen.append(broaden)
     if len(chosen) < k:  # the broadening slot found nothing: fill it like any other
         chosen += _pick(preferred, k - len(chosen), chosen)
@@ -354,6 +365,10 @@ def recommend(
 
 def _ids(options: Iterable[Option]) -> list[str]:
     return [o.activity_id for o in options]
+
+
+def _pairs(options: Iterable[Option]) -> set[tuple[str, str]]:
+    return {(o.skill_id, o.format) for o in options}
 
 
 def _with_reasons(option: Option, extra: tuple[Reason, ...]) -> Option:
@@ -370,15 +385,17 @@ def _with_reasons(option: Option, extra: tuple[Reason, ...]) -> Option:
     )
 
 
-def _pick(candidates: list[Option], n: int, taken: list[Option]) -> list[Option]:
+def _pick(
+    candidates: list[Option], n: int, taken: list[Option], prefer_distinct: bool = True
+) -> list[Option]:
     """Up to n options: first distinct by (skill, format); then, if that leaves slots empty,
     others that repeat a (skill, format) pair. Never the same activity twice."""
     if n <= 0:
         return []
     out: list[Option] = []
     ids = set(_ids(taken))
-    pairs = {(o.skill_id, o.format) for o in taken}
-    for distinct in (True, False):
+    pairs = _pairs(taken)
+    for distinct in (True, False) if prefer_distinct else (False,):
         for option in candidates:
             if len(out) == n:
                 return out
