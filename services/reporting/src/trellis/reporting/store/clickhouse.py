@@ -374,11 +374,12 @@ class ClickHouseStore(ReportingStore):
                 GROUP BY learner_id
                 HAVING sum(recent) < {{min_events:UInt64}}
             )
-            SELECT learner_id, reason, skill, value, detail FROM reasons
-            WHERE learner_id IN (
-                SELECT DISTINCT learner_id FROM reasons WHERE learner_id > {{after:String}}
-                ORDER BY learner_id LIMIT {{limit:UInt32}})
-            ORDER BY learner_id, reason, skill
+            SELECT learner_id, arraySort(groupArray((reason, skill, value, detail)))
+            FROM reasons
+            WHERE learner_id > {{after:String}}
+            GROUP BY learner_id
+            ORDER BY learner_id
+            LIMIT {{limit:UInt32}}
             """,
             {
                 **parameters,
@@ -392,9 +393,11 @@ class ClickHouseStore(ReportingStore):
             },
             timeout_s,
         )
+        # One pass over the reasons (a CTE read twice would be computed twice).
         return [
             SupportReason(str(learner), str(reason), str(skill), float(value), str(detail))
-            for learner, reason, skill, value, detail in rows
+            for learner, reasons in rows
+            for reason, skill, value, detail in reasons
         ]
 
     def ready_to_accelerate(
