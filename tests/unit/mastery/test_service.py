@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from trellis.common.codec import learner_key
-from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
+from trellis.common.pb.events.v1 import activity_pb2, catalog_pb2, envelope_pb2
 from trellis.mastery.adapters.memory_store import InMemoryLearnerStore
+from trellis.mastery.catalog import CatalogView
 from trellis.mastery.domain import BktParameters, Level
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService, NotOwned
@@ -67,12 +68,52 @@ def test_other_payloads_are_skipped(service: MasteryService, store: InMemoryLear
     assert store.writes == 0
 
 
-def test_an_attempt_without_skills_is_skipped_until_the_catalog_join(
+def test_an_attempt_without_skills_of_an_item_the_catalog_does_not_know_is_skipped(
     service: MasteryService, store: InMemoryLearnerStore
 ) -> None:
     handled = service.record_activity(KEY, attempt(skills=()))
-    assert handled.skipped == "item_attempted without skill_ids"
+    assert handled.skipped == "item_attempted without skill_ids, item not in catalog"
     assert handled.outputs == () and store.writes == 0
+
+
+def test_the_catalog_gives_skills_thresholds_and_the_active_parameter_set(
+    store: InMemoryLearnerStore,
+) -> None:
+    catalog = CatalogView()
+    for record in [
+        catalog_pb2.CatalogRecord(
+            tenant_id="district-a", item=catalog_pb2.Item(item_id="q1", skill_ids=["a", "b"])
+        ),
+        catalog_pb2.CatalogRecord(
+            tenant_id="district-a", skill=catalog_pb2.Skill(skill_id="b", mastery_threshold=0.6)
+        ),
+        catalog_pb2.CatalogRecord(
+            tenant_id="district-a",
+            model_parameters=catalog_pb2.ModelParameters(
+                version="fit-1",
+                skills=[
+                    catalog_pb2.SkillParameters(
+                        skill_id="a", prior=0.5, learn=0.2, guess=0.25, slip=0.05
+                    )
+                ],
+            ),
+        ),
+    ]:
+        catalog.apply(record)
+    service = MasteryService(store, catalog=catalog)
+    envelope = attempt(skills=())
+    envelope.item_attempted.item_id = "q1"
+    outputs = service.record_activity(KEY, envelope).outputs
+    kinds = [
+        (o.WhichOneof("payload"), getattr(o, o.WhichOneof("payload")).skill_id) for o in outputs
+    ]
+    assert kinds == [("mastery_updated", "a"), ("mastery_updated", "b"), ("skill_mastered", "b")]
+    # a: fitted (0.5, 0.2, 0.25, 0.05): posterior 0.475/0.6 = 19/24, after 5/6.
+    assert outputs[0].mastery_updated.p_after == pytest.approx(5 / 6, abs=1e-15)
+    assert outputs[0].mastery_updated.model_version == "fit-1"
+    # b: defaults under the set's version, 142/205 = 0.69 >= b's own threshold 0.6.
+    assert outputs[1].mastery_updated.p_after == pytest.approx(142 / 205, abs=1e-15)
+    assert outputs[1].mastery_updated.model_version == "fit-1"
 
 
 @pytest.mark.parametrize(

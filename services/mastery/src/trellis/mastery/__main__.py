@@ -26,9 +26,14 @@ from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
+from trellis.mastery.catalog import CatalogView
 from trellis.mastery.fitting import Progress
 from trellis.mastery.stream.app import create_stream, ensure_stream_topics
+from trellis.mastery.stream.catalog_follower import CatalogFollower
 from trellis.mastery.stream.worker import MasteryWorker
+
+#: How long the worker waits for the catalog replica before consuming activity.
+CATALOG_WAIT_S = 30.0
 
 
 def worker(settings: Settings) -> None:
@@ -37,7 +42,14 @@ def worker(settings: Settings) -> None:
     created = ensure_stream_topics(settings)
     if created:
         log.info("changelog topics created", topics=created)
-    stream = create_stream(settings)
+    catalog = CatalogView()
+    follower = CatalogFollower(settings.kafka, catalog)
+    follower.start()
+    if not follower.caught_up.wait(CATALOG_WAIT_S):
+        log.warning(
+            "catalog not caught up: starting with what has arrived", waited_s=CATALOG_WAIT_S
+        )
+    stream = create_stream(settings, catalog=catalog)
     servicer = MasteryServicer(stream.service, Pseudonymizer(settings.pseudonym.all_keys()))
 
     def grpc_server() -> GrpcServer:

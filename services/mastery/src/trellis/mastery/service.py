@@ -9,7 +9,7 @@ their events.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -76,12 +76,20 @@ class MasteryService:
     def __init__(
         self,
         store: LearnerStore,
-        params_for_skill: ParamsForSkill = default_parameters,
+        params_for_skill: ParamsForSkill | None = None,
         catalog: CatalogView | None = None,
     ):
+        """Parameters come from `params_for_skill` when given (tests, tools), else from the
+        catalog: the tenant's active parameter set and its skills' thresholds (defaults until a
+        set arrives)."""
         self._store = store
-        self._params_for_skill = params_for_skill
+        self._fixed_params = params_for_skill
         self._catalog = catalog or CatalogView()
+
+    def _params(self, tenant_id: str) -> ParamsForSkill:
+        if self._fixed_params is not None:
+            return self._fixed_params
+        return self._catalog.params_for(tenant_id)
 
     def record_activity(self, key: bytes, envelope: envelope_pb2.Envelope) -> Handled:
         """Apply one event of the activity topic, read under message key `key`.
@@ -95,19 +103,23 @@ class MasteryService:
             return Handled(skipped=f"payload {payload} is not handled yet")
         _check_identity(key, envelope)
         state = self._store.get(key) or EMPTY
+        params = self._params(envelope.tenant_id)
         outputs: tuple[Output, ...]
         if payload == "item_attempted":
             attempt, now = attempt_from_envelope(envelope)
             if not attempt.skill_ids:
-                # "Take the skills from the catalog": the catalog join is a later issue.
-                return Handled(skipped="item_attempted without skill_ids")
-            new_state, outputs = apply_attempt(state, attempt, self._params_for_skill, now)
+                # "Empty means take them from the catalog".
+                item = self._catalog.item(envelope.tenant_id, envelope.item_attempted.item_id)
+                if item is None or not item.skill_ids:
+                    return Handled(skipped="item_attempted without skill_ids, item not in catalog")
+                attempt = replace(attempt, skill_ids=item.skill_ids)
+            new_state, outputs = apply_attempt(state, attempt, params, now)
         elif payload == "teacher_override":
             override, now = override_from_envelope(envelope)
-            new_state, outputs = apply_override(state, override, self._params_for_skill, now)
+            new_state, outputs = apply_override(state, override, params, now)
         else:
             now = event_time(envelope)
-            new_state, outputs = apply_tick(state, envelope.event_id, self._params_for_skill, now)
+            new_state, outputs = apply_tick(state, envelope.event_id, params, now)
         duplicate = new_state is state
         if not duplicate:
             self._store.put(key, new_state)
@@ -125,7 +137,8 @@ class MasteryService:
         wanted = list(dict.fromkeys(skill_ids))
         if not wanted:
             return dict(state.skills)
-        return {s: state.skill(s, self._params_for_skill(s)) for s in wanted}
+        params = self._params(tenant_id)
+        return {s: state.skill(s, params(s)) for s in wanted}
 
     def predict_items(
         self, tenant_id: str, learner_id: str, item_ids: Sequence[str], now: datetime

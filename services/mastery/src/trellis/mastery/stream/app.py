@@ -11,6 +11,7 @@ from faust.types import AgentT
 
 from trellis.common.faust_app import create_app, ensure_internal_topics
 from trellis.common.settings import Settings
+from trellis.mastery.catalog import CatalogView
 from trellis.mastery.service import MasteryService
 from trellis.mastery.stream.agents import register_agents
 from trellis.mastery.stream.tables import TABLE_NAMES, TableLearnerStore, Tables, define_tables
@@ -32,11 +33,13 @@ def create_stream(
     *,
     store: str = "rocksdb://",
     datadir: Path | str | None = None,
+    catalog: CatalogView | None = None,
     **faust_overrides: Any,
 ) -> MasteryStream:
     """The mastery worker's Faust app, consumer group `settings.mastery.consumer_group`.
 
     `store="memory://"` for unit tests (with `agent.test_context()`); RocksDB otherwise.
+    `catalog`: the view that `CatalogFollower` keeps (an empty one: defaults everywhere).
     """
     app = create_app(
         settings.mastery.consumer_group,
@@ -46,6 +49,7 @@ def create_stream(
         **faust_overrides,
     )
     topics = define_topics(app, settings)
+    catalog = catalog if catalog is not None else CatalogView()
     tables = define_tables(app, settings)
     store_adapter = TableLearnerStore(
         app,
@@ -53,7 +57,7 @@ def create_stream(
         source_topic=settings.kafka.topics.name("activity"),
         partitions=settings.kafka.topics.partitions,
     )
-    service = MasteryService(store_adapter)
+    service = MasteryService(store_adapter, catalog=catalog)
     agent = register_agents(app, topics, service)
     return MasteryStream(app, topics, tables, store_adapter, service, agent)
 
