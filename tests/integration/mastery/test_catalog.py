@@ -24,7 +24,8 @@ from trellis.common.settings import Settings
 
 
 def test_attempts_join_the_catalog_and_use_the_published_parameter_set(
-    settings: Settings, start_worker: Callable[[str], Worker]
+    settings: Settings,
+    start_worker: Callable[[str], Worker],  # noqa: F811 - the fixture imported above
 ) -> None:
     producer = create_producer(settings.kafka)
     catalog_topic = settings.kafka.topics.name("catalog")
