@@ -20,6 +20,7 @@ Activity of c1 (item attempts unless said):
 - n03: 1 correct on 09-14 (45 s) + a resource on 09-14 (300 s); 2 wrong on 09-01 (carry, sub)
 - n04: 3 correct on 09-12, 20 s each
 Goals: n02 g1 on add (target 2025-10-01), n01 g2 on div (no evidence yet).
+Reflections on 09-16 (after as_of): n02 r1 on add (confidence 0.4), n04 r2 on mul (no confidence).
 Tenant `district-b` has a learner n01 too, with other values: it must never show.
 """
 
@@ -273,6 +274,19 @@ def build(ids: Callable[[str], str] = str) -> dict[str, list[Row]]:
         ),
     )
     b.activity("n01", at(11, 8), goal_set=activity_pb2.GoalSet(goal_id="g2", skill_id="div"))
+    # After as_of (outside every other report's window): reflections.
+    b.activity(
+        "n02",
+        at(16, 9),
+        reflection_submitted=activity_pb2.ReflectionSubmitted(
+            reflection_id="r1", text="I mix up the signs", skill_id="add", confidence=0.4
+        ),
+    )
+    b.activity(
+        "n04",
+        at(16, 9),
+        reflection_submitted=activity_pb2.ReflectionSubmitted(reflection_id="r2", skill_id="mul"),
+    )
     return dict(b.tables)
 
 

@@ -227,6 +227,27 @@ class ReportsContract:
         ]
         assert [g.skill_id for g in store.learner_goals(TENANT, "n01")] == ["div"]
 
+    def test_goals_and_reflections_of_a_class(self, store: ReportingStore) -> None:
+        rows = store.class_goals(C1, limit=10)
+
+        assert [
+            (
+                r.learner_id,
+                [(g.goal_id, g.skill_id, g.target_date, p, level) for g, p, level in r.goals],
+                [
+                    (x.reflection_id, x.skill_id, x.confidence, x.submitted_at)
+                    for x in r.reflections
+                ],
+            )
+            for r in rows
+        ] == [
+            ("n01", [("g2", "div", "", 0.0, 0)], []),
+            ("n02", [("g1", "add", "2025-10-01", 0.2, 2)], [("r1", "add", 0.4, at(16, 9))]),
+            ("n04", [], [("r2", "mul", None, at(16, 9))]),
+        ]
+        assert [r.learner_id for r in store.class_goals(C1, limit=1, after="n01")] == ["n02"]
+        assert store.class_goals(C1, limit=10, schools=["school-s"]) == []
+
     # --- district rollups (unsuppressed figures; suppression is applied by the service) ---
 
     def test_rollups_group_the_active_roster(self, store: ReportingStore) -> None:
@@ -336,7 +357,7 @@ def test_erasure_removes_the_learner_from_every_table_and_rollup(tmp_path: Path)
                 f"SELECT count() FROM trellis_erasure.{table} WHERE learner_id = 'n02'"
             ).result_rows[0][0]
             assert left == 0, table
-        assert before["activity"] - after["activity"] == 5
+        assert before["activity"] - after["activity"] == 6
         assert before["mastery_history"] - after["mastery_history"] == 3
         assert before["learner_goals"] - after["learner_goals"] == 1
         assert store.rollup(TENANT, "school").total[0] == 35
@@ -354,7 +375,7 @@ def test_a_retried_block_is_not_counted_twice_in_the_rollups(tmp_path: Path) -> 
         rows = dataset.build()["activity"]
         store.insert("activity", rows, "same-token")
         store.insert("activity", rows, "same-token")
-        days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 16), limit=100)
+        days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 17), limit=100)
         assert sum(d.events for d in days) == len([r for r in rows if r["tenant_id"] == TENANT])
     finally:
         store.close()

@@ -306,3 +306,29 @@ async def test_district_rollups_withhold_small_cells_and_their_complements(stub:
         R.GetDistrictRollupRequest(tenant_id=TENANT), metadata=auth("admin")
     )
     assert await code_of(unspecified) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_goals_and_reflections_of_a_class(stub: Stub) -> None:
+    answer = await stub.GetClassGoals(
+        R.GetClassGoalsRequest(target=C1), metadata=auth("teacher-c1"), timeout=10
+    )
+    by_name = {NAMES[n.learner_id]: n for n in answer.learners}
+
+    assert sorted(by_name) == ["n01", "n02", "n04"]
+    [goal] = by_name["n02"].goals
+    assert (goal.goal_id, goal.target_date, round(goal.p_mastered, 4), goal.reached) == (
+        "g1",
+        "2025-10-01",
+        0.2,
+        False,
+    )
+    [r1] = by_name["n02"].reflections
+    [r2] = by_name["n04"].reflections
+    assert (r1.reflection_id, r1.HasField("confidence"), round(r1.confidence, 4)) == (
+        "r1",
+        True,
+        0.4,
+    )
+    assert (r2.reflection_id, r2.HasField("confidence")) == ("r2", False)
+    denied = stub.GetClassGoals(R.GetClassGoalsRequest(target=C1), metadata=auth("learner-n02"))
+    assert await code_of(denied) == grpc.StatusCode.PERMISSION_DENIED

@@ -25,6 +25,7 @@ from trellis.reporting.store.base import (
     GoalRow,
     GrowthRow,
     HeatmapCell,
+    LearnerGoalsRow,
     ReadyLearner,
     ReportingStore,
     SkillGap,
@@ -406,6 +407,29 @@ class ReportingService:
                 for goal in goals
             ],
         )
+
+    async def class_goals(
+        self,
+        target: Target,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None = None,
+    ) -> Page[LearnerGoalsRow]:
+        size = page_size(size_requested)
+        bound = _target_bound(target)
+        after = decode_cursor("goals", bound, page_token, 1)
+        rows = await self._run(
+            lambda: self._store.class_goals(
+                target,
+                limit=size + 1,
+                after=after[0] if after else "",
+                classes=scope.classes,
+                schools=scope.schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        return _paged(rows, size, "goals", bound, lambda r: [r.learner_id])
 
     async def district_rollup(
         self,

@@ -29,7 +29,15 @@ from trellis.common.grpc.errors import InvalidArgument, NotFound, Unavailable
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from trellis.common.pseudonym import UnknownTenantKey
 from trellis.common.settings import Principal, Role
-from trellis.reporting.service import BadPageToken, ReportingService, Scope, recent_window
+from trellis.reporting.service import (
+    MASTERED as MASTERED_LEVEL,
+)
+from trellis.reporting.service import (
+    BadPageToken,
+    ReportingService,
+    Scope,
+    recent_window,
+)
 from trellis.reporting.store.base import SkillProgress, StoreError, Target
 from trellis.reporting.suppression import Group, Suppression
 
@@ -514,6 +522,54 @@ class ReportingServicer(_CoreServicer):
                 for g in view.goals
             ],
         )
+
+    async def GetClassGoals(
+        self,
+        request: reporting_pb2.GetClassGoalsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> reporting_pb2.ClassGoals:
+        principal = current_principal()
+        target = authorize_target(principal, request.target)
+        try:
+            page = await self._service.class_goals(
+                target,
+                request.page_size,
+                request.page_token,
+                scope_of(principal),
+                _remaining(context),
+            )
+        except (BadPageToken, StoreError) as exc:
+            raise _Reports.fail(exc) from exc
+        learners = []
+        for row in page.items:
+            reflections = []
+            for r in row.reflections:
+                reflection = reporting_pb2.Reflection(
+                    reflection_id=r.reflection_id,
+                    skill_id=r.skill_id,
+                    submitted_at=_timestamp(r.submitted_at),
+                )
+                if r.confidence is not None:
+                    reflection.confidence = r.confidence
+                reflections.append(reflection)
+            learners.append(
+                reporting_pb2.LearnerGoals(
+                    learner_id=row.learner_id,
+                    goals=[
+                        reporting_pb2.GoalProgress(
+                            goal_id=goal.goal_id,
+                            skill_id=goal.skill_id,
+                            target_date=goal.target_date,
+                            set_at=_timestamp(goal.set_at),
+                            p_mastered=p,
+                            reached=level == MASTERED_LEVEL,
+                        )
+                        for goal, p, level in row.goals
+                    ],
+                    reflections=reflections,
+                )
+            )
+        return reporting_pb2.ClassGoals(learners=learners, next_page_token=page.next_page_token)
 
     async def GetDistrictRollup(
         self,

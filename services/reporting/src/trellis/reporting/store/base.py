@@ -150,6 +150,23 @@ class GoalRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ReflectionRow:
+    reflection_id: str
+    skill_id: str
+    confidence: float | None
+    submitted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerGoalsRow:
+    """Goals (latest version of each, with the goal skill's mastery and level) and reflections."""
+
+    learner_id: str
+    goals: list[tuple[GoalRow, float, int]]
+    reflections: list[ReflectionRow]
+
+
+@dataclass(frozen=True, slots=True)
 class RollupRows:
     """Unsuppressed groups (key, learners, mean mastery, mastered share) and the total."""
 
@@ -330,6 +347,19 @@ class ReportingStore(ABC):
     def learner_goals(
         self, tenant_id: str, learner_id: str, *, timeout_s: float | None = None
     ) -> list[GoalRow]:
+        raise NotImplementedError
+
+    def class_goals(
+        self,
+        target: Target,
+        *,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[LearnerGoalsRow]:
+        """Goals and reflections of the first `limit` learners (by id) of a class or school."""
         raise NotImplementedError
 
     def rollup(

@@ -35,8 +35,10 @@ from trellis.reporting.store.base import (
     GoalRow,
     GrowthRow,
     HeatmapCell,
+    LearnerGoalsRow,
     PartitionKey,
     ReadyLearner,
+    ReflectionRow,
     ReportingStore,
     RollupRows,
     SkillGap,
@@ -698,6 +700,83 @@ class ClickHouseStore(ReportingStore):
             timeout_s,
         )
         return [GoalRow(str(g), str(s), str(t), _utc(at)) for g, s, t, at in rows]
+
+    def class_goals(
+        self,
+        target: Target,
+        *,
+        limit: int,
+        after: str = "",
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[LearnerGoalsRow]:
+        where, parameters = _where(target, classes, schools)
+        rows = self._query(
+            f"""
+            SELECT learner_id,
+                   arraySort(x -> (x.6, x.7), groupArray((
+                       toString(kind), activity_id,
+                       if(empty(skill_ids), '', toString(skill_ids[1])),
+                       target_date, confidence, occurred_at, source_offset)))
+            FROM {{db}}.activity
+            WHERE {where} AND kind IN ('goal_set', 'reflection_submitted')
+              AND learner_id > {{after:String}}
+            GROUP BY learner_id
+            ORDER BY learner_id
+            LIMIT {{limit:UInt32}}
+            """,
+            {**parameters, "after": after, "limit": limit},
+            timeout_s,
+        )
+        if not rows:
+            return []
+        learners = [str(learner) for learner, _ in rows]
+        scope, scope_parameters = _scope(classes=classes, schools=schools)
+        mastery = self._query(
+            f"""
+            SELECT learner_id, toString(skill_id), argMax(p_mastered, source_offset),
+                   argMax(level, source_offset)
+            FROM {{db}}.mastery_latest
+            WHERE tenant_id = {{tenant:String}} AND has({{learners:Array(String)}}, learner_id)
+              {scope}
+            GROUP BY learner_id, skill_id
+            """,
+            {**scope_parameters, "tenant": target.tenant_id, "learners": learners},
+            timeout_s,
+        )
+        latest = {(str(lrn), str(sk)): (float(p), int(lv)) for lrn, sk, p, lv in mastery}
+        out = []
+        for learner, items in rows:
+            goals: dict[str, GoalRow] = {}
+            reflections = []
+            for kind, activity_id, skill, target_date, confidence, at, _ in items:
+                if kind == "goal_set":
+                    # A goal set again replaces the earlier version (items are in time order).
+                    goals.pop(str(activity_id), None)
+                    goals[str(activity_id)] = GoalRow(
+                        str(activity_id), str(skill), str(target_date), _utc(at)
+                    )
+                else:
+                    reflections.append(
+                        ReflectionRow(
+                            str(activity_id),
+                            str(skill),
+                            None if confidence is None else float(confidence),
+                            _utc(at),
+                        )
+                    )
+            out.append(
+                LearnerGoalsRow(
+                    learner_id=str(learner),
+                    goals=[
+                        (goal, *latest.get((str(learner), goal.skill_id), (0.0, 0)))
+                        for goal in goals.values()
+                    ],
+                    reflections=reflections,
+                )
+            )
+        return out
 
     def rollup(
         self,

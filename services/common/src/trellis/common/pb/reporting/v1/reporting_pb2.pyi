@@ -1179,3 +1179,114 @@ class DistrictRollup(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DistrictRollup: _TypeAlias = DistrictRollup  # noqa: Y015
+
+@_typing.final
+class GetClassGoalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___ReportTarget: ...
+    def __init__(
+        self,
+        *,
+        target: Global___ReportTarget | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClassGoalsRequest: _TypeAlias = GetClassGoalsRequest  # noqa: Y015
+
+@_typing.final
+class Reflection(_message.Message):
+    """A reflection as reported: never its text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFLECTION_ID_FIELD_NUMBER: _builtins.int
+    SKILL_ID_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    reflection_id: _builtins.str
+    skill_id: _builtins.str
+    confidence: _builtins.float
+    @_builtins.property
+    def submitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reflection_id: _builtins.str = ...,
+        skill_id: _builtins.str = ...,
+        confidence: _builtins.float | None = ...,
+        submitted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence", "reflection_id", b"reflection_id", "skill_id", b"skill_id", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
+    _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence) -> _WhichOneofReturnType__confidence | None: ...
+
+Global___Reflection: _TypeAlias = Reflection  # noqa: Y015
+
+@_typing.final
+class LearnerGoals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    GOALS_FIELD_NUMBER: _builtins.int
+    REFLECTIONS_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    @_builtins.property
+    def goals(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoalProgress]: ...
+    @_builtins.property
+    def reflections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reflection]: ...
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        goals: _abc.Iterable[Global___GoalProgress] | None = ...,
+        reflections: _abc.Iterable[Global___Reflection] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goals", b"goals", "learner_id", b"learner_id", "reflections", b"reflections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerGoals: _TypeAlias = LearnerGoals  # noqa: Y015
+
+@_typing.final
+class ClassGoals(_message.Message):
+    """Learners by id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerGoals]: ...
+    def __init__(
+        self,
+        *,
+        learners: _abc.Iterable[Global___LearnerGoals] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learners", b"learners", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassGoals: _TypeAlias = ClassGoals  # noqa: Y015

@@ -94,6 +94,11 @@ class ReportingServiceStub:
                 request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetDistrictRollupRequest.SerializeToString,
                 response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.DistrictRollup.FromString,
                 _registered_method=True)
+        self.GetClassGoals = channel.unary_unary(
+                '/trellis.reporting.v1.ReportingService/GetClassGoals',
+                request_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetClassGoalsRequest.SerializeToString,
+                response_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ClassGoals.FromString,
+                _registered_method=True)
 
 
 class ReportingServiceServicer:
@@ -183,6 +188,13 @@ class ReportingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClassGoals(self, request, context):
+        """Teachers and admins: goals (with progress) and reflections of a class or school's learners.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReportingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +257,11 @@ def add_ReportingServiceServicer_to_server(servicer, server):
                     servicer.GetDistrictRollup,
                     request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetDistrictRollupRequest.FromString,
                     response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.DistrictRollup.SerializeToString,
+            ),
+            'GetClassGoals': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClassGoals,
+                    request_deserializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetClassGoalsRequest.FromString,
+                    response_serializer=trellis_dot_reporting_dot_v1_dot_reporting__pb2.ClassGoals.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -571,6 +588,33 @@ class ReportingService:
             '/trellis.reporting.v1.ReportingService/GetDistrictRollup',
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetDistrictRollupRequest.SerializeToString,
             trellis_dot_reporting_dot_v1_dot_reporting__pb2.DistrictRollup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClassGoals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trellis.reporting.v1.ReportingService/GetClassGoals',
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.GetClassGoalsRequest.SerializeToString,
+            trellis_dot_reporting_dot_v1_dot_reporting__pb2.ClassGoals.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,8 @@ class ReportingServiceStub:
     """A learner's own view: progress, strengths, goals and progress toward them."""
     GetDistrictRollup: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetDistrictRollupRequest, _reporting_pb2.DistrictRollup]
     """District admins: rollups by school, grade or subgroup with small-cell suppression."""
+    GetClassGoals: _grpc.UnaryUnaryMultiCallable[_reporting_pb2.GetClassGoalsRequest, _reporting_pb2.ClassGoals]
+    """Teachers and admins: goals (with progress) and reflections of a class or school's learners."""
 
 @_typing.type_check_only
 class ReportingServiceAsyncStub(ReportingServiceStub):
@@ -83,6 +85,8 @@ class ReportingServiceAsyncStub(ReportingServiceStub):
     """A learner's own view: progress, strengths, goals and progress toward them."""
     GetDistrictRollup: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetDistrictRollupRequest, _reporting_pb2.DistrictRollup]  # type: ignore[assignment]
     """District admins: rollups by school, grade or subgroup with small-cell suppression."""
+    GetClassGoals: _aio.UnaryUnaryMultiCallable[_reporting_pb2.GetClassGoalsRequest, _reporting_pb2.ClassGoals]  # type: ignore[assignment]
+    """Teachers and admins: goals (with progress) and reflections of a class or school's learners."""
 
 class ReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -180,5 +184,13 @@ class ReportingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_reporting_pb2.DistrictRollup, _abc.Awaitable[_reporting_pb2.DistrictRollup]]:
         """District admins: rollups by school, grade or subgroup with small-cell suppression."""
+
+    @_abc_1.abstractmethod
+    def GetClassGoals(
+        self,
+        request: _reporting_pb2.GetClassGoalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reporting_pb2.ClassGoals, _abc.Awaitable[_reporting_pb2.ClassGoals]]:
+        """Teachers and admins: goals (with progress) and reflections of a class or school's learners."""
 
 def add_ReportingServiceServicer_to_server(servicer: ReportingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
