@@ -400,3 +400,34 @@ if _SERVER_URL:
                 admin.client.command(f"DROP DATABASE IF EXISTS {store.database}")
             finally:
                 admin.close()
+
+
+def test_migration_2_starts_the_rollups_from_activity_stored_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trellis.reporting.store import clickhouse
+
+    store = ChdbStore(tmp_path / "chdb", "trellis_upgrade")
+    try:
+        monkeypatch.setattr(clickhouse, "MIGRATIONS", clickhouse.MIGRATIONS[:1])
+        assert store.migrate() == [1]
+        new_columns = {"recommendation_id", "option_index", "target_date", "confidence"}
+        rows = [
+            {k: v for k, v in row.items() if k not in new_columns}
+            for row in dataset.build()["activity"]
+            if row["tenant_id"] == TENANT
+        ]
+        store.insert("activity", rows, "before-v2")
+        monkeypatch.undo()
+
+        assert store.migrate() == [2]
+        assert store.migrate() == []
+
+        days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 17), limit=100)
+        assert sum(d.events for d in days) == len(rows) == 18
+        # Goals stored before v2 are in the goals rollup; their target date came with v2.
+        assert [(g.goal_id, g.target_date) for g in store.learner_goals(TENANT, "n02")] == [
+            ("g1", "")
+        ]
+    finally:
+        store.close()
