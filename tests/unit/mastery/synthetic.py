@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ def generate(
                         "timestamp": str(clock),
                         "correct": "1" if correct else "0",
                         "skill_id": s,
+                        "known_before": "1" if known[s] else "0",
                     }
                 )
                 if not known[s] and rng.random() < k.learn:
@@ -77,7 +79,20 @@ def generate(
 
 def write(path: Path, rows: list[dict[str, str]], delimiter: str = ",") -> Path:
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter=delimiter)
+        writer = csv.DictWriter(
+            handle, fieldnames=COLUMNS, delimiter=delimiter, extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
+    return path
+
+
+def write_truth(path: Path, rows: list[dict[str, str]]) -> Path:
+    """The true state before each attempt, in the simulator's `truth.csv` columns."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["learner_id", "occurred_at", "skill_id", "item_id", "known_before"])
+        for r in rows:
+            when = datetime.fromtimestamp(int(r["timestamp"]), UTC).isoformat()
+            writer.writerow([r["user_id"], when, r["skill_id"], r["item_id"], r["known_before"]])
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.mastery.synthetic import generate, write
+from tests.unit.mastery.synthetic import generate, write, write_truth
 from trellis.mastery.dataset import attempts_from_rows
 from trellis.mastery.domain import EMPTY, Attempt, BktParameters, apply_attempt
 from trellis.mastery.evaluation import auc, ece, evaluate, rmse
@@ -79,3 +79,16 @@ def test_evaluate_on_data_with_known_parameters(tmp_path: Path) -> None:
     assert low < trellis.auc < high
     document = json.loads(json.dumps(result.as_dict()))
     assert set(document["trellis"]) == {"auc", "rmse", "ece", "n", "auc_ci95"}
+
+
+def test_p_mastered_is_compared_with_the_true_state(tmp_path: Path) -> None:
+    train = write(tmp_path / "train.csv", generate(600, 12, seed=21))
+    test_rows = generate(300, 12, seed=22, first_user=10_000)
+    test = write(tmp_path / "test.csv", test_rows)
+    truth = write_truth(tmp_path / "truth.csv", test_rows)
+    result = evaluate(train, test, references=(), truth=truth)
+    assert result.truth is not None
+    assert result.truth.n == len(test_rows)
+    assert result.truth.auc > 0.85  # BKT's state tracks the true state closely here
+    assert result.truth.ece < 0.05
+    assert "p_mastered_vs_truth" in result.as_dict()

@@ -3,8 +3,9 @@
 worker: the Faust worker and the mastery read API in one process.
 fit --train FILE [--out params.json] [--version V]: fit a versioned parameter set (BKT per skill
     by EM, item difficulties, calibration) and write it as `ModelParameters` JSON.
-evaluate --train FILE --test FILE [--json] [--no-pybkt] [--bootstrap N]: next-attempt AUC, RMSE
-    and ECE of Trellis's model and of pyBKT fitted on the same training file (DESIGN.md §8).
+evaluate --train FILE --test FILE [--json] [--no-pybkt] [--bootstrap N] [--truth FILE]:
+    next-attempt AUC, RMSE and ECE of Trellis's model and of pyBKT fitted on the same training
+    file (DESIGN.md §8); with --truth, P(mastered) against the simulator's true state.
 
 Wiring only: settings are read once here and passed down.
 """
@@ -109,7 +110,9 @@ def fit(train: Path, out: Path | None, version: str | None) -> None:
         print(f"parameter set {version} written to {out}", file=sys.stderr)
 
 
-def evaluate(train: Path, test: Path, as_json: bool, pybkt: bool, bootstrap: int) -> None:
+def evaluate(
+    train: Path, test: Path, as_json: bool, pybkt: bool, bootstrap: int, truth: Path | None
+) -> None:
     from trellis.mastery.evaluation import evaluate as run
 
     with _progress_bar() as progress:
@@ -118,6 +121,7 @@ def evaluate(train: Path, test: Path, as_json: bool, pybkt: bool, bootstrap: int
             test,
             references=("pybkt",) if pybkt else (),
             bootstrap=bootstrap,
+            truth=truth,
             progress=progress,
             on_stage=lambda stage: print(stage, file=sys.stderr),
         )
@@ -125,12 +129,12 @@ def evaluate(train: Path, test: Path, as_json: bool, pybkt: bool, bootstrap: int
     if as_json:
         print(json.dumps(document))
         return
-    print(f"{'model':<10} {'auc':>7} {'rmse':>7} {'ece':>7} {'n':>9}  auc 95% ci")
+    print(f"{'model':<20} {'auc':>7} {'rmse':>7} {'ece':>7} {'n':>9}  auc 95% ci")
     for name, row in document.items():
         ci = row.get("auc_ci95")
         interval = "" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
         print(
-            f"{name:<10} {row['auc']:>7.4f} {row['rmse']:>7.4f} {row['ece']:>7.4f} "
+            f"{name:<20} {row['auc']:>7.4f} {row['rmse']:>7.4f} {row['ece']:>7.4f} "
             f"{row['n']:>9}  {interval}"
         )
 
@@ -155,13 +159,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     eval_cmd.add_argument(
         "--bootstrap", type=int, default=0, help="resamples of test learners for AUC intervals"
     )
+    eval_cmd.add_argument(
+        "--truth",
+        type=Path,
+        help="the simulator's truth.csv: compare P(mastered) with the true state",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "fit":
         fit(args.train, args.out, args.version)
         return
     if args.command == "evaluate":
-        evaluate(args.train, args.test, args.json, not args.no_pybkt, args.bootstrap)
+        evaluate(args.train, args.test, args.json, not args.no_pybkt, args.bootstrap, args.truth)
         return
     settings = Settings()
     configure_logging(settings.log_level)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,15 @@ import numpy as np
 import numpy.typing as npt
 
 from trellis.mastery.dataset import Attempts, read_attempts
-from trellis.mastery.fitting import FittedModel, Progress, fit_model, predict_attempts
+from trellis.mastery.fitting import (
+    FittedModel,
+    Progress,
+    bkt_mastery_before,
+    fit_model,
+    predict_attempts,
+    skill_arrays,
+)
+from trellis.mastery.prediction import ModelSet
 
 FloatArray = npt.NDArray[np.float64]
 ECE_BINS = 10
@@ -139,11 +148,41 @@ def pybkt_predictions(train: Attempts, test: Attempts, seed: int = 0) -> FloatAr
     return np.clip(predictions.astype(np.float64), 0.0, 1.0)
 
 
+def mastery_vs_truth(model: ModelSet, test: Attempts, truth_path: Path) -> Scores:
+    """Estimated P(mastered) before each test attempt against the simulator's true state
+    (`truth.csv`: learner_id, occurred_at, skill_id, item_id, known_before), joined on learner,
+    skill, item and the timestamp in whole seconds. AUC, RMSE (a Brier score's root) and ECE
+    of P(mastered) as a forecast of the true 0/1 state; `n` is the number joined."""
+    import csv
+
+    truth: dict[tuple[str, str, str, int], list[float]] = {}
+    with truth_path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            when = int(datetime.fromisoformat(row["occurred_at"]).timestamp())
+            key = (row["learner_id"], row["skill_id"], row["item_id"], when)
+            truth.setdefault(key, []).append(float(row["known_before"]))
+    p_before = bkt_mastery_before(test, skill_arrays(model, test))
+    estimated, actual = [], []
+    for i in range(len(test)):
+        key = (
+            test.users[test.user[i]],
+            test.skills[test.skill[i]],
+            test.items[test.item[i]],
+            int(test.timestamp[i]),
+        )
+        queue = truth.get(key)
+        if queue:
+            estimated.append(p_before[i])
+            actual.append(queue.pop(0))
+    return score(np.asarray(estimated), np.asarray(actual))
+
+
 @dataclass(frozen=True)
 class Evaluation:
     fitted: FittedModel
     results: dict[str, Scores]
     intervals: dict[str, tuple[float, float]]
+    truth: Scores | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -152,6 +191,8 @@ class Evaluation:
             if name in self.intervals:
                 entry["auc_ci95"] = list(self.intervals[name])
             out[name] = entry
+        if self.truth is not None:
+            out["p_mastered_vs_truth"] = self.truth.as_dict()
         return out
 
 
@@ -160,6 +201,7 @@ def evaluate(
     test_path: Path,
     references: Sequence[str] = ("pybkt",),
     bootstrap: int = 0,
+    truth: Path | None = None,
     progress: Progress | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Evaluation:
@@ -185,7 +227,11 @@ def evaluate(
         stage("bootstrap")
         for name, pred in predictions.items():
             intervals[name] = bootstrap_auc(pred, y, learners, bootstrap)
-    return Evaluation(fitted, results, intervals)
+    truth_scores = None
+    if truth is not None:
+        stage("comparing P(mastered) with the ground truth")
+        truth_scores = mastery_vs_truth(fitted.model, test, truth)
+    return Evaluation(fitted, results, intervals, truth_scores)
 
 
 def _quiet(_stage: str, _done: int, _total: int) -> None:

@@ -137,11 +137,17 @@ def _forward(b: _Bucket, p: SkillArrays) -> tuple[FloatArray, FloatArray, FloatA
 
 def bkt_predictions(data: Attempts, params: SkillArrays) -> FloatArray:
     """P(correct) of every row from BKT, given that learner's earlier rows on the skill only."""
+    before = bkt_mastery_before(data, params)
+    skill = data.skill
+    return before * (1.0 - params.slip[skill]) + (1.0 - before) * params.guess[skill]
+
+
+def bkt_mastery_before(data: Attempts, params: SkillArrays) -> FloatArray:
+    """P(mastered) of every row's skill just before it, from that learner's earlier rows."""
     out = np.empty(len(data))
     for b in _buckets(data):
         _, before, _ = _forward(b, params)
-        pred = before * (1.0 - params.slip[b.skill]) + (1.0 - before) * params.guess[b.skill]
-        out[b.rows[b.mask]] = pred[b.mask]
+        out[b.rows[b.mask]] = before[b.mask]
     return out
 
 
@@ -290,16 +296,21 @@ def fit_model(data: Attempts, version: str, progress: Progress = _no_progress) -
     return FittedModel(model, history)
 
 
-def predict_attempts(model: ModelSet, data: Attempts) -> tuple[FloatArray, FloatArray]:
-    """P(correct) of every attempt of `data` from that learner's earlier attempts in `data` only
-    (forward filtering with the set's parameters), and the outcomes. Vectorized equivalent of
-    folding `apply_attempt` and calling `ModelSet.predict` before each attempt (forget = 0)."""
+def skill_arrays(model: ModelSet, data: Attempts) -> SkillArrays:
+    """The set's parameters for the skills of `data` (defaults for skills it does not cover)."""
     arrays = SkillArrays.filled(len(data.skills), INITIAL)
     for i, name in enumerate(data.skills):
         p = model.params_for_skill(name)
         arrays.prior[i], arrays.learn[i] = p.prior, p.learn
         arrays.guess[i], arrays.slip[i] = p.guess, p.slip
-    x, item, y = attempt_features(data, bkt_predictions(data, arrays))
+    return arrays
+
+
+def predict_attempts(model: ModelSet, data: Attempts) -> tuple[FloatArray, FloatArray]:
+    """P(correct) of every attempt of `data` from that learner's earlier attempts in `data` only
+    (forward filtering with the set's parameters), and the outcomes. Vectorized equivalent of
+    folding `apply_attempt` and calling `ModelSet.predict` before each attempt (forget = 0)."""
+    x, item, y = attempt_features(data, bkt_predictions(data, skill_arrays(model, data)))
     difficulty = np.array([model.item_difficulty.get(name, 0.0) for name in data.items])
     cal = model.calibration
     z = cal.weight_bkt * x + cal.weight_difficulty * difficulty[item] + cal.intercept
