@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent import futures
 
 import grpc
 import pytest
 
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from trellis.common.pb.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from trellis.simulator.closed_loop import run_closed_loop
+from trellis.simulator.district import DistrictConfig, build_district
+from trellis.simulator.learners import BehaviourConfig
 from trellis.simulator.load import make_district, make_events, run_load, setup_district
 
 
@@ -110,3 +115,66 @@ async def test_setup_upserts_the_catalog_and_roster(stand_in: tuple[str, StandIn
 async def test_refuses_other_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         await run_load("192.0.2.1:50051", "tok", "t", [], rate=1.0, duration_s=1.0)
+
+
+class StandInRecommender(recommender_pb2_grpc.RecommenderServiceServicer):
+    """Offers the last two items of the learner's grade, then a resource; every fifth call fails."""
+
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+        self.calls = 0
+
+    def NextActivities(
+        self, request: recommender_pb2.NextActivitiesRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.NextActivitiesResponse:
+        self.calls += 1
+        if self.calls % 5 == 0:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "mastery recovering")
+        return recommender_pb2.NextActivitiesResponse(
+            recommendation_id=f"rec-{self.calls}",
+            options=[
+                recommender_pb2.ActivityOption(activity_id=i, activity_kind="item")
+                for i in self.items
+            ]
+            + [recommender_pb2.ActivityOption(activity_id="r-1", activity_kind="resource")],
+        )
+
+
+async def test_closed_loop_follows_the_recommender(stand_in: tuple[str, StandIn]) -> None:
+    ingest_target, _ = stand_in
+    district = build_district(DistrictConfig(seed=4, learners=3))
+    items = [i.item_id for i in district.items[-2:]]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    recommender = StandInRecommender(items)
+    recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(recommender, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        simulation, report = await asyncio.to_thread(
+            run_closed_loop,
+            ingest_target,
+            f"127.0.0.1:{port}",
+            "tok",
+            district,
+            BehaviourConfig(days=4),
+            0.0,
+        )
+    finally:
+        server.stop(None)
+    chosen = [e for e in simulation.events if e.HasField("recommendation_chosen")]
+    attempts = [e for e in simulation.events if e.HasField("item_attempted")]
+    assert report.recommendations_taken == len(chosen) > 0
+    assert report.recommender_errors == {"UNAVAILABLE": report.fallbacks}
+    assert report.recommendations_taken + report.fallbacks == recommender.calls
+    assert {e.recommendation_chosen.activity_id for e in chosen} <= set(items)
+    assert {e.recommendation_chosen.option_index for e in chosen} <= {0, 1}
+    # Each choice comes right before the attempt of the item chosen.
+    index = {id(e): n for n, e in enumerate(simulation.events)}
+    for e in chosen:
+        following = simulation.events[index[id(e)] + 1]
+        assert following.item_attempted.item_id == e.recommendation_chosen.activity_id
+    assert report.events_sent == len(simulation.events)
+    # Every tenth ingest call is refused as overloaded: the loop retries it.
+    assert report.statuses == {"ITEM_STATUS_ACCEPTED": len(simulation.events)}
+    assert report.ingest_retries > 0
+    assert len(attempts) == len(simulation.truth)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trellis.simulator.district import DistrictConfig
+from trellis.simulator.closed_loop import run_closed_loop
+from trellis.simulator.district import DistrictConfig, build_district
 from trellis.simulator.export import write_simulation
 from trellis.simulator.learners import BehaviourConfig
 from trellis.simulator.load import (
@@ -113,6 +115,31 @@ def load(args: argparse.Namespace) -> None:
     print(f"CPU % (100 = one core): {report.cpu_percent}")
 
 
+def closed_loop(args: argparse.Namespace) -> None:
+    console = Console(stderr=True)
+    config = DistrictConfig(seed=args.seed, tenant_id=args.tenant, learners=args.learners)
+    behaviour = BehaviourConfig(
+        days=args.days,
+        start=datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        - timedelta(days=args.days + 1),
+        event_prefix=f"loop-{new_run_id()}-",
+    )
+    with _progress(console) as progress:
+        task = progress.add_task("closed loop", total=None, note="events")
+        simulation, report = run_closed_loop(
+            args.ingest,
+            args.recommender,
+            args.token,
+            build_district(config),
+            behaviour,
+            settle_s=args.settle_ms / 1000,
+            on_event=lambda: progress.update(task, advance=1),
+        )
+    if args.out:
+        write_simulation(simulation, args.out)
+    print(json.dumps(asdict(report)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m trellis.simulator")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,11 +178,26 @@ def main() -> None:
     ld.add_argument("--pid", type=int, action="append", default=[], help="also report its CPU")
     ld.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    loop = commands.add_parser(
+        "closed-loop", help="learners follow the recommender; events go to ingest as they happen"
+    )
+    loop.add_argument("--ingest", default="127.0.0.1:50051")
+    loop.add_argument("--recommender", default="127.0.0.1:50053")
+    loop.add_argument("--token", required=True, help="bearer token of a service principal")
+    loop.add_argument("--tenant", default="demo-district")
+    loop.add_argument("--learners", type=int, default=6)
+    loop.add_argument("--days", type=int, default=5)
+    loop.add_argument("--seed", type=int, default=2026)
+    loop.add_argument("--settle-ms", type=float, default=50.0, help="wait after each attempt")
+    loop.add_argument("--out", type=Path, help="also write events, truth and evaluation files")
+
     args = parser.parse_args()
     if args.command == "generate":
         generate(args)
-    else:
+    elif args.command == "load":
         load(args)
+    else:
+        closed_loop(args)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ prerequisites are unknown; more after a resource). Known skills are forgotten ov
 practice.
 
 A `Policy` chooses the next item from what the learner has done (never from the truth): a fixed
-sequence through the skills, or random order; the closed loop through the recommender implements
-the same protocol.
+sequence through the skills, random order, or the recommender's options (`FollowRecommendations`,
+fed by an adapter: the closed loop of `trellis.simulator.closed_loop`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -89,10 +89,34 @@ class History:
     item_counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Pick:
+    """The next item, and the recommendation option it was taken from, if any."""
+
+    item: Item
+    recommendation_id: str = ""
+    option_index: int = 0
+
+
+@dataclass(frozen=True)
+class Option:
+    activity_id: str
+    activity_kind: str  # "item" or "resource"
+    skill_id: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    recommendation_id: str
+    options: tuple[Option, ...]
+
+
 class Policy(Protocol):
     name: str
 
-    def choose(self, history: History, district: District, rng: np.random.Generator) -> Item: ...
+    def choose(
+        self, history: History, district: District, rng: np.random.Generator
+    ) -> Item | Pick: ...
 
 
 class FixedSequence:
@@ -121,6 +145,43 @@ class RandomOrder:
         skill = history.skills[int(rng.integers(0, len(history.skills)))]
         items = district.items_by_skill[skill.skill_id]
         return items[int(rng.integers(0, len(items)))]
+
+
+class FollowRecommendations:
+    """The closed loop: before each item the learner asks `recommend` (the recommender, through an
+    adapter) and mostly takes the first item offered, sometimes another one; the choice is recorded
+    as a `RecommendationChosen` event. Without an item among the options (or without an answer),
+    the learner goes on with the fixed sequence."""
+
+    name = "recommender"
+
+    def __init__(
+        self, learner: Learner, recommend: Callable[[Learner], Offer | None], first: float = 0.7
+    ) -> None:
+        self.learner = learner
+        self.recommend = recommend
+        self.first = first
+        self.fallback = FixedSequence()
+        self.offers = 0
+        self.fallbacks = 0
+
+    def choose(self, history: History, district: District, rng: np.random.Generator) -> Item | Pick:
+        offer = self.recommend(self.learner)
+        items = {i.item_id: i for i in district.items}
+        options = [
+            (index, option)
+            for index, option in enumerate(offer.options if offer else ())
+            if option.activity_kind == "item" and option.activity_id in items
+        ]
+        if offer is None or not options:
+            self.fallbacks += 1
+            return self.fallback.choose(history, district, rng)
+        self.offers += 1
+        if rng.random() < self.first or len(options) == 1:
+            index, option = options[0]
+        else:
+            index, option = options[int(rng.integers(1, len(options)))]
+        return Pick(items[option.activity_id], offer.recommendation_id, index)
 
 
 POLICIES: dict[str, type[FixedSequence] | type[RandomOrder]] = {
@@ -167,7 +228,13 @@ def _timestamp(envelope: envelope_pb2.Envelope, when: datetime) -> None:
 class LearnerRun:
     """One learner over the simulated days: yields events in the order they occur."""
 
-    def __init__(self, district: District, learner: Learner, behaviour: BehaviourConfig) -> None:
+    def __init__(
+        self,
+        district: District,
+        learner: Learner,
+        behaviour: BehaviourConfig,
+        policy: Policy | None = None,
+    ) -> None:
         self.district = district
         self.learner = learner
         self.behaviour = behaviour
@@ -175,7 +242,7 @@ class LearnerRun:
         self.skills = district.skills_of_grade(learner.grade)
         self.truth = learner_truth(learner, self.skills, self.rng)
         self.known = {s: bool(self.rng.random() < t.prior) for s, t in self.truth.items()}
-        self.policy = POLICIES[behaviour.policy]()
+        self.policy: Policy = policy or POLICIES[behaviour.policy]()
         self.history = History(self.skills)
         self.truth_rows: list[TruthRow] = []
         self._seq = 0
@@ -242,9 +309,9 @@ class LearnerRun:
             yield from self._profile(when)
             when += timedelta(seconds=30)
         boost = 0.0
-        next_item = self.policy.choose(self.history, self.district, rng)
+        next_pick = self._pick()
         if rng.random() < b.resource_rate:
-            envelope, boost, minutes = self._resource(when, next_item.skill_id)
+            envelope, boost, minutes = self._resource(when, next_pick.item.skill_id)
             yield when, envelope
             when += timedelta(minutes=minutes)
         n_items = int(rng.integers(5, 13))
@@ -252,7 +319,14 @@ class LearnerRun:
             n_items = max(3, n_items // 2)
         correct_count = 0
         for i in range(n_items):
-            item = next_item if i == 0 else self.policy.choose(self.history, self.district, rng)
+            pick = next_pick if i == 0 else self._pick()
+            item = pick.item
+            if pick.recommendation_id:
+                envelope = self._envelope(when)
+                envelope.recommendation_chosen.recommendation_id = pick.recommendation_id
+                envelope.recommendation_chosen.option_index = pick.option_index
+                envelope.recommendation_chosen.activity_id = item.item_id
+                yield when, envelope
             envelope, seconds, correct = self._attempt(when, item, boost)
             boost = 0.0
             correct_count += correct
@@ -270,6 +344,10 @@ class LearnerRun:
                 float(np.clip(share + rng.normal(0, 0.15), 0, 1)), 2
             )
             yield when, envelope
+
+    def _pick(self) -> Pick:
+        choice = self.policy.choose(self.history, self.district, self.rng)
+        return choice if isinstance(choice, Pick) else Pick(choice)
 
     def _profile(self, when: datetime) -> Iterator[tuple[datetime, envelope_pb2.Envelope]]:
         learner, rng = self.learner, self.rng
