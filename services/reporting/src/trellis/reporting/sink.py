@@ -438,14 +438,13 @@ class ReportingSink:
                 raise
         # Erasures of this batch apply to all of it, earlier offsets included.
         erasures = {(r["tenant_id"], r["learner_id"]) for r in batch.rows.get(ERASED_LEARNERS, ())}
+        erased = self._erased | erasures
         for table in TABLE_ORDER:
             stored = self._positions.setdefault(table, {})
             candidates = batch.rows.get(table, ())
-            if table != ERASED_LEARNERS:
+            if table != ERASED_LEARNERS and erased:
                 kept = [
-                    r
-                    for r in candidates
-                    if (r["tenant_id"], r.get("learner_id", "")) not in self._erased | erasures
+                    r for r in candidates if (r["tenant_id"], r.get("learner_id", "")) not in erased
                 ]
                 self.stats.erased_rows_dropped += len(candidates) - len(kept)
                 candidates = kept
