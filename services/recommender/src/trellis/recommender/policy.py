@@ -334,10 +334,10 @@ def recommend(
     band_items, more_items, off_band = _frontier_items(ctx, frontier_skills)
     resources = _resources(ctx, frontier_skills)
     preferred = [*leading]
-    if review:
-        preferred.append(review[0])
     if band_items:
         preferred.append(band_items[0])
+    if review:
+        preferred.append(review[0])
     if resources:
         preferred.append(resources[0])
     preferred += [*band_items[1:], *review[1:], *more_items, *resources[1:], *off_band]
