@@ -6,6 +6,8 @@ fit --train FILE [--out params.json] [--version V]: fit a versioned parameter se
 evaluate --train FILE --test FILE [--json] [--no-pybkt] [--bootstrap N] [--truth FILE]:
     next-attempt AUC, RMSE and ECE of Trellis's model and of pyBKT fitted on the same training
     file (DESIGN.md §8); with --truth, P(mastered) against the simulator's true state.
+publish --params FILE --tenant T [--target HOST:PORT] --token-file FILE: send a fitted set to
+    the catalog through ingest's UpsertCatalog (target: the ingest address of the settings).
 
 Wiring only: settings are read once here and passed down.
 """
@@ -139,6 +141,19 @@ def evaluate(
         )
 
 
+def publish(params: Path, tenant: str, target: str, token_file: Path) -> None:
+    import asyncio
+
+    from trellis.mastery.adapters.publish import publish as send
+    from trellis.mastery.model_parameters import from_json
+
+    model = from_json(params.read_text())
+    token = token_file.read_text().strip()
+    result = asyncio.run(send(target, token, tenant, model))
+    status = "stored" if result.status == 1 else "already stored"
+    print(f"parameter set {model.version} {status} for tenant {tenant}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m trellis.mastery",
@@ -164,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         help="the simulator's truth.csv: compare P(mastered) with the true state",
     )
+    pub_cmd = commands.add_parser("publish", help="send a fitted set to the catalog (ingest)")
+    pub_cmd.add_argument("--params", type=Path, required=True, help="JSON written by fit")
+    pub_cmd.add_argument("--tenant", required=True)
+    pub_cmd.add_argument("--target", help="ingest HOST:PORT (default: from the settings)")
+    pub_cmd.add_argument("--token-file", type=Path, required=True, help="bearer token of ingest")
     args = parser.parse_args(argv)
 
     if args.command == "fit":
@@ -173,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluate(args.train, args.test, args.json, not args.no_pybkt, args.bootstrap, args.truth)
         return
     settings = Settings()
+    if args.command == "publish":
+        ingest = settings.services.ingest
+        publish(args.params, args.tenant, args.target or f"{ingest.host}:{ingest.port}",
+                args.token_file)  # fmt: skip
+        return
     configure_logging(settings.log_level)
     if args.command == "worker":
         worker(settings)
