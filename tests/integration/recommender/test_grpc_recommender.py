@@ -311,6 +311,11 @@ async def test_learner_state_unavailable_means_unavailable(
     assert await code_of(next_for(harness)) == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_mastery_refusing_the_credentials_means_permission_denied(harness: Harness) -> None:
+    harness.mastery.fail["GetLearnerMastery"] = grpc.StatusCode.PERMISSION_DENIED
+    assert await code_of(next_for(harness)) == grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_a_slow_mastery_service_hits_the_deadline(harness: Harness) -> None:
     harness.mastery.delay_s = 2.0
     started = time.monotonic()

@@ -31,6 +31,11 @@ class MasteryUnimplemented(MasteryUnavailable):
     """The mastery read API does not serve this method (yet)."""
 
 
+class MasteryDenied(MasteryUnavailable):
+    """The mastery read API refused the credentials (the caller's forwarded token or the
+    recommender's own): the servicer answers PERMISSION_DENIED rather than UNAVAILABLE."""
+
+
 class MasteryPort(Protocol):
     async def learner_state(self, tenant_id: str, learner_id: str, now: datetime) -> LearnerState:
         """State of every skill of the learner (SIS id); MasteryUnavailable on failure."""

@@ -33,7 +33,12 @@ from trellis.recommender.adapters.mastery_client import caller_authorization
 from trellis.recommender.grouping import INTEREST, MIXED, NEED
 from trellis.recommender.paths import UnknownSkill
 from trellis.recommender.replica import Replica
-from trellis.recommender.service import GroupRequest, MasteryUnavailable, RecommenderService
+from trellis.recommender.service import (
+    GroupRequest,
+    MasteryDenied,
+    MasteryUnavailable,
+    RecommenderService,
+)
 
 __all__ = ["SERVICE_NAME", "RecommenderServicer"]
 
@@ -106,6 +111,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             raise InvalidArgument([("k", f"at most {self._settings.max_k}")])
         try:
             answer = await self._service.next_activities(request.tenant_id, request.learner_id, k)
+        except MasteryDenied as exc:
+            raise PermissionDenied(f"the mastery service refused the request ({exc})") from exc
         except MasteryUnavailable as exc:
             raise Unavailable(f"learner state unavailable ({exc})") from exc
         return convert.recommendation(answer)
@@ -124,6 +131,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             )
         except UnknownSkill as exc:
             raise NotFound(f"no skill {request.goal_skill_id!r} in the catalog") from exc
+        except MasteryDenied as exc:
+            raise PermissionDenied(f"the mastery service refused the request ({exc})") from exc
         except MasteryUnavailable as exc:
             raise Unavailable(f"learner state unavailable ({exc})") from exc
         return convert.path(path)
@@ -155,6 +164,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             grouping = await self._service.group_learners(
                 GroupRequest(request.tenant_id, request.class_id, purpose, min_size, max_size)
             )
+        except MasteryDenied as exc:
+            raise PermissionDenied(f"the mastery service refused the request ({exc})") from exc
         except MasteryUnavailable as exc:
             raise Unavailable(f"class state unavailable ({exc})") from exc
         return convert.grouping(grouping)

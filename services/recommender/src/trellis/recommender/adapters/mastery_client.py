@@ -14,7 +14,7 @@ import grpc
 from trellis.common.pb.mastery.v1 import mastery_pb2, mastery_pb2_grpc
 from trellis.recommender.adapters import convert
 from trellis.recommender.model import LearnerState, Profile
-from trellis.recommender.service import MasteryUnavailable, MasteryUnimplemented
+from trellis.recommender.service import MasteryDenied, MasteryUnavailable, MasteryUnimplemented
 
 T = TypeVar("T")
 
@@ -41,6 +41,8 @@ class MasteryClient:
             message = f"mastery {method}: {exc.code().name} {exc.details() or ''}".strip()
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise MasteryUnimplemented(message) from exc
+            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                raise MasteryDenied(message) from exc
             raise MasteryUnavailable(message) from exc
 
     async def learner_state(self, tenant_id: str, learner_id: str, now: datetime) -> LearnerState:
