@@ -136,3 +136,37 @@ def test_split_sizes_stay_within_bounds(n: int, low: int, extra: int) -> None:
     assert sum(sizes) <= n
     if n >= low and any(low * g <= n <= high * g for g in range(1, n + 1)):
         assert sum(sizes) == n
+
+
+_SKILL_IDS = sorted(CATALOG.skills)
+
+
+@given(
+    st.lists(st.sets(st.sampled_from(_SKILL_IDS)), min_size=0, max_size=25),
+    st.lists(st.sets(st.sampled_from(["music", "art", "space"])), min_size=25, max_size=25),
+    st.sampled_from([NEED, INTEREST, MIXED]),
+    st.integers(1, 4),
+    st.integers(0, 3),
+)
+def test_grouping_invariants_on_random_classes(
+    known: list[set[str]], likes: list[set[str]], purpose: str, low: int, extra: int
+) -> None:
+    high = low + extra
+    learners = {f"l{n:02}": state(*(mastered(s) for s in skills)) for n, skills in enumerate(known)}
+    profiles = {lid: Profile(interests=tuple(sorted(likes[n]))) for n, lid in enumerate(learners)}
+    grouping = group_learners(
+        CATALOG, learners, purpose, profiles=profiles, min_size=low, max_size=high
+    )
+    every_learner_once(grouping, learners)
+    assert set(grouping.unplaced) == set(grouping.unplaced_reasons)
+    if len(learners) < low:
+        assert len(grouping.groups) <= 1 and not grouping.unplaced
+        return
+    for group in grouping.groups:
+        assert low <= len(group.learner_ids) <= high
+        if purpose == NEED:
+            for lid in group.learner_ids:
+                assert group.binding in frontier(CATALOG, learners[lid], CONFIG)
+        if purpose == INTEREST:
+            for lid in group.learner_ids:
+                assert group.binding in profiles[lid].interests

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.unit.recommender.fixtures import CATALOG, mastered, practicing, state
 from trellis.recommender.model import (
@@ -370,3 +372,60 @@ def test_the_id_is_stable_within_a_day_of_no_practice() -> None:
         return rec(learner, predictions=banded_predictions()).recommendation_id
 
     assert at(3.1) == at(3.9) != at(4.2)
+
+
+_SKILL_IDS = sorted(CATALOG.skills)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(_SKILL_IDS),
+        st.tuples(st.floats(0, 1), st.integers(0, 20), st.booleans(), st.booleans()),
+    ),
+    st.sets(st.sampled_from(["extended_time", "text_to_speech"])),
+    st.sets(st.sampled_from(["music", "sports", "space"])),
+    st.integers(1, 6),
+    st.integers(0, 10_000),
+)
+def test_policy_invariants_on_random_learners(
+    skills: dict[str, tuple[float, int, bool, bool]],
+    accommodations: set[str],
+    interests: set[str],
+    k: int,
+    seed: int,
+) -> None:
+    learner = LearnerState.of(
+        *(
+            SkillState(s, p, "mastered" if p >= 0.95 else "practicing", n, struggling, overridden)
+            for s, (p, n, struggling, overridden) in skills.items()
+        )
+    )
+    profile = Profile(tuple(sorted(interests)), "video", tuple(sorted(accommodations)))
+    predictions = {i: (hash((i, seed)) % 100) / 100 for i in CATALOG.items}
+    r = recommend(
+        CATALOG,
+        learner,
+        profile,
+        tenant_id="t",
+        learner_id=f"l{seed}",
+        predictions=predictions,
+        k=k,
+    )
+    assert len(r.options) <= k
+    assert len({o.activity_id for o in r.options}) == len(r.options)
+    done = mastered_skills(CATALOG, learner, PolicyConfig())
+    for option in r.options:
+        assert option.reasons and option.explanation
+        if option.activity_kind == "item":
+            item = CATALOG.items[option.activity_id]
+            assert not (item.timed and "extended_time" in accommodations)
+            skills_of = item.skills
+            if R_TARGET_BAND in option.codes:
+                assert 0.6 <= option.predicted_success <= 0.85
+        else:
+            resource = CATALOG.resources[option.activity_id]
+            assert "text_to_speech" not in accommodations or AUDIO in resource.accessibility
+            skills_of = resource.skills
+        if R_DIAGNOSTIC not in option.codes:
+            for skill_id in skills_of:
+                assert set(CATALOG.prerequisites(skill_id)) <= set(done)
