@@ -5,7 +5,8 @@
 Starts Apache Kafka with `deploy/local/kafka.sh` (KAFKA_PORT=29092, a fresh KAFKA_HOME under
 .local/bench/), runs each module's `run(ctx)` in file-name order, writes
 bench/results/latest.json and prints a table; the broker is stopped and its data removed at the
-end whatever happens (an error, Ctrl-C, SIGTERM). A benchmark that raises is recorded as an error
+end whatever happens (an error, Ctrl-C, SIGTERM), and so are the benchmarks' work files (chDB
+paths, data dirs) unless `--keep`. A benchmark that raises is recorded as an error
 and the others still run; the exit status is 1 if any benchmark raised, else 0 (a missed target is
 reported, not an error).
 """
@@ -13,10 +14,12 @@ reported, not an error).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,6 +153,9 @@ def main() -> int:
     )
     parser.add_argument("--port", type=int, default=29092, help="the benchmarks' broker port")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the benchmarks' work files (.local/bench/run-*)"
+    )
     args = parser.parse_args()
 
     console = Console(width=None if sys.stdout.isatty() else 140)
@@ -157,6 +163,14 @@ def main() -> int:
     if not names:
         console.print("no benchmarks found in bench/benchmarks/")
         return 1
+    # One run at a time on this machine: two would share (and stop) the broker on the same port.
+    (ROOT / ".local" / "bench").mkdir(parents=True, exist_ok=True)
+    lock = (ROOT / ".local" / "bench" / f".run-{args.port}.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        console.print("another benchmark run holds the broker port: waiting for it to end")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = ROOT / ".local" / "bench" / f"run-{stamp}"
     broker = Broker(args.port, ROOT / ".local" / "bench" / f"kafka-{args.port}")
@@ -168,6 +182,8 @@ def main() -> int:
         entries = run_all(names, args.quick, broker, work, console)
     finally:
         broker.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     report = {
         "started_at": stamp,
         "quick": args.quick,
