@@ -13,7 +13,7 @@ from pathlib import Path
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from trellis.reporting.store.clickhouse import ClickHouseStore
+from trellis.reporting.store.clickhouse import ClickHouseStore, load_optional_modules
 
 __all__ = ["ChdbStore"]
 
@@ -31,4 +31,5 @@ class ChdbStore(ClickHouseStore):
 
     def _connect(self) -> Client:
         self.path.mkdir(parents=True, exist_ok=True)
+        load_optional_modules()
         return clickhouse_connect.get_client(dsn=self._url)

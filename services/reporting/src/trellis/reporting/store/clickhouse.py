@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import clickhouse_connect
+from clickhouse_connect.driver import options
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
@@ -108,6 +109,7 @@ class ClickHouseStore(ReportingStore):
     # --- connection ---
 
     def _connect(self) -> Client:
+        load_optional_modules()
         # No session id: one HTTP client may then serve concurrent queries.
         return clickhouse_connect.get_client(
             dsn=self._url,
@@ -847,6 +849,12 @@ class ClickHouseStore(ReportingStore):
                 )
             except ClickHouseError as exc:
                 raise StoreError(f"erasure from {table} failed: {exc}") from exc
+
+
+def load_optional_modules() -> None:
+    """clickhouse-connect imports pandas (if installed) on the first insert, about 2 s here: do it
+    when connecting, so that it is paid at start and never inside the sink's first batch."""
+    _ = options.np, options.pd
 
 
 def _where(
