@@ -26,9 +26,15 @@ TRUTH_HEADER = (
 )  # fmt: skip
 
 
-def to_json_list(messages: Iterable[Message]) -> str:
-    items: list[dict[str, Any]] = [json_format.MessageToDict(m) for m in messages]
-    return json.dumps(items, indent=1) + "\n"
+def write_json_list(path: Path, messages: Iterable[Message]) -> None:
+    """The same text as `json.dumps([...], indent=1)`, written one message at a time."""
+    with path.open("w") as f:
+        first = True
+        for message in messages:
+            item = json.dumps(json_format.MessageToDict(message), indent=1)
+            f.write(("[\n " if first else ",\n ") + item.replace("\n", "\n "))
+            first = False
+        f.write("[]\n" if first else "\n]\n")
 
 
 def evaluation_rows(
@@ -53,9 +59,9 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
 def write_simulation(simulation: Simulation, out: Path) -> dict[str, int]:
     """Writes every file; returns the number of records or rows of each."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "catalog.json").write_text(to_json_list(simulation.catalog))
-    (out / "roster.json").write_text(to_json_list(simulation.roster))
-    (out / "activity.json").write_text(to_json_list(simulation.events))
+    write_json_list(out / "catalog.json", simulation.catalog)
+    write_json_list(out / "roster.json", simulation.roster)
+    write_json_list(out / "activity.json", simulation.events)
     _write_csv(
         out / "truth.csv",
         TRUTH_HEADER,
