@@ -339,8 +339,9 @@ def test_erasure_removes_the_learner_from_every_table_and_rollup(tmp_path: Path)
         dataset.load(store)
         before = store.row_counts(TENANT)
 
-        store.erase_learner(TENANT, "n02")
-        store.erase_learner(TENANT, "n02")  # idempotent
+        store.erase_learners(TENANT, ["n02"])
+        store.erase_learners(TENANT, ["n02", "nobody"])  # idempotent
+        store.erase_learners(TENANT, [])
 
         after = store.row_counts(TENANT)
         for table in (

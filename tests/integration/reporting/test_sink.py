@@ -333,12 +333,12 @@ class FlakyStore(ReportingStore):
     def erased_learners(self) -> set[tuple[str, str]]:
         return self._store.erased_learners()
 
-    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None:
         self.erasures += 1
         if self.fail_erase > 0:
             self.fail_erase -= 1
             raise ConnectionError("store unreachable during the erasure")
-        self._store.erase_learner(tenant_id, learner_id)
+        self._store.erase_learners(tenant_id, learner_ids)
 
     def close(self) -> None:
         pass

@@ -59,7 +59,7 @@ class FakeStore(ReportingStore):
     def erased_learners(self) -> set[tuple[str, str]]:
         return set()
 
-    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None:
         pass
 
     def learner_progress(

@@ -463,9 +463,12 @@ class ReportingSink:
                 self._erased |= {(r["tenant_id"], r["learner_id"]) for r in rows}
         # Every erasure read in this batch is applied, even one already recorded: a crash
         # between recording it and deleting leaves the batch uncommitted, so it is redone here.
+        by_tenant: dict[str, list[str]] = defaultdict(list)
         for tenant_id, learner_id in sorted(erasures):
-            self._store.erase_learner(tenant_id, learner_id)
-            self.stats.erasures += 1
+            by_tenant[tenant_id].append(learner_id)
+        for tenant_id, learner_ids in by_tenant.items():
+            self._store.erase_learners(tenant_id, learner_ids)
+            self.stats.erasures += len(learner_ids)
 
     def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}

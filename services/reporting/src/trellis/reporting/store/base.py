@@ -230,8 +230,9 @@ class ReportingStore(ABC):
         """Every (tenant, pseudonymous learner) erased so far."""
 
     @abstractmethod
-    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
-        """Delete every row of one learner from every table, rollups included; idempotent."""
+    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None:
+        """Delete every row of these learners from every table, rollups included (one
+        lightweight DELETE per table for all of them); idempotent."""
 
     # --- reports (implemented by the ClickHouse stores; fakes need not) ---
     # Each runs within `timeout_s` (None: no limit) and pages by the cursor it returns rows in.

@@ -836,15 +836,17 @@ class ClickHouseStore(ReportingStore):
         rows = self._query("SELECT DISTINCT tenant_id, learner_id FROM {db}.erased_learners")
         return {(str(tenant), str(learner)) for tenant, learner in rows}
 
-    def erase_learner(self, tenant_id: str, learner_id: str) -> None:
+    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None:
+        if not learner_ids:
+            return
         for table in LEARNER_TABLES:
             try:
                 self.client.command(
                     self._sql(
-                        f"DELETE FROM {{db}}.{table} "
-                        "WHERE tenant_id = {tenant:String} AND learner_id = {learner:String}"
+                        f"DELETE FROM {{db}}.{table} WHERE tenant_id = {{tenant:String}} "
+                        "AND has({learners:Array(String)}, learner_id)"
                     ),
-                    parameters={"tenant": tenant_id, "learner": learner_id},
+                    parameters={"tenant": tenant_id, "learners": list(learner_ids)},
                     settings=_DELETE_SETTINGS,
                 )
             except ClickHouseError as exc:
