@@ -63,4 +63,14 @@ class KafkaPublisher:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        self._producer.close(timeout=self._kafka.request_timeout_ms / 1000)
+        try:
+            self._producer.close(timeout=self._kafka.request_timeout_ms / 1000)
+        except KafkaError as exc:  # unacknowledged records were answered NOT_STORED already
+            log.warning("producer closed before flushing", error=str(exc))
+            # kafka-python's close() raises on a flush timeout before it stops its sender thread
+            # (3.0.x): stop that thread here, so that no I/O thread outlives the publisher.
+            sender = getattr(self._producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(timeout=1.0)
+            self._producer._closed = True
