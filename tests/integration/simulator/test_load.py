@@ -78,8 +78,16 @@ async def stand_in() -> AsyncIterator[tuple[str, StandIn]]:
 async def test_open_loop_holds_the_offered_rate(stand_in: tuple[str, StandIn]) -> None:
     target, servicer = stand_in
     events = make_events(2_000, learners=100, seed=1, run_id="t")
+    answered: list[str] = []
     report = await run_load(
-        target, "tok", "district-test", events, rate=500.0, duration_s=2.0, batch=10
+        target,
+        "tok",
+        "district-test",
+        events,
+        rate=500.0,
+        duration_s=2.0,
+        batch=10,
+        on_answer=lambda chunk, _: answered.extend(e.event_id for e in chunk),
     )
     # 2 s at 500 events/s in batches of 10: 100 requests, whatever the answers.
     assert report.requests == 100
@@ -90,6 +98,7 @@ async def test_open_loop_holds_the_offered_rate(stand_in: tuple[str, StandIn]) -
     assert report.latency_ms["p50"] >= 2.0
     assert report.cpu_percent["self"] >= 0
     assert servicer.tokens == {"Bearer tok"}
+    assert len(answered) == 900  # the batches ingest answered (not the refused ones)
 
 
 async def test_max_rate_is_bounded_by_count_and_time(stand_in: tuple[str, StandIn]) -> None:

@@ -164,7 +164,10 @@ async def run_load(
     concurrency: int = 64,
     pids: Sequence[int] = (),
     on_progress: Callable[[int], None] | None = None,
+    on_answer: Callable[[Sequence[envelope_pb2.Envelope], float], None] | None = None,
 ) -> LoadReport:
+    """`on_answer(events, acked_at)` gets each answered batch and the `time.time()` of its answer:
+    a latency benchmark matches them with the `MasteryUpdated.cause_event_id`s it consumes."""
     check_loopback(target)
     metadata = (("authorization", f"Bearer {token}"),)
     batches = [events[i : i + batch] for i in range(0, len(events), batch)]
@@ -193,6 +196,8 @@ async def run_load(
                 )
                 for result in reply.results:
                     statuses[ingest_pb2.ItemStatus.Name(result.status)] += 1
+                if on_answer is not None:
+                    on_answer(chunk, time.time())
             except grpc.aio.AioRpcError as error:
                 errors[error.code().name] += 1
             finally:
