@@ -150,3 +150,31 @@ def test_simulator_load_events_are_unique_and_loopback_only() -> None:
     check_loopback("[::1]:50051")
     with pytest.raises(ValueError, match="loopback"):
         check_loopback("10.0.0.5:50051")
+
+
+def test_simulator_multi_skill_items_need_every_skill() -> None:
+    config = DistrictConfig(seed=5, learners=80, multi_skill_items=0.5)
+    simulation = simulate(config, BehaviourConfig(days=28))
+    multi = {i.item_id: i for i in simulation.district.items if i.extra_skill_ids}
+    assert multi
+    for item in multi.values():
+        (prerequisite,) = item.extra_skill_ids
+        assert prerequisite in simulation.district.skill_by_id[item.skill_id].prerequisite_ids
+    # Without them, the district is the same as before.
+    plain = build_district(DistrictConfig(seed=5, learners=80))
+    assert [i.item_id for i in plain.items] == [i.item_id for i in simulation.district.items]
+    attempts = [e.item_attempted for e in simulation.events if e.HasField("item_attempted")]
+    assert any(len(a.skill_ids) == 2 for a in attempts)
+    # One truth (and export) row per skill of each attempt.
+    assert len(simulation.truth) == sum(len(a.skill_ids) for a in attempts)
+    # Conjunctive: with the item's own skill known, an unknown prerequisite lowers success.
+    by_step: dict[tuple[str, int], list[bool]] = {}
+    outcome: dict[tuple[str, int], bool] = {}
+    for t in simulation.truth:
+        if t.item_id in multi:
+            by_step.setdefault((t.learner_id, t.step), []).append(t.known_before)
+            outcome[(t.learner_id, t.step)] = t.correct
+    both = [outcome[k] for k, v in by_step.items() if v == [True, True]]
+    own_only = [outcome[k] for k, v in by_step.items() if v == [True, False]]
+    assert both and own_only
+    assert sum(both) / len(both) > sum(own_only) / len(own_only) + 0.2

@@ -54,6 +54,7 @@ def generate(args: argparse.Namespace) -> None:
         skills_per_grade=args.skills_per_grade,
         items_per_skill=args.items_per_skill,
         resources_per_skill=args.resources_per_skill,
+        multi_skill_items=args.multi_skill_items,
     )
     behaviour = BehaviourConfig(
         days=args.days,
@@ -154,6 +155,9 @@ def main() -> None:
     gen.add_argument("--skills-per-grade", type=int, default=6)
     gen.add_argument("--items-per-skill", type=int, default=6)
     gen.add_argument("--resources-per-skill", type=int, default=2)
+    gen.add_argument(
+        "--multi-skill-items", type=float, default=0.0, help="share of items with two skills"
+    )
     gen.add_argument("--days", type=int, default=28)
     gen.add_argument("--start", default="2026-09-07", help="first day (UTC)")
     gen.add_argument("--policy", choices=("fixed", "random"), default="fixed")

@@ -9,7 +9,7 @@ difficulty and resources with interest tags and modalities. `roster_records` and
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -63,6 +63,8 @@ class DistrictConfig:
     strugglers: float = 0.15
     accelerators: float = 0.15
     accommodations: float = 0.08
+    # Share of items (of skills with prerequisites) that also exercise their first prerequisite.
+    multi_skill_items: float = 0.0
 
     def __post_init__(self) -> None:
         if self.learners < 1 or self.schools < 1 or not self.grades:
@@ -91,9 +93,15 @@ class Skill:
 @dataclass(frozen=True)
 class Item:
     item_id: str
-    skill_id: str
+    skill_id: str  # the skill it is filed under (policies follow it)
     difficulty: float  # logit scale, 0 = average
     format: str
+    # Further skills it exercises (a prerequisite): answered well only when all are known.
+    extra_skill_ids: tuple[str, ...] = ()
+
+    @property
+    def skill_ids(self) -> tuple[str, ...]:
+        return (self.skill_id, *self.extra_skill_ids)
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,16 @@ def _items(config: DistrictConfig, skills: list[Skill], rng: np.random.Generator
                     format=ITEM_FORMATS[int(rng.integers(0, len(ITEM_FORMATS)))],
                 )
             )
+    if config.multi_skill_items > 0:
+        # A generator of its own: the rest of the district stays what it is without them.
+        extra = np.random.default_rng([config.seed, 3])
+        prerequisites = {s.skill_id: s.prerequisite_ids for s in skills}
+        items = [
+            replace(item, extra_skill_ids=prerequisites[item.skill_id][:1])
+            if prerequisites[item.skill_id] and extra.random() < config.multi_skill_items
+            else item
+            for item in items
+        ]
     return items
 
 
@@ -345,7 +363,7 @@ def catalog_records(district: District) -> list[catalog_pb2.CatalogRecord]:
             catalog_pb2.CatalogRecord(
                 item=catalog_pb2.Item(
                     item_id=i.item_id,
-                    skill_ids=[i.skill_id],
+                    skill_ids=i.skill_ids,
                     difficulty=i.difficulty,
                     format=i.format,
                     timed=i.format == "timed_drill",

@@ -401,14 +401,16 @@ class LearnerRun:
         learner, rng = self.learner, self.rng
         skill_id = item.skill_id
         truth = self.truth[skill_id]
-        known_before = self.known[skill_id]
+        before = {s: self.known[s] for s in item.skill_ids}
+        known_before = all(before.values())  # multi-skill items: every skill is needed
         p = p_correct(truth, known_before, item.difficulty)
         correct = bool(rng.random() < p)
-        if not known_before:
-            prerequisites = self.district.skill_by_id[skill_id].prerequisite_ids
-            ready = all(self.known.get(q, True) for q in prerequisites)
-            p_learn = truth.learn * (1.0 if ready else 0.3) + boost
-            self.known[skill_id] = bool(rng.random() < p_learn)
+        for s in item.skill_ids:
+            if not before[s]:
+                prerequisites = self.district.skill_by_id[s].prerequisite_ids
+                ready = all(self.known.get(q, True) for q in prerequisites)
+                p_learn = self.truth[s].learn * (1.0 if ready else 0.3) + boost
+                self.known[s] = bool(rng.random() < p_learn)
         self._step += 1
         count = self.history.item_counts.get(item.item_id, 0) + 1
         self.history.item_counts[item.item_id] = count
@@ -419,7 +421,7 @@ class LearnerRun:
         envelope = self._envelope(when)
         attempt = envelope.item_attempted
         attempt.item_id = item.item_id
-        attempt.skill_ids.append(skill_id)
+        attempt.skill_ids.extend(item.skill_ids)
         attempt.correct = correct
         attempt.attempt_number = count
         attempt.hints_used = int(rng.poisson(0.1 if known_before else 0.7))
@@ -434,18 +436,19 @@ class LearnerRun:
             attempt.assignment_id = f"asg-{learner.class_id}-{skill_id.rsplit('.', 1)[-1]}"
         else:
             attempt.self_chosen = True
-        self.truth_rows.append(
-            TruthRow(
-                learner_id=learner.learner_id,
-                step=self._step,
-                event_id=envelope.event_id,
-                occurred_at=when,
-                skill_id=skill_id,
-                item_id=item.item_id,
-                known_before=known_before,
-                known_after=self.known[skill_id],
-                p_correct=p,
-                correct=correct,
+        for s in item.skill_ids:  # one row per skill of the item (and of the export)
+            self.truth_rows.append(
+                TruthRow(
+                    learner_id=learner.learner_id,
+                    step=self._step,
+                    event_id=envelope.event_id,
+                    occurred_at=when,
+                    skill_id=s,
+                    item_id=item.item_id,
+                    known_before=before[s],
+                    known_after=self.known[s],
+                    p_correct=p,
+                    correct=correct,
+                )
             )
-        )
         return envelope, seconds, correct
