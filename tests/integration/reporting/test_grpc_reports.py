@@ -332,3 +332,21 @@ async def test_goals_and_reflections_of_a_class(stub: Stub) -> None:
     assert (r2.reflection_id, r2.HasField("confidence")) == ("r2", False)
     denied = stub.GetClassGoals(R.GetClassGoalsRequest(target=C1), metadata=auth("learner-n02"))
     assert await code_of(denied) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_engagement_defaults_to_the_recent_days_and_refuses_an_empty_period(
+    stub: Stub,
+) -> None:
+    meta = auth("teacher-c1")
+    # The dataset is in 2025: the default window (the last 7 days) holds none of it.
+    recent = await stub.GetEngagement(R.GetEngagementRequest(target=C1), metadata=meta)
+    assert list(recent.days) == []
+    empty = stub.GetEngagement(
+        R.GetEngagementRequest(
+            target=C1, since=ts(dataset.at(14, 9)), until=ts(dataset.at(14, 18))
+        ),
+        metadata=meta,
+    )
+    assert await code_of(empty) == grpc.StatusCode.INVALID_ARGUMENT
+    late = stub.GetEngagement(R.GetEngagementRequest(target=C1), metadata=meta, timeout=0.000_001)
+    assert await code_of(late) == grpc.StatusCode.DEADLINE_EXCEEDED

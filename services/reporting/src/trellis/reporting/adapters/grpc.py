@@ -11,7 +11,7 @@ Who may call what (DESIGN.md §3a), always within the caller's tenant:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import grpc
@@ -208,6 +208,10 @@ def authorize_target(principal: Principal, target: reporting_pb2.ReportTarget) -
     return Target(target.tenant_id, class_id=target.class_id, school_id=target.school_id)
 
 
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
 def _period(
     since: Timestamp, until: Timestamp, now: datetime, days: int
 ) -> tuple[datetime, datetime]:
@@ -340,14 +344,19 @@ class ReportingServicer(_CoreServicer):
     ) -> reporting_pb2.Engagement:
         principal = current_principal()
         target = authorize_target(principal, request.target)
-        now = datetime.now(UTC)
-        days = self._service.settings.recent_days
-        since, until = _period(request.since, request.until, now + timedelta(days=1), days + 1)
+        # Default: the `recent_days` calendar days (UTC) up to and including today.
+        tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+        since = _when(
+            request.since, _midnight(tomorrow) - timedelta(self._service.settings.recent_days)
+        )
+        until = _when(request.until, _midnight(tomorrow))
+        if until.date() <= since.date():
+            raise InvalidArgument([("until", "must be a later day than since")])
         try:
             page = await self._service.engagement(
                 target,
                 since.date(),
-                until.date() if request.HasField("until") else (now + timedelta(days=1)).date(),
+                until.date(),
                 request.learner_id,
                 request.page_size,
                 request.page_token,
