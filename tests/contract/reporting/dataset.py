@@ -19,6 +19,7 @@ Activity of c1 (item attempts unless said):
 - n02: 4 on 09-13 10:00..10:03, 30 s each: sign (add), sign (add), carry (add), correct
 - n03: 1 correct on 09-14 (45 s) + a resource on 09-14 (300 s); 2 wrong on 09-01 (carry, sub)
 - n04: 3 correct on 09-12, 20 s each
+- n06 (not enrolled in c1: left it): 1 correct on 09-02 (15 s)
 Goals: n02 g1 on add (target 2025-10-01), n01 g2 on div (no evidence yet).
 Reflections on 09-16 (after as_of): n02 r1 on add (confidence 0.4), n04 r2 on mul (no confidence).
 Tenant `district-b` has a learner n01 too, with other values: it must never show.
@@ -266,6 +267,8 @@ def build(ids: Callable[[str], str] = str) -> dict[str, list[Row]]:
     for minute in range(3):
         b.attempt("n04", "mul", at(12, 8, minute), True, 20)
     b.attempt("n01", "add", at(14, 9), False, 10, "sign", tenant=OTHER)
+    # n06 practised in c1 once, long ago, and is not enrolled in it (left the class).
+    b.attempt("n06", "add", at(2, 9), True, 15)
     b.activity(
         "n02",
         at(10, 8),

@@ -298,6 +298,8 @@ class ReportsContract:
             e.error_tag for e in store.error_breakdown(other, since=SINCE, until=AS_OF, limit=9)
         ] == ["sign"]
         assert store.learner_goals(OTHER, "n02") == []
+        # district-b's class has no roster: its population is who was active there.
+        assert support(store, other) == [("n01", "low_engagement", "", 1.0, "")]
         # and the other way round: district-a's n01 has no "sign" error
         assert ("n01", "add") not in {
             (e.skill_id, e.error_tag)
@@ -425,7 +427,7 @@ def test_migration_2_starts_the_rollups_from_activity_stored_before_it(
         assert store.migrate() == []
 
         days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 17), limit=100)
-        assert sum(d.events for d in days) == len(rows) == 18
+        assert sum(d.events for d in days) == len(rows) == 19
         # Goals stored before v2 are in the goals rollup; their target date came with v2.
         assert [(g.goal_id, g.target_date) for g in store.learner_goals(TENANT, "n02")] == [
             ("g1", "")

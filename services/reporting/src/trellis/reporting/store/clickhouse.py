@@ -333,21 +333,20 @@ class ClickHouseStore(ReportingStore):
         scope, _ = _scope(classes=classes, schools=schools)
         if target.class_id:
             roster = f"""
-                SELECT learner_id, toUInt64(0) FROM {{db}}.roster_enrollments FINAL
+                SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_enrollments FINAL
                 WHERE tenant_id = {{tenant:String}} AND class_id = {{target_class:String}}
                   AND deleted = 0 AND role IN ('student', 'learner') {scope}"""
         elif classes is None:
             roster = f"""
-                SELECT learner_id, toUInt64(0) FROM {{db}}.roster_learners FINAL
+                SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_learners FINAL
                 WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
                   AND deleted = 0 {scope}"""
         else:
             # A teacher's view of a school: the learners enrolled in their classes there.
             roster = f"""
-                SELECT learner_id, toUInt64(0) FROM {{db}}.roster_enrollments FINAL
+                SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_enrollments FINAL
                 WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
                   AND deleted = 0 AND role IN ('student', 'learner') {scope}"""
-        roster_part = f"UNION ALL {roster}"
         rows = self._query(
             f"""
             WITH reasons AS (
@@ -370,13 +369,17 @@ class ClickHouseStore(ReportingStore):
                 FROM (
                     SELECT learner_id,
                            sumIf(events, day >= toDate({{since:DateTime64(3, 'UTC')}})
-                                 AND day <= toDate({{until:DateTime64(3, 'UTC')}})) AS recent
+                                 AND day <= toDate({{until:DateTime64(3, 'UTC')}})) AS recent,
+                           toUInt8(0) AS listed
                     FROM {{db}}.engagement_daily WHERE {where}
                     GROUP BY learner_id
-                    {roster_part}
+                    UNION ALL {roster}
                 )
                 GROUP BY learner_id
+                -- When the roster lists the target's learners, they are the population (a
+                -- learner who left keeps old activity here, and is not named); else activity.
                 HAVING sum(recent) < {{min_events:UInt64}}
+                   AND (max(listed) = 1 OR (SELECT count() FROM ({roster})) = 0)
             )
             SELECT learner_id, arraySort(groupArray((reason, skill, value, detail)))
             FROM reasons
