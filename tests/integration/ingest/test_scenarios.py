@@ -3,6 +3,7 @@ roster topic, and a dedup window that survives a restart."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -141,7 +142,10 @@ async def seed(stub: ingest_pb2_grpc.IngestServiceStub) -> None:
         assert all(r.status == ACCEPTED for r in reply.results)
 
 
-async def test_references_school_consistency_and_a_private_roster(settings: Settings) -> None:
+async def test_references_school_consistency_and_a_private_roster(
+    settings: Settings, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     async with running_ingest(settings) as stub:
         await seed(stub)
         unknown_item = at("r2")
@@ -172,8 +176,12 @@ async def test_references_school_consistency_and_a_private_roster(settings: Sett
     finally:
         consumer.close()
     assert b"c1" in raw  # the records are there...
+    captured = capsys.readouterr()
+    logs = captured.out + captured.err + caplog.text
+    assert "rpc" in logs  # the request log lines are there...
     for clear in (b"sis-1", b"Ada Lovelace", b"ada@example.org"):
-        assert clear not in raw  # ...but no SIS id, name or e-mail
+        assert clear not in raw  # ...but no SIS id, name or e-mail on the topics
+        assert clear.decode() not in logs  # nor in the logs
 
 
 async def test_dedup_window_survives_a_restart(settings: Settings) -> None:
