@@ -5,7 +5,9 @@ idempotent (`IF NOT EXISTS`), so a start that died half-way through a migration 
 Never edit a released migration: add the next version.
 
 Minimum server version: ClickHouse 24.8 LTS (DateTime64, Bool, LowCardinality, bloom_filter
-indexes, `insert_deduplication_token` and `non_replicated_deduplication_window` on MergeTree).
+indexes, `insert_deduplication_token` and `non_replicated_deduplication_window` on MergeTree,
+lightweight DELETE with `lightweight_deletes_sync` (24.4), materialized views deduplicating with
+`deduplicate_blocks_in_dependent_materialized_views`).
 
 Why these keys:
 - `mastery_latest` is ordered by (tenant, class, learner, skill): the class heatmap, the hot query,
