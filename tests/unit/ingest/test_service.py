@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -215,3 +216,30 @@ async def test_fingerprint_is_computable_from_the_stored_record(
     changed = await restarted.record_events(TENANT, [attempt("e1", correct=False)], later)
     assert again[0].status is Status.DUPLICATE
     assert changed[0].status is Status.REJECTED
+
+
+async def test_same_id_in_two_concurrent_calls_is_stored_once(
+    pseudonymizer: Pseudonymizer,
+) -> None:
+    release = asyncio.Event()
+
+    class SlowPublisher(MemoryPublisher):
+        async def __call__(self, topic: str, records: Sequence[Encoded]) -> list[bool]:
+            await release.wait()
+            return await super().__call__(topic, records)
+
+    publisher = SlowPublisher()
+    service = IngestService(publisher, pseudonymizer, DedupWindow(100), CatalogView())
+    first = asyncio.ensure_future(service.record_events(TENANT, [attempt("e1")], NOW))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(
+        service.record_events(TENANT, [attempt("e1"), attempt("e1", correct=False)], NOW)
+    )
+    await asyncio.sleep(0)
+    release.set()
+
+    assert [o.status for o in await first] == [Status.ACCEPTED]
+    assert [o.status for o in await second] == [Status.NOT_STORED, Status.REJECTED]
+    assert len(publisher.records["activity"]) == 1
+    retried = await service.record_events(TENANT, [attempt("e1")], NOW)
+    assert retried[0].status is Status.DUPLICATE

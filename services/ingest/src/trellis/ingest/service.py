@@ -78,6 +78,8 @@ class IngestService:
         self._roster = RosterView() if roster is None else roster
         self._unknown_references = unknown_references
         self._pseudonyms: dict[tuple[str, int, str], str] = {}
+        # (tenant, event_id) -> fingerprint of events being produced by some call right now.
+        self._publishing: dict[tuple[str, str], bytes] = {}
 
     def _pseudonym(self, tenant_id: str, sis_id: str) -> str:
         """The current pseudonym, memoized (bounded: cleared when full): an HMAC per event costs."""
@@ -136,6 +138,14 @@ class IngestService:
             if seen is Seen.NEW and event.event_id in pending:
                 first = to_publish[pending[event.event_id]]
                 seen = Seen.DUPLICATE if first[1] == digest else Seen.CONFLICT
+            elsewhere = self._publishing.get((tenant_id, event.event_id))
+            if seen is Seen.NEW and elsewhere is not None:
+                # Another call is producing this id now: its outcome is not known yet, so this
+                # copy is not stored (a retry is then answered DUPLICATE), or is a conflict.
+                if elsewhere == digest:
+                    outcome.status = Status.NOT_STORED
+                    continue
+                seen = Seen.CONFLICT
             if seen is Seen.CONFLICT:
                 outcome.status = Status.REJECTED
                 outcome.violations = [
@@ -146,12 +156,19 @@ class IngestService:
             else:
                 pending[event.event_id] = len(to_publish)
                 to_publish.append((outcome, digest, stored_form))
-        stored = await self._publish("activity", [encode_envelope(e) for _, _, e in to_publish])
-        for (outcome, digest, event), ok in zip(to_publish, stored, strict=True):
-            if ok:
-                self._dedup.remember(tenant_id, event.event_id, digest)
-            else:
-                outcome.status = Status.NOT_STORED
+        keys = [(tenant_id, e.event_id) for _, _, e in to_publish]
+        for key, (_, digest, _) in zip(keys, to_publish, strict=True):
+            self._publishing[key] = digest
+        try:
+            stored = await self._publish("activity", [encode_envelope(e) for _, _, e in to_publish])
+            for (outcome, digest, event), ok in zip(to_publish, stored, strict=True):
+                if ok:
+                    self._dedup.remember(tenant_id, event.event_id, digest)
+                else:
+                    outcome.status = Status.NOT_STORED
+        finally:
+            for key in keys:
+                self._publishing.pop(key, None)
         return outcomes
 
     def _stored_form(
