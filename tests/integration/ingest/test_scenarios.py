@@ -3,6 +3,7 @@ roster topic, and a dedup window that survives a restart."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator
 
@@ -143,9 +144,23 @@ async def seed(stub: ingest_pb2_grpc.IngestServiceStub) -> None:
 
 
 async def test_references_school_consistency_and_a_private_roster(
-    settings: Settings, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    log_lines = io.StringIO()
+    handler = logging.StreamHandler(log_lines)
+    logging.getLogger().addHandler(handler)
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        await _references_and_privacy(settings, capsys, log_lines)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
+
+
+async def _references_and_privacy(
+    settings: Settings, capsys: pytest.CaptureFixture[str], log_lines: io.StringIO
+) -> None:
     async with running_ingest(settings) as stub:
         await seed(stub)
         unknown_item = at("r2")
@@ -177,7 +192,7 @@ async def test_references_school_consistency_and_a_private_roster(
         consumer.close()
     assert b"c1" in raw  # the records are there...
     captured = capsys.readouterr()
-    logs = captured.out + captured.err + caplog.text
+    logs = captured.out + captured.err + log_lines.getvalue()
     assert "rpc" in logs  # the request log lines are there...
     for clear in (b"sis-1", b"Ada Lovelace", b"ada@example.org"):
         assert clear not in raw  # ...but no SIS id, name or e-mail on the topics
