@@ -107,3 +107,32 @@ async def test_an_unexpected_failure_is_dead_lettered_too(
 
     assert sent.letters[0].error == "unexpected RuntimeError: boom"
     assert [e.mastery_updated.cause_event_id for e in sent.mastery] == ["evt-4"]
+
+
+async def test_an_erasure_deletes_the_table_entry_and_is_announced(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, stream, sent = running
+    encoded = encode_envelope(attempt("evt-5"))
+    await agent.put(encoded.value, key=encoded.key)
+    request = envelope_pb2.Envelope(
+        event_id="erase-1", tenant_id="district-a", learner_id="pseudo-1"
+    )
+    request.learner_erasure_requested.reason = "parent request"
+    request.occurred_at.FromSeconds(1_790_000_060)
+    erase = encode_envelope(request)
+    with mock.patch.object(
+        stream.tables.learners, "send_changelog", wraps=stream.tables.learners.send_changelog
+    ) as changelog:
+        await agent.put(erase.value, key=erase.key)
+    # Faust writes a tombstone (value None) for the deleted key.
+    [call] = changelog.call_args_list
+    assert call.args[1:] == (KEY,) and call.kwargs["value"] is None
+    assert stream.tables.learners.get(KEY) is None
+    assert stream.store.erased_at(KEY) is not None
+    assert stream.store.erased_at(KEY).timestamp() == 1_790_000_060  # type: ignore[union-attr]
+    assert [e.WhichOneof("payload") for e in sent.mastery] == ["mastery_updated", "learner_erased"]
+    # The erased learner's old attempt re-read: it stays erased, nothing is sent.
+    await agent.put(encoded.value, key=encoded.key)
+    assert stream.tables.learners.get(KEY) is None
+    assert len(sent.mastery) == 2

@@ -162,3 +162,123 @@ async def test_predict_items_is_scoped_like_every_read(servicer: MasteryServicer
             api_pb2.PredictItemsRequest(tenant_id=TENANT, learner_id="sis-1", item_ids=["x"]),
             None,  # type: ignore[arg-type]
         )
+
+
+def profile_event(event_id: str, class_id: str = "") -> envelope_pb2.Envelope:
+    envelope = envelope_pb2.Envelope(
+        event_id=event_id, tenant_id=TENANT, learner_id=LEARNER, class_id=class_id
+    )
+    envelope.occurred_at.FromSeconds(1_790_000_100)
+    return envelope
+
+
+async def test_a_learner_profile_is_read_by_sis_id(
+    servicer: MasteryServicer, store: InMemoryLearnerStore
+) -> None:
+    service = MasteryService(store)
+    goal = profile_event("g", "class-7a")
+    goal.goal_set.CopyFrom(
+        activity_pb2.GoalSet(goal_id="g1", skill_id="a", description="Add", target_date="2026-12")
+    )
+    pin = profile_event("p", "class-7b")
+    pin.activity_assigned.CopyFrom(
+        activity_pb2.ActivityAssigned(activity_id="i-1", activity_kind="item", note="first")
+    )
+    rest = [profile_event(n) for n in ("i", "m", "x")]
+    rest[0].interest_declared.tags.extend(["space"])
+    rest[1].preference_set.CopyFrom(activity_pb2.PreferenceSet(modality="audio", pace="slower"))
+    rest[2].accommodation_set.accommodations.extend(["extended_time", "text_to_speech"])
+    for envelope in [goal, pin, *rest]:
+        service.record_activity(learner_key(TENANT, LEARNER), envelope)
+
+    caller(role="learner", learner_id="sis-1")
+    reply = await servicer.GetLearnerProfile(
+        api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-1"),
+        None,  # type: ignore[arg-type]
+    )
+    assert reply == api_pb2.LearnerProfile(
+        tenant_id=TENANT,
+        learner_id="sis-1",
+        goals=[api_pb2.Goal(goal_id="g1", skill_id="a", description="Add", target_date="2026-12")],
+        interests=["space"],
+        modality="audio",
+        pace="slower",
+        accommodations=["extended_time", "text_to_speech"],
+        pins=[api_pb2.Pin(activity_id="i-1", activity_kind="item", note="first")],
+        class_ids=["class-7a", "class-7b"],
+    )
+    with pytest.raises(PermissionDenied):
+        await servicer.GetLearnerProfile(
+            api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-2"),
+            None,  # type: ignore[arg-type]
+        )
+
+
+async def test_an_unknown_learner_has_an_empty_profile(servicer: MasteryServicer) -> None:
+    caller(role="service")
+    reply = await servicer.GetLearnerProfile(
+        api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-unknown"),
+        None,  # type: ignore[arg-type]
+    )
+    assert reply == api_pb2.LearnerProfile(tenant_id=TENANT, learner_id="sis-unknown")
+
+
+def class_request(class_id: str, *skills: str) -> api_pb2.GetClassMasteryRequest:
+    return api_pb2.GetClassMasteryRequest(
+        tenant_id=TENANT, class_id=class_id, skill_ids=list(skills)
+    )
+
+
+@pytest.fixture
+def in_class(store: InMemoryLearnerStore) -> InMemoryLearnerStore:
+    envelope = profile_event("c", "class-7a")
+    envelope.item_attempted.CopyFrom(activity_pb2.ItemAttempted(skill_ids=["a"], correct=False))
+    MasteryService(store).record_activity(learner_key(TENANT, LEARNER), envelope)
+    return store
+
+
+async def test_class_mastery_names_learners_by_pseudonym(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore
+) -> None:
+    caller(role="teacher", classes=["class-7a"])
+    reply = await servicer.GetClassMastery(class_request("class-7a", "a"), None)  # type: ignore[arg-type]
+    assert reply.class_id == "class-7a"
+    [learner] = reply.learners
+    assert (learner.tenant_id, learner.learner_id) == (TENANT, LEARNER)
+    [skill] = learner.skills
+    # correct (142/205) then wrong: 481/1615, see tests/integration/mastery/test_worker.py
+    assert (skill.skill_id, skill.attempts) == ("a", 2)
+    assert skill.p_mastered == pytest.approx(481 / 1615, abs=1e-15)
+    everything = await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    assert [s.skill_id for s in everything.learners[0].skills] == ["a", "b"]
+    empty = await servicer.GetClassMastery(class_request("class-7a", "zz"), None)  # type: ignore[arg-type]
+    assert [s.level for s in empty.learners[0].skills] == [mastery_pb2.MASTERY_LEVEL_NOT_STARTED]
+
+
+async def test_class_mastery_is_scoped_to_the_callers_classes(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore
+) -> None:
+    caller(role="teacher", classes=["class-7b"])
+    with pytest.raises(PermissionDenied):
+        await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    caller(role="learner", learner_id="sis-1", classes=[])
+    with pytest.raises(PermissionDenied):
+        await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    caller(role="district_admin")
+    with pytest.raises(PermissionDenied):
+        await servicer.GetClassMastery(
+            api_pb2.GetClassMasteryRequest(tenant_id="district-b", class_id="class-7a"),
+            None,  # type: ignore[arg-type]
+        )
+    with pytest.raises(InvalidArgument):
+        await servicer.GetClassMastery(class_request(""), None)  # type: ignore[arg-type]
+    assert (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
+
+
+async def test_class_mastery_on_a_worker_without_every_partition_is_unavailable(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore
+) -> None:
+    caller(role="service")
+    in_class.owns_all = lambda: False  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from trellis.common.pb.events.v1 import activity_pb2, catalog_pb2, envelope_pb2
 from trellis.mastery.adapters.memory_store import InMemoryLearnerStore
 from trellis.mastery.catalog import CatalogView
 from trellis.mastery.domain import BktParameters, Level
-from trellis.mastery.events import InvalidEvent
+from trellis.mastery.events import InvalidEvent, output_event_id
 from trellis.mastery.service import MasteryService, NotOwned
 
 KEY = learner_key("district-a", "pseudo-1")
@@ -61,9 +61,9 @@ def test_a_duplicate_writes_nothing_and_repeats_the_outputs(
 
 
 def test_other_payloads_are_skipped(service: MasteryService, store: InMemoryLearnerStore) -> None:
-    goal = envelope_pb2.Envelope(event_id="g", tenant_id="district-a", learner_id="pseudo-1")
-    goal.goal_set.skill_id = "a"
-    assert service.record_activity(KEY, goal).skipped == "payload goal_set is not handled yet"
+    seen = envelope_pb2.Envelope(event_id="r", tenant_id="district-a", learner_id="pseudo-1")
+    seen.resource_engaged.resource_id = "video-1"
+    assert service.record_activity(KEY, seen).skipped == "payload resource_engaged is not handled"
     assert service.record_activity(KEY, envelope_pb2.Envelope()).skipped is not None
     assert store.writes == 0
 
@@ -196,3 +196,122 @@ def test_a_review_tick_emits_review_due_for_decayed_skills(store: InMemoryLearne
     assert output.review_due.skill_id == "a"
     assert output.review_due.p_recall == pytest.approx(0.799804195804, abs=1e-12)
     assert output.review_due.cause_event_id == "tick-1"
+
+
+def envelope_at(event_id: str, seconds: int, class_id: str = "") -> envelope_pb2.Envelope:
+    envelope = envelope_pb2.Envelope(
+        event_id=event_id, tenant_id="district-a", learner_id="pseudo-1", class_id=class_id
+    )
+    envelope.occurred_at.FromSeconds(seconds)
+    return envelope
+
+
+def test_profile_events_build_the_profile_and_classes(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    goal = envelope_at("g1", 1_790_000_000, "7a")
+    goal.goal_set.CopyFrom(activity_pb2.GoalSet(skill_id="a", description="Add"))  # no goal id
+    interests = envelope_at("i1", 1_790_000_001)
+    interests.interest_declared.tags.extend(["space", "music"])
+    pin = envelope_at("p1", 1_790_000_002, "7b")
+    pin.activity_assigned.CopyFrom(
+        activity_pb2.ActivityAssigned(activity_id="item-1", activity_kind="item", skill_id="a")
+    )
+    preference = envelope_at("m1", 1_790_000_003)
+    preference.preference_set.modality = "video"
+    for envelope in (goal, interests, pin, preference):
+        handled = service.record_activity(KEY, envelope)
+        assert handled.outputs == () and handled.skipped is None and not handled.duplicate
+    assert service.record_activity(KEY, pin).duplicate
+
+    profile, classes = service.profile_of("district-a", "pseudo-1")
+    assert [(g.goal_id, g.skill_id, g.description) for g in profile.goals] == [("g1", "a", "Add")]
+    assert profile.interests == ("space", "music")
+    assert [(p.activity_id, p.activity_kind) for p in profile.pins] == [("item-1", "item")]
+    assert (profile.modality, profile.pace) == ("video", "")
+    assert classes == ("7a", "7b")
+    assert store.writes == 4
+
+
+def test_a_pin_without_an_activity_is_refused(service: MasteryService) -> None:
+    pin = envelope_at("p1", 1_790_000_000)
+    pin.activity_assigned.note = "nothing named"
+    with pytest.raises(InvalidEvent, match="activity_id"):
+        service.record_activity(KEY, pin)
+
+
+def erasure(event_id: str, seconds: int) -> envelope_pb2.Envelope:
+    envelope = envelope_at(event_id, seconds)
+    envelope.learner_erasure_requested.reason = "parent request"
+    return envelope
+
+
+def test_erasure_deletes_the_state_and_announces_it_under_a_deterministic_id(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    service.record_activity(KEY, attempt())  # at 1_790_000_000
+    [erased] = service.record_activity(KEY, erasure("erase-1", 1_790_000_100)).outputs
+    assert erased.learner_erased.cause_event_id == "erase-1"
+    # uuid5(uuid5(NAMESPACE_URL, "urn:trellis:events:v1:mastery"), "erase-1\x1flearner_erased\x1f")
+    assert erased.event_id == "c9fab526-2570-5fb6-845d-f20120a628ed"
+    assert erased.event_id == output_event_id("erase-1", "learner_erased", "")
+    assert (erased.tenant_id, erased.learner_id) == ("district-a", "pseudo-1")
+    assert KEY not in store.states
+    assert service.mastery_of("district-a", "pseudo-1") == {}
+
+    # Re-read: the same announcement again, nothing written.
+    writes = store.writes
+    again = service.record_activity(KEY, erasure("erase-1", 1_790_000_100))
+    assert again.duplicate and again.outputs == (erased,)
+    assert store.writes == writes
+
+
+def test_events_from_before_the_erasure_stay_erased_later_ones_start_afresh(
+    service: MasteryService, store: InMemoryLearnerStore
+) -> None:
+    service.record_activity(KEY, attempt())  # at 1_790_000_000
+    service.record_activity(KEY, erasure("erase-1", 1_790_000_100))
+    # The erased learner's old attempt re-sent, and a late one from before the request.
+    assert service.record_activity(KEY, attempt()).skipped == "learner erased"
+    late = attempt("evt-late")
+    late.occurred_at.FromSeconds(1_790_000_100)
+    assert service.record_activity(KEY, late).skipped == "learner erased"
+    assert KEY not in store.states
+
+    after = attempt("evt-after")
+    after.occurred_at.FromSeconds(1_790_000_101)
+    [update] = service.record_activity(KEY, after).outputs
+    assert update.mastery_updated.p_before == pytest.approx(0.3)
+    assert update.mastery_updated.attempts == 1
+    # A second request erases the new state too, and keeps the later time.
+    service.record_activity(KEY, erasure("erase-2", 1_790_000_200))
+    assert KEY not in store.states
+    assert store.erased[KEY].timestamp() == 1_790_000_200
+
+
+def test_class_mastery_lists_the_learners_whose_events_named_the_class(
+    store: InMemoryLearnerStore,
+) -> None:
+    service = MasteryService(store)
+    for learner, class_id, correct in [("p1", "7a", True), ("p2", "7a", False), ("p3", "7b", True)]:
+        envelope = attempt(f"evt-{learner}", correct=correct)
+        envelope.learner_id, envelope.class_id = learner, class_id
+        service.record_activity(learner_key("district-a", learner), envelope)
+    other_tenant = attempt("evt-x")
+    other_tenant.tenant_id, other_tenant.class_id = "district-b", "7a"
+    service.record_activity(learner_key("district-b", "pseudo-1"), other_tenant)
+
+    found = service.class_mastery("district-a", "7a")
+    assert list(found) == ["p1", "p2"]
+    assert found["p1"]["a"].p_mastered == pytest.approx(142 / 205, abs=1e-15)
+    # wrong from 0.3: 0.03/0.59 = 3/59, then + (56/59) 0.1 = 8.6/59
+    assert found["p2"]["a"].p_mastered == pytest.approx(8.6 / 59, abs=1e-15)
+    asked = service.class_mastery("district-a", "7a", ["z"])
+    assert asked["p1"]["z"].attempts == 0
+    assert service.class_mastery("district-a", "7c") == {}
+
+
+def test_class_mastery_needs_every_partition(store: InMemoryLearnerStore) -> None:
+    store.owns_all = lambda: False  # type: ignore[method-assign]
+    with pytest.raises(NotOwned):
+        MasteryService(store).class_mastery("district-a", "7a")

@@ -9,7 +9,7 @@ from faust.types.enums import ProcessingGuarantee
 from tests.conftest import make_test_settings
 from trellis.common.faust_app import changelog_topic_name, internal_topic_specs
 from trellis.mastery.stream.app import create_stream
-from trellis.mastery.stream.tables import LEARNERS, TABLE_NAMES
+from trellis.mastery.stream.tables import ERASED, LEARNERS, TABLE_NAMES
 
 
 def test_the_app_follows_the_settings(tmp_path: Path) -> None:
@@ -41,8 +41,12 @@ def test_the_rocksdb_store_uses_rocksdict(tmp_path: Path) -> None:
 
 def test_changelog_topics_are_compacted_and_copartitioned() -> None:
     settings = make_test_settings("unit-topics")
-    [spec] = internal_topic_specs(settings.mastery.consumer_group, TABLE_NAMES, settings)
-    assert spec.name == changelog_topic_name("unit-topics-mastery", LEARNERS)
-    assert spec.name == "unit-topics-mastery-learners-changelog"
-    assert spec.num_partitions == settings.kafka.topics.partitions
-    assert spec.topic_configs == {"cleanup.policy": "compact"}
+    specs = internal_topic_specs(settings.mastery.consumer_group, TABLE_NAMES, settings)
+    assert [spec.name for spec in specs] == [
+        changelog_topic_name("unit-topics-mastery", LEARNERS),
+        changelog_topic_name("unit-topics-mastery", ERASED),
+    ]
+    assert specs[0].name == "unit-topics-mastery-learners-changelog"
+    for spec in specs:
+        assert spec.num_partitions == settings.kafka.topics.partitions
+        assert spec.topic_configs == {"cleanup.policy": "compact"}

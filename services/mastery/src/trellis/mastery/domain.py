@@ -56,6 +56,11 @@ SECONDS_PER_DAY = 86_400.0
 #: than 1,000 attempts since. An id older than that is forgotten and would be counted again.
 SEEN_EVENT_IDS_LIMIT = 1_000
 
+#: How many reflections a learner's profile keeps (the most recent; older ones stay in the log).
+REFLECTIONS_LIMIT = 20
+#: How many teacher pins a learner's profile keeps (the most recent, one per activity).
+PINS_LIMIT = 50
+
 #: How many of the most recent events keep their outputs, so that a replayed duplicate re-sends
 #: exactly the outputs it produced the first time (their ids are deterministic, so consumers
 #: drop the copies). Outputs are what a crash may have lost between saving state and publishing,
@@ -265,16 +270,112 @@ class AppliedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Goal:
+    goal_id: str
+    skill_id: str = ""
+    description: str = ""
+    target_date: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reflection:
+    reflection_id: str
+    text: str = ""
+    skill_id: str = ""
+    confidence: float | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A teacher's pin (`ActivityAssigned`): the activity comes first in recommendations."""
+
+    activity_id: str
+    activity_kind: str = ""
+    skill_id: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What a learner said about themselves and what their teachers pinned.
+
+    goals: one per goal id, in the order first set (a later `GoalSet` with the same id replaces
+    it in place); reflections: the last `REFLECTIONS_LIMIT`, oldest first; interests and
+    accommodations: the latest declaration replaces the earlier one (both events carry the whole
+    list); modality and pace: the latest non-empty value of each; pins: one per activity, the
+    most recent last, at most `PINS_LIMIT`.
+    """
+
+    goals: tuple[Goal, ...] = ()
+    reflections: tuple[Reflection, ...] = ()
+    interests: tuple[str, ...] = ()
+    modality: str = ""
+    pace: str = ""
+    accommodations: tuple[str, ...] = ()
+    pins: tuple[Pin, ...] = ()
+
+
+EMPTY_PROFILE = Profile()
+
+
+@dataclass(frozen=True, slots=True)
+class SetGoal:
+    goal: Goal
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReflection:
+    reflection: Reflection
+
+
+@dataclass(frozen=True, slots=True)
+class DeclareInterests:
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetPreference:
+    modality: str = ""
+    pace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SetAccommodations:
+    accommodations: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignActivity:
+    pin: Pin
+
+
+ProfileChange = (
+    SetGoal
+    | SubmitReflection
+    | DeclareInterests
+    | SetPreference
+    | SetAccommodations
+    | AssignActivity
+)
+
+
+@dataclass(frozen=True, slots=True)
 class LearnerState:
-    """One learner's mastery. Treat as immutable: the functions below return new states.
+    """One learner's mastery and profile. Treat as immutable: the functions below return new
+    states.
 
     `seen_event_ids` holds the last `SEEN_EVENT_IDS_LIMIT` applied event ids (oldest first);
-    `recent` the outputs of the last `RECENT_OUTPUTS_LIMIT` of them.
+    `recent` the outputs of the last `RECENT_OUTPUTS_LIMIT` of them (events with outputs only);
+    `class_ids` every class named by the learner's events (sorted), which `GetClassMastery`
+    reads.
     """
 
     skills: Mapping[str, SkillState] = field(default_factory=dict)
     seen_event_ids: tuple[str, ...] = ()
     recent: tuple[AppliedEvent, ...] = ()
+    profile: Profile = EMPTY_PROFILE
+    class_ids: tuple[str, ...] = ()
 
     def skill(self, skill_id: str, params: BktParameters) -> SkillState:
         """State of a skill; a skill without attempts starts at the prior of its parameters."""
@@ -499,6 +600,57 @@ def _review_due(
     return replace(skill, review_due=True), ReviewDue(skill_id, p_recall, cause)
 
 
+def apply_profile(state: LearnerState, event_id: str, change: ProfileChange) -> LearnerState:
+    """Fold one profile event into the state. Profile events have no outputs; a seen event id
+    changes nothing (the same object comes back)."""
+    if state.has_seen(event_id):
+        return state
+    profile = state.profile
+    if isinstance(change, SetGoal):
+        goal = change.goal
+        if any(g.goal_id == goal.goal_id for g in profile.goals):
+            goals = tuple(goal if g.goal_id == goal.goal_id else g for g in profile.goals)
+        else:
+            goals = (*profile.goals, goal)
+        profile = replace(profile, goals=goals)
+    elif isinstance(change, SubmitReflection):
+        reflections = (*profile.reflections, change.reflection)[-REFLECTIONS_LIMIT:]
+        profile = replace(profile, reflections=reflections)
+    elif isinstance(change, DeclareInterests):
+        profile = replace(profile, interests=tuple(dict.fromkeys(change.tags)))
+    elif isinstance(change, SetPreference):
+        profile = replace(
+            profile,
+            modality=change.modality or profile.modality,
+            pace=change.pace or profile.pace,
+        )
+    elif isinstance(change, SetAccommodations):
+        profile = replace(profile, accommodations=tuple(dict.fromkeys(change.accommodations)))
+    else:
+        pin = change.pin
+        others = tuple(p for p in profile.pins if p.activity_id != pin.activity_id)
+        profile = replace(profile, pins=(*others, pin)[-PINS_LIMIT:])
+    return replace(
+        state,
+        profile=profile,
+        seen_event_ids=(*state.seen_event_ids, event_id)[-SEEN_EVENT_IDS_LIMIT:],
+    )
+
+
+def note_class(state: LearnerState, class_id: str) -> LearnerState:
+    """The state with `class_id` among the learner's classes (the same object if already there
+    or empty)."""
+    if not class_id or class_id in state.class_ids:
+        return state
+    return replace(state, class_ids=tuple(sorted((*state.class_ids, class_id))))
+
+
+def erasure_covers(erased_at: datetime | None, event_time: datetime) -> bool:
+    """Whether an event of an erased learner falls under the erasure: it happened at or before
+    the erasure request (a late or re-sent old event). Later events start a new state."""
+    return erased_at is not None and event_time <= erased_at
+
+
 def _first_outputs(state: LearnerState, event_id: str) -> tuple[Output, ...]:
     for applied in state.recent:
         if applied.event_id == event_id:
@@ -509,7 +661,8 @@ def _first_outputs(state: LearnerState, event_id: str) -> tuple[Output, ...]:
 def _remember(
     state: LearnerState, skills: dict[str, SkillState], event_id: str, outputs: tuple[Output, ...]
 ) -> tuple[LearnerState, tuple[Output, ...]]:
-    new_state = LearnerState(
+    new_state = replace(
+        state,
         skills=skills,
         seen_event_ids=(*state.seen_event_ids, event_id)[-SEEN_EVENT_IDS_LIMIT:],
         recent=(*state.recent, AppliedEvent(event_id, outputs))[-RECENT_OUTPUTS_LIMIT:],

@@ -6,7 +6,8 @@ Outbound: each domain output becomes an envelope on `trellis.mastery.v1`, with a
     event_id = uuid5(OUTPUT_ID_NAMESPACE, f"{cause_event_id}\\x1f{kind}\\x1f{skill_id}")
 
 where `kind` is the payload field name (`mastery_updated`, `skill_mastered`,
-`struggling_detected`, `mastery_overridden`, `review_due`), so that re-sending
+`struggling_detected`, `mastery_overridden`, `review_due`, `learner_erased` with an empty skill
+id), so that re-sending
 the outputs of a replayed event produces the very same ids and consumers drop the copies. Tenant,
 school, class, learner, pseudonym key version and both timestamps are copied from the cause (no
 wall clock: a replay reproduces the live run).
@@ -19,15 +20,25 @@ from datetime import UTC, datetime
 
 from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
 from trellis.mastery.domain import (
+    AssignActivity,
     Attempt,
+    DeclareInterests,
+    Goal,
     InvalidAttempt,
     Level,
     MasteryChange,
     MasteryOverridden,
     Output,
+    Pin,
+    ProfileChange,
+    Reflection,
     ReviewDue,
+    SetAccommodations,
+    SetGoal,
+    SetPreference,
     SkillMastered,
     StrugglingDetected,
+    SubmitReflection,
     TeacherOverride,
 )
 
@@ -88,6 +99,54 @@ def override_from_envelope(envelope: envelope_pb2.Envelope) -> tuple[TeacherOver
     return override, event_time(envelope)
 
 
+PROFILE_PAYLOADS = frozenset(
+    {
+        "goal_set",
+        "reflection_submitted",
+        "interest_declared",
+        "preference_set",
+        "accommodation_set",
+        "activity_assigned",
+    }
+)
+
+
+def profile_change_from_envelope(
+    envelope: envelope_pb2.Envelope,
+) -> tuple[ProfileChange, datetime]:
+    """The profile change of a profile envelope (`PROFILE_PAYLOADS`) and its event time."""
+    now = event_time(envelope)
+    kind = envelope.WhichOneof("payload")
+    change: ProfileChange
+    if kind == "goal_set":
+        g = envelope.goal_set
+        # A goal without an id is its own goal: the event id names it.
+        change = SetGoal(
+            Goal(g.goal_id or envelope.event_id, g.skill_id, g.description, g.target_date)
+        )
+    elif kind == "reflection_submitted":
+        r = envelope.reflection_submitted
+        confidence = r.confidence if r.HasField("confidence") else None
+        change = SubmitReflection(
+            Reflection(r.reflection_id or envelope.event_id, r.text, r.skill_id, confidence, now)
+        )
+    elif kind == "interest_declared":
+        change = DeclareInterests(tuple(envelope.interest_declared.tags))
+    elif kind == "preference_set":
+        p = envelope.preference_set
+        change = SetPreference(p.modality, p.pace)
+    elif kind == "accommodation_set":
+        change = SetAccommodations(tuple(envelope.accommodation_set.accommodations))
+    elif kind == "activity_assigned":
+        a = envelope.activity_assigned
+        if not a.activity_id:
+            raise InvalidEvent("activity_assigned names no activity_id")
+        change = AssignActivity(Pin(a.activity_id, a.activity_kind, a.skill_id, a.note))
+    else:
+        raise InvalidEvent(f"payload {kind} is not a profile event")
+    return change, now
+
+
 def event_time(envelope: envelope_pb2.Envelope) -> datetime:
     if envelope.HasField("occurred_at"):
         return envelope.occurred_at.ToDatetime(tzinfo=UTC)
@@ -104,11 +163,9 @@ def output_event_id(cause_event_id: str, kind: str, skill_id: str) -> str:
     return str(uuid.uuid5(OUTPUT_ID_NAMESPACE, f"{cause_event_id}\x1f{kind}\x1f{skill_id}"))
 
 
-def output_envelope(cause: envelope_pb2.Envelope, output: Output) -> envelope_pb2.Envelope:
-    """The envelope of one output, caused by the activity envelope `cause`."""
-    kind = output_kind(output)
+def _output_base(cause: envelope_pb2.Envelope, event_id: str) -> envelope_pb2.Envelope:
     envelope = envelope_pb2.Envelope(
-        event_id=output_event_id(output.cause_event_id, kind, output.skill),
+        event_id=event_id,
         tenant_id=cause.tenant_id,
         school_id=cause.school_id,
         class_id=cause.class_id,
@@ -122,6 +179,21 @@ def output_envelope(cause: envelope_pb2.Envelope, output: Output) -> envelope_pb
         envelope.occurred_at.CopyFrom(cause.occurred_at)
     if cause.HasField("ingested_at"):
         envelope.ingested_at.CopyFrom(cause.ingested_at)
+    return envelope
+
+
+def erased_envelope(cause: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+    """`LearnerErased` for a `LearnerErasureRequested` envelope: id from the cause's id, kind
+    `learner_erased` and an empty skill id, so a re-read request re-sends the same event."""
+    envelope = _output_base(cause, output_event_id(cause.event_id, "learner_erased", ""))
+    envelope.learner_erased.cause_event_id = cause.event_id
+    return envelope
+
+
+def output_envelope(cause: envelope_pb2.Envelope, output: Output) -> envelope_pb2.Envelope:
+    """The envelope of one output, caused by the activity envelope `cause`."""
+    kind = output_kind(output)
+    envelope = _output_base(cause, output_event_id(output.cause_event_id, kind, output.skill))
     if isinstance(output, MasteryChange):
         envelope.mastery_updated.CopyFrom(
             mastery_pb2.MasteryUpdated(

@@ -1,4 +1,5 @@
-"""Mastery use cases: apply an activity event to a learner's state; read a learner's mastery.
+"""Mastery use cases: apply an activity event to a learner's state; read a learner's mastery,
+profile, or a class's mastery.
 
 Each use case loads state from a `LearnerStore`, calls one pure function of the domain and saves
 the result; the Faust agent and the gRPC servicer only translate. The store is keyed by the
@@ -8,7 +9,7 @@ their events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
@@ -23,18 +24,29 @@ from trellis.mastery.domain import (
     LearnerState,
     Output,
     ParamsForSkill,
+    Profile,
     SkillState,
     apply_attempt,
     apply_override,
+    apply_profile,
     apply_tick,
+    erasure_covers,
+    note_class,
 )
 from trellis.mastery.events import (
+    PROFILE_PAYLOADS,
     InvalidEvent,
     attempt_from_envelope,
+    erased_envelope,
     event_time,
     output_envelope,
     override_from_envelope,
+    profile_change_from_envelope,
 )
+
+MASTERY_PAYLOADS = frozenset({"item_attempted", "teacher_override", "review_tick"})
+ERASURE = "learner_erasure_requested"
+HANDLED_PAYLOADS = MASTERY_PAYLOADS | PROFILE_PAYLOADS | {ERASURE}
 
 
 class LearnerStore(Protocol):
@@ -44,6 +56,23 @@ class LearnerStore(Protocol):
 
     def owns(self, key: bytes) -> bool:
         """Whether this process holds the state of `key` (its partition is assigned here)."""
+        ...
+
+    def owns_all(self) -> bool:
+        """Whether this process holds every learner's state (every partition, none recovering)."""
+        ...
+
+    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
+        """Every state of the tenant held here (keys `tenant/...`)."""
+        ...
+
+    def erase(self, key: bytes, erased_at: datetime) -> None:
+        """Delete the state of `key` (a tombstone in its changelog) and remember when it was
+        erased (the erased marker: key and time, nothing else)."""
+        ...
+
+    def erased_at(self, key: bytes) -> datetime | None:
+        """The time of the latest erasure of `key`, if any."""
         ...
 
 
@@ -98,14 +127,21 @@ class MasteryService:
         changes nothing and returns the outputs of its first application again.
         """
         payload = envelope.WhichOneof("payload")
-        if payload not in ("item_attempted", "teacher_override", "review_tick"):
-            # Profile events and erasure come with later issues.
-            return Handled(skipped=f"payload {payload} is not handled yet")
+        if payload not in HANDLED_PAYLOADS:
+            return Handled(skipped=f"payload {payload} is not handled")
         _check_identity(key, envelope)
-        state = self._store.get(key) or EMPTY
-        params = self._params(envelope.tenant_id)
-        outputs: tuple[Output, ...]
-        if payload == "item_attempted":
+        stored = self._store.get(key)
+        if payload == ERASURE:
+            return self._erase(key, envelope, stored)
+        if stored is None and erasure_covers(self._store.erased_at(key), event_time(envelope)):
+            # An event from before the learner's erasure (late or re-sent): it stays erased.
+            return Handled(skipped="learner erased")
+        state = stored or EMPTY
+        outputs: tuple[Output, ...] = ()
+        if payload in PROFILE_PAYLOADS:
+            change, _ = profile_change_from_envelope(envelope)
+            new_state = apply_profile(state, envelope.event_id, change)
+        elif payload == "item_attempted":
             attempt, now = attempt_from_envelope(envelope)
             if not attempt.skill_ids:
                 # "Empty means take them from the catalog".
@@ -113,17 +149,38 @@ class MasteryService:
                 if item is None or not item.skill_ids:
                     return Handled(skipped="item_attempted without skill_ids, item not in catalog")
                 attempt = replace(attempt, skill_ids=item.skill_ids)
-            new_state, outputs = apply_attempt(state, attempt, params, now)
+            new_state, outputs = apply_attempt(
+                state, attempt, self._params(envelope.tenant_id), now
+            )
         elif payload == "teacher_override":
             override, now = override_from_envelope(envelope)
-            new_state, outputs = apply_override(state, override, params, now)
+            new_state, outputs = apply_override(
+                state, override, self._params(envelope.tenant_id), now
+            )
         else:
             now = event_time(envelope)
-            new_state, outputs = apply_tick(state, envelope.event_id, params, now)
+            new_state, outputs = apply_tick(
+                state, envelope.event_id, self._params(envelope.tenant_id), now
+            )
         duplicate = new_state is state
         if not duplicate:
-            self._store.put(key, new_state)
+            self._store.put(key, note_class(new_state, envelope.class_id))
         return Handled(tuple(output_envelope(envelope, o) for o in outputs), duplicate=duplicate)
+
+    def _erase(
+        self, key: bytes, envelope: envelope_pb2.Envelope, stored: LearnerState | None
+    ) -> Handled:
+        """Delete the learner's state and announce `LearnerErased` (same id every time).
+
+        A request already covered (no state, and an erasure at or after this one's time) writes
+        nothing and re-sends the announcement, as any duplicate re-sends its outputs."""
+        now = event_time(envelope)
+        erased_at = self._store.erased_at(key)
+        announced = (erased_envelope(envelope),)
+        if stored is None and erasure_covers(erased_at, now):
+            return Handled(announced, duplicate=True)
+        self._store.erase(key, now if erased_at is None else max(now, erased_at))
+        return Handled(announced)
 
     def mastery_of(
         self, tenant_id: str, learner_id: str, skill_ids: Iterable[str] = ()
@@ -139,6 +196,35 @@ class MasteryService:
             return dict(state.skills)
         params = self._params(tenant_id)
         return {s: state.skill(s, params(s)) for s in wanted}
+
+    def profile_of(self, tenant_id: str, learner_id: str) -> tuple[Profile, tuple[str, ...]]:
+        """A learner's profile and classes (pseudonymous `learner_id`); empty when unknown."""
+        key = learner_key(tenant_id, learner_id)
+        if not self._store.owns(key):
+            raise NotOwned(tenant_id)
+        state = self._store.get(key) or EMPTY
+        return state.profile, state.class_ids
+
+    def class_mastery(
+        self, tenant_id: str, class_id: str, skill_ids: Iterable[str] = ()
+    ) -> dict[str, dict[str, SkillState]]:
+        """Per learner (pseudonymous id) whose events named `class_id`: their skills, as
+        `mastery_of` gives them. Needs every partition here (a single worker); NotOwned else."""
+        if not self._store.owns_all():
+            raise NotOwned(tenant_id)
+        wanted = list(dict.fromkeys(skill_ids))
+        params = self._params(tenant_id)
+        prefix = learner_key(tenant_id, "")
+        found: dict[str, dict[str, SkillState]] = {}
+        for key, state in self._store.learners(tenant_id):
+            if class_id not in state.class_ids:
+                continue
+            learner_id = key[len(prefix) :].decode()
+            if wanted:
+                found[learner_id] = {s: state.skill(s, params(s)) for s in wanted}
+            else:
+                found[learner_id] = dict(state.skills)
+        return dict(sorted(found.items()))
 
     def predict_items(
         self, tenant_id: str, learner_id: str, item_ids: Sequence[str], now: datetime

@@ -1,9 +1,13 @@
 """The mastery read API (`trellis.mastery.v1.MasteryService`): authorizes, pseudonymizes, reads.
 
-`GetLearnerMastery` and `PredictItems` for now, from this worker's table: right with a single
-worker. With several, a learner whose partition another worker owns gets UNAVAILABLE rather than
-a wrong "no state" answer; routing to the owner is a later issue. Methods not overridden here
-answer UNIMPLEMENTED until they are built.
+`GetLearnerMastery`, `GetLearnerProfile`, `PredictItems` and `GetClassMastery` for now, from this
+worker's table: right with a single worker. With several, a learner whose partition another
+worker owns gets UNAVAILABLE rather than a wrong "no state" answer, and so does a class read on a
+worker that does not hold every partition; routing to the owner is a later issue. Methods not
+overridden here answer UNIMPLEMENTED until they are built.
+
+`GetClassMastery` names learners by their pseudonymous id (the service cannot turn a pseudonym
+back into a SIS id; callers join with the roster, which uses the same ids).
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from typing import Any, NoReturn
 
 import grpc
 
-from trellis.common.grpc.auth import authorize_learner, authorize_tenant, current_principal
+from trellis.common.grpc.auth import (
+    authorize_class,
+    authorize_learner,
+    authorize_tenant,
+    current_principal,
+)
 from trellis.common.grpc.errors import InvalidArgument, NotFound, Unavailable
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2, mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer, UnknownTenantKey
-from trellis.mastery.domain import SkillState
+from trellis.mastery.domain import Profile, SkillState
 from trellis.mastery.events import LEVELS
 from trellis.mastery.service import MasteryService, NotOwned
 
@@ -61,11 +70,46 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         except UnknownTenantKey as exc:
             raise NotFound("no learners are known for this tenant") from exc
 
-    async def GetLearnerProfile(self, request: Any, context: Context) -> Any:
-        await _not_yet(context)
+    async def GetLearnerProfile(
+        self, request: mastery_pb2.GetLearnerProfileRequest, context: Context
+    ) -> mastery_pb2.LearnerProfile:
+        pseudonym = self._learner(request.tenant_id, request.learner_id)
+        try:
+            profile, class_ids = self._service.profile_of(request.tenant_id, pseudonym)
+        except NotOwned as exc:
+            raise Unavailable("this learner's state is held by another mastery worker") from exc
+        return _profile(request.tenant_id, request.learner_id, profile, class_ids)
 
-    async def GetClassMastery(self, request: Any, context: Context) -> Any:
-        await _not_yet(context)
+    async def GetClassMastery(
+        self, request: mastery_pb2.GetClassMasteryRequest, context: Context
+    ) -> mastery_pb2.ClassMastery:
+        principal = current_principal()
+        authorize_tenant(principal, request.tenant_id)
+        if not request.class_id:
+            raise InvalidArgument([("class_id", "must not be empty")])
+        authorize_class(principal, request.class_id)
+        try:
+            learners = self._service.class_mastery(
+                request.tenant_id, request.class_id, request.skill_ids
+            )
+        except NotOwned as exc:
+            raise Unavailable("class reads need every partition on one mastery worker") from exc
+        return mastery_pb2.ClassMastery(
+            class_id=request.class_id,
+            learners=[
+                mastery_pb2.LearnerMastery(
+                    tenant_id=request.tenant_id,
+                    learner_id=learner_id,
+                    skills=[
+                        _skill(skill_id, state)
+                        for skill_id, state in (
+                            skills.items() if request.skill_ids else sorted(skills.items())
+                        )
+                    ],
+                )
+                for learner_id, skills in learners.items()
+            ],
+        )
 
     async def PredictItems(
         self, request: mastery_pb2.PredictItemsRequest, context: Context
@@ -97,6 +141,38 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
 async def _not_yet(context: Context) -> NoReturn:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
     raise AssertionError("abort raises")
+
+
+def _profile(
+    tenant_id: str, learner_id: str, profile: Profile, class_ids: tuple[str, ...]
+) -> mastery_pb2.LearnerProfile:
+    return mastery_pb2.LearnerProfile(
+        tenant_id=tenant_id,
+        learner_id=learner_id,
+        goals=[
+            mastery_pb2.Goal(
+                goal_id=g.goal_id,
+                skill_id=g.skill_id,
+                description=g.description,
+                target_date=g.target_date,
+            )
+            for g in profile.goals
+        ],
+        interests=list(profile.interests),
+        modality=profile.modality,
+        pace=profile.pace,
+        accommodations=list(profile.accommodations),
+        pins=[
+            mastery_pb2.Pin(
+                activity_id=p.activity_id,
+                activity_kind=p.activity_kind,
+                skill_id=p.skill_id,
+                note=p.note,
+            )
+            for p in profile.pins
+        ],
+        class_ids=list(class_ids),
+    )
 
 
 def _skill(skill_id: str, state: SkillState) -> mastery_pb2.SkillMastery:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
+
+from trellis.common.codec import learner_key
 from trellis.mastery.domain import LearnerState
 
 
 class InMemoryLearnerStore:
     def __init__(self) -> None:
         self.states: dict[bytes, LearnerState] = {}
+        self.erased: dict[bytes, datetime] = {}
         self.writes = 0
 
     def get(self, key: bytes) -> LearnerState | None:
@@ -19,3 +24,20 @@ class InMemoryLearnerStore:
 
     def owns(self, key: bytes) -> bool:
         return True
+
+    def owns_all(self) -> bool:
+        return True
+
+    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
+        prefix = learner_key(tenant_id, "")
+        for key, state in list(self.states.items()):
+            if key.startswith(prefix):
+                yield key, state
+
+    def erase(self, key: bytes, erased_at: datetime) -> None:
+        self.states.pop(key, None)
+        self.erased[key] = erased_at
+        self.writes += 1
+
+    def erased_at(self, key: bytes) -> datetime | None:
+        return self.erased.get(key)

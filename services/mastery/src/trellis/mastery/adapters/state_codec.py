@@ -3,7 +3,8 @@
 Floats are written with `repr`, which round-trips exactly, so a state read back from a
 changelog after a crash continues bit for bit like the live run. The `v` field versions the
 format; a reader refuses versions it does not know rather than guessing. Version 2 added the
-struggling, review and override fields; version 1 states read as having none of them.
+struggling, review and override fields; version 1 states read as having none of them. Version 3
+added the learner profile and classes (`profile`, `classes`); earlier states read with none.
 """
 
 from __future__ import annotations
@@ -13,21 +14,26 @@ from datetime import datetime
 from typing import Any
 
 from trellis.mastery.domain import (
+    EMPTY_PROFILE,
     AppliedEvent,
+    Goal,
     LearnerState,
     Level,
     MasteryChange,
     MasteryOverridden,
     Output,
     Override,
+    Pin,
+    Profile,
+    Reflection,
     ReviewDue,
     SkillMastered,
     SkillState,
     StrugglingDetected,
 )
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class StateFormatError(ValueError):
@@ -41,6 +47,10 @@ def encode_state(state: LearnerState) -> bytes:
         "seen": list(state.seen_event_ids),
         "recent": [[a.event_id, [_encode_output(o) for o in a.outputs]] for a in state.recent],
     }
+    if state.profile != EMPTY_PROFILE:
+        document["profile"] = _encode_profile(state.profile)
+    if state.class_ids:
+        document["classes"] = list(state.class_ids)
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -54,11 +64,53 @@ def decode_state(data: bytes) -> LearnerState:
             AppliedEvent(event_id, tuple(_decode_output(event_id, o) for o in outputs))
             for event_id, outputs in document["recent"]
         )
-        return LearnerState(skills=skills, seen_event_ids=tuple(document["seen"]), recent=recent)
+        profile = document.get("profile")
+        return LearnerState(
+            skills=skills,
+            seen_event_ids=tuple(document["seen"]),
+            recent=recent,
+            profile=EMPTY_PROFILE if profile is None else _decode_profile(profile),
+            class_ids=tuple(document.get("classes", ())),
+        )
     except StateFormatError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise StateFormatError(f"undecodable learner state: {exc}") from exc
+
+
+def _encode_profile(p: Profile) -> dict[str, Any]:
+    return {
+        "goals": [[g.goal_id, g.skill_id, g.description, g.target_date] for g in p.goals],
+        "reflections": [
+            [r.reflection_id, r.text, r.skill_id, r.confidence, _time(r.at)] for r in p.reflections
+        ],
+        "interests": list(p.interests),
+        "modality": p.modality,
+        "pace": p.pace,
+        "accommodations": list(p.accommodations),
+        "pins": [[x.activity_id, x.activity_kind, x.skill_id, x.note] for x in p.pins],
+    }
+
+
+def _decode_profile(d: dict[str, Any]) -> Profile:
+    return Profile(
+        goals=tuple(Goal(*(str(v) for v in g)) for g in d["goals"]),
+        reflections=tuple(
+            Reflection(
+                str(rid),
+                str(text),
+                str(skill),
+                None if confidence is None else float(confidence),
+                None if at is None else datetime.fromisoformat(at),
+            )
+            for rid, text, skill, confidence, at in d["reflections"]
+        ),
+        interests=tuple(str(t) for t in d["interests"]),
+        modality=str(d["modality"]),
+        pace=str(d["pace"]),
+        accommodations=tuple(str(a) for a in d["accommodations"]),
+        pins=tuple(Pin(*(str(v) for v in x)) for x in d["pins"]),
+    )
 
 
 def _time(when: datetime | None) -> str | None:

@@ -56,6 +56,7 @@ def create_stream(
         tables.learners,
         source_topic=settings.kafka.topics.name("activity"),
         partitions=settings.kafka.topics.partitions,
+        erased=tables.erased,
     )
     service = MasteryService(store_adapter, catalog=catalog)
     agent = register_agents(app, topics, service)

@@ -1,4 +1,8 @@
-"""The mastery table: one `LearnerState` per `tenant/learner` key, in RocksDB with a changelog.
+"""The mastery tables: one `LearnerState` per `tenant/learner` key, in RocksDB with a changelog;
+and the erased markers (key -> time of the learner's erasure, ISO 8601), likewise.
+
+Erasure deletes the learner's entry (Faust writes a tombstone to the changelog, which compaction
+then clears of the learner's values) and writes a marker, which holds no learning data.
 
 The table is co-partitioned with the activity topic: Faust writes each change to the changelog
 partition of the event being processed, so a learner's state sits with their events and moves
@@ -8,23 +12,28 @@ changelog sees it (mutating a stored value in place would not reach the changelo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import faust
 from faust.types import TP, TableT
 from kafka.partitioner.default import murmur2
 
+from trellis.common.codec import learner_key
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.state_codec import decode_state, encode_state
 from trellis.mastery.domain import LearnerState
 
 LEARNERS = "learners"
-TABLE_NAMES = [LEARNERS]
+ERASED = "erased"
+TABLE_NAMES = [LEARNERS, ERASED]
 
 
 @dataclass(frozen=True)
 class Tables:
     learners: TableT[bytes, bytes]
+    erased: TableT[bytes, bytes]
 
 
 def define_tables(app: faust.App, settings: Settings) -> Tables:
@@ -37,7 +46,15 @@ def define_tables(app: faust.App, settings: Settings) -> Tables:
         partitions=settings.kafka.topics.partitions,
         help="Mastery state per learner, keyed tenant/learner.",
     )
-    return Tables(learners=learners)
+    erased: TableT[bytes, bytes] = app.Table(
+        ERASED,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.kafka.topics.partitions,
+        help="Erased learners: tenant/learner -> time of the erasure request (ISO 8601).",
+    )
+    return Tables(learners=learners, erased=erased)
 
 
 class TableLearnerStore:
@@ -45,10 +62,16 @@ class TableLearnerStore:
     current event to pick the changelog partition); reads from anywhere in the worker."""
 
     def __init__(
-        self, app: faust.App, table: TableT[bytes, bytes], source_topic: str, partitions: int
+        self,
+        app: faust.App,
+        table: TableT[bytes, bytes],
+        source_topic: str,
+        partitions: int,
+        erased: TableT[bytes, bytes] | None = None,
     ) -> None:
         self._app = app
         self._table = table
+        self._erased = erased
         self._source_topic = source_topic
         self._partitions = partitions
 
@@ -58,6 +81,31 @@ class TableLearnerStore:
 
     def put(self, key: bytes, state: LearnerState) -> None:
         self._table[key] = encode_state(state)
+
+    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
+        """The tenant's states in this worker's active partitions (a scan of the local store)."""
+        prefix = learner_key(tenant_id, "")
+        for key, stored in list(self._table.items()):
+            if stored is not None and key.startswith(prefix):
+                yield key, decode_state(stored)
+
+    def erase(self, key: bytes, erased_at: datetime) -> None:
+        if self._erased is None:
+            raise RuntimeError("this store has no erased-marker table")
+        if self._table.get(key) is not None:
+            del self._table[key]
+        self._erased[key] = erased_at.isoformat().encode()
+
+    def erased_at(self, key: bytes) -> datetime | None:
+        stored = None if self._erased is None else self._erased.get(key)
+        return None if stored is None else datetime.fromisoformat(stored.decode())
+
+    def owns_all(self) -> bool:
+        """Every partition of the activity topic is active here and no rebalance is under way."""
+        if self._app.rebalancing or self._app.in_recovery:
+            return False
+        actives: set[TP] = self._app.assignor.assigned_actives()
+        return all(TP(self._source_topic, p) in actives for p in range(self._partitions))
 
     def owns(self, key: bytes) -> bool:
         """False also while a rebalance or table recovery is under way: the state may be stale."""
