@@ -18,7 +18,7 @@ from trellis.common.kafka import create_consumer
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.settings import Principal, Settings
-from trellis.ingest.adapters.follower import CatalogFollower
+from trellis.ingest.adapters.follower import catalog_follower
 from trellis.ingest.app import create_ingest
 from trellis.ingest.catalog import CatalogView
 
@@ -186,7 +186,7 @@ async def test_catalog_cycle_refuses_the_batch_and_the_replica_follows(
 
     # A fresh replica built from the compacted topic knows the stored skills too.
     replica = CatalogView()
-    follower = CatalogFollower(settings.kafka, replica)
+    follower = catalog_follower(settings.kafka, replica)
     follower.start()
     try:
         assert follower.caught_up.wait(timeout=30)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
+from trellis.common.follower import CompactedTopicFollower
 from trellis.common.grpc.server import GrpcServer, ServiceBinding, create_server
 from trellis.common.kafka import create_producer
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal, Settings
 from trellis.ingest.adapters.dedup_restore import restore_window
-from trellis.ingest.adapters.follower import CatalogFollower, RosterFollower, TopicFollower
+from trellis.ingest.adapters.follower import catalog_follower, roster_follower
 from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.adapters.kafka_publisher import KafkaPublisher
 from trellis.ingest.catalog import CatalogView
@@ -33,7 +33,7 @@ class IngestApp:
     servicer: IngestServicer
     service: IngestService
     publisher: KafkaPublisher
-    followers: list[TopicFollower[Any]]
+    followers: list[CompactedTopicFollower]
     dedup: DedupWindow
     catalog: CatalogView
     roster: RosterView
@@ -78,9 +78,9 @@ def create_ingest(
         create_producer(settings.kafka), settings.kafka, ingest.max_in_flight_batches
     )
     catalog, roster = CatalogView(), RosterView()
-    followers: list[TopicFollower[Any]] = [
-        CatalogFollower(settings.kafka, catalog),
-        RosterFollower(settings.kafka, roster),
+    followers: list[CompactedTopicFollower] = [
+        catalog_follower(settings.kafka, catalog),
+        roster_follower(settings.kafka, roster),
     ]
     for follower in followers:
         follower.start()

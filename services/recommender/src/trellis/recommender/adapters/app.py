@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from trellis.common.follower import CompactedTopicFollower
 from trellis.common.grpc.server import GrpcServer, ServiceBinding, create_server
 from trellis.common.logging import get_logger
 from trellis.common.pb.recommender.v1 import recommender_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import RecommenderSettings, Settings
 from trellis.recommender.adapters.followers import (
-    CompactedTopicFollower,
     catalog_applier,
     roster_applier,
 )
@@ -54,12 +54,8 @@ class Recommender:
         rec = settings.recommender
         self.replica = Replica()
         self.followers = [
-            CompactedTopicFollower(
-                settings.kafka, "catalog", catalog_applier(self.replica), "catalog-follower"
-            ),
-            CompactedTopicFollower(
-                settings.kafka, "roster", roster_applier(self.replica), "roster-follower"
-            ),
+            CompactedTopicFollower(settings.kafka, "catalog", catalog_applier(self.replica)),
+            CompactedTopicFollower(settings.kafka, "roster", roster_applier(self.replica)),
         ]
         token = rec.mastery_token.get_secret_value() if rec.mastery_token else None
         mastery = settings.services.mastery
