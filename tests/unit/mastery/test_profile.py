@@ -3,6 +3,7 @@ literal values; and their stored form."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from trellis.mastery.adapters.state_codec import decode_state, encode_state
@@ -120,7 +121,7 @@ def test_profile_and_classes_round_trip_in_storage() -> None:
     state = apply_profile(state, "e5", SetPreference("video", "faster"))
     state = apply_profile(state, "e6", SetAccommodations(("text_to_speech",)))
     state = apply_profile(state, "e7", AssignActivity(Pin("item-1", "item", "a", "note")))
-    state = note_class(state, "7a")
+    state = replace(note_class(state, "7a"), erased_before=T0)
     assert decode_state(encode_state(state)) == state
     assert state.profile == Profile(
         goals=(Goal("g1", "a", "Add", "2026-12-01"),),

@@ -283,6 +283,12 @@ def test_events_from_before_the_erasure_stay_erased_later_ones_start_afresh(
     [update] = service.record_activity(KEY, after).outputs
     assert update.mastery_updated.p_before == pytest.approx(0.3)
     assert update.mastery_updated.attempts == 1
+    assert store.states[KEY].erased_before == store.erased[KEY]
+    # With a new state begun, the old attempt and the old request still change nothing.
+    assert service.record_activity(KEY, attempt()).skipped == "learner erased"
+    again = service.record_activity(KEY, erasure("erase-1", 1_790_000_100))
+    assert again.duplicate and again.outputs[0].learner_erased.cause_event_id == "erase-1"
+    assert store.states[KEY].skills["a"].attempts == 1
     # A second request erases the new state too, and keeps the later time.
     service.record_activity(KEY, erasure("erase-2", 1_790_000_200))
     assert KEY not in store.states

@@ -368,7 +368,8 @@ class LearnerState:
     `seen_event_ids` holds the last `SEEN_EVENT_IDS_LIMIT` applied event ids (oldest first);
     `recent` the outputs of the last `RECENT_OUTPUTS_LIMIT` of them (events with outputs only);
     `class_ids` every class named by the learner's events (sorted), which `GetClassMastery`
-    reads.
+    reads; `erased_before` the time of the learner's latest erasure when this state began after
+    one (events up to that time stay erased, see `erasure_covers`).
     """
 
     skills: Mapping[str, SkillState] = field(default_factory=dict)
@@ -376,6 +377,7 @@ class LearnerState:
     recent: tuple[AppliedEvent, ...] = ()
     profile: Profile = EMPTY_PROFILE
     class_ids: tuple[str, ...] = ()
+    erased_before: datetime | None = None
 
     def skill(self, skill_id: str, params: BktParameters) -> SkillState:
         """State of a skill; a skill without attempts starts at the prior of its parameters."""

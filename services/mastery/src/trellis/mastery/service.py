@@ -131,12 +131,14 @@ class MasteryService:
             return Handled(skipped=f"payload {payload} is not handled")
         _check_identity(key, envelope)
         stored = self._store.get(key)
+        # A state begun after an erasure carries its time; without a state, ask the marker.
+        erased_at = self._store.erased_at(key) if stored is None else stored.erased_before
         if payload == ERASURE:
-            return self._erase(key, envelope, stored)
-        if stored is None and erasure_covers(self._store.erased_at(key), event_time(envelope)):
+            return self._erase(key, envelope, erased_at)
+        if erasure_covers(erased_at, event_time(envelope)):
             # An event from before the learner's erasure (late or re-sent): it stays erased.
             return Handled(skipped="learner erased")
-        state = stored or EMPTY
+        state = stored or (EMPTY if erased_at is None else replace(EMPTY, erased_before=erased_at))
         outputs: tuple[Output, ...] = ()
         if payload in PROFILE_PAYLOADS:
             change, _ = profile_change_from_envelope(envelope)
@@ -168,18 +170,18 @@ class MasteryService:
         return Handled(tuple(output_envelope(envelope, o) for o in outputs), duplicate=duplicate)
 
     def _erase(
-        self, key: bytes, envelope: envelope_pb2.Envelope, stored: LearnerState | None
+        self, key: bytes, envelope: envelope_pb2.Envelope, erased_at: datetime | None
     ) -> Handled:
         """Delete the learner's state and announce `LearnerErased` (same id every time).
 
-        A request already covered (no state, and an erasure at or after this one's time) writes
-        nothing and re-sends the announcement, as any duplicate re-sends its outputs."""
+        A request at or before the latest erasure is already honoured (what it covers is gone;
+        a state begun since holds only later events): it writes nothing and re-sends the
+        announcement, as any duplicate re-sends its outputs."""
         now = event_time(envelope)
-        erased_at = self._store.erased_at(key)
         announced = (erased_envelope(envelope),)
-        if stored is None and erasure_covers(erased_at, now):
+        if erasure_covers(erased_at, now):
             return Handled(announced, duplicate=True)
-        self._store.erase(key, now if erased_at is None else max(now, erased_at))
+        self._store.erase(key, now)
         return Handled(announced)
 
     def mastery_of(

@@ -4,7 +4,8 @@ Floats are written with `repr`, which round-trips exactly, so a state read back 
 changelog after a crash continues bit for bit like the live run. The `v` field versions the
 format; a reader refuses versions it does not know rather than guessing. Version 2 added the
 struggling, review and override fields; version 1 states read as having none of them. Version 3
-added the learner profile and classes (`profile`, `classes`); earlier states read with none.
+added the learner profile, classes and the time of an earlier erasure (`profile`, `classes`,
+`erased_before`, each only when set); earlier states read with none.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def encode_state(state: LearnerState) -> bytes:
         document["profile"] = _encode_profile(state.profile)
     if state.class_ids:
         document["classes"] = list(state.class_ids)
+    if state.erased_before is not None:
+        document["erased_before"] = state.erased_before.isoformat()
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -65,12 +68,14 @@ def decode_state(data: bytes) -> LearnerState:
             for event_id, outputs in document["recent"]
         )
         profile = document.get("profile")
+        erased = document.get("erased_before")
         return LearnerState(
             skills=skills,
             seen_event_ids=tuple(document["seen"]),
             recent=recent,
             profile=EMPTY_PROFILE if profile is None else _decode_profile(profile),
             class_ids=tuple(document.get("classes", ())),
+            erased_before=None if erased is None else datetime.fromisoformat(erased),
         )
     except StateFormatError:
         raise
