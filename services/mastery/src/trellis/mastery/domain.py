@@ -458,7 +458,7 @@ def apply_attempt(
 
     for skill_id, skill in state.skills.items():
         if skill_id not in practiced:
-            due = _review_due(skill_id, skill, params_for_skill(skill_id), now, attempt.event_id)
+            due = _review_due(skill_id, skill, params_for_skill, now, attempt.event_id)
             if due is not None:
                 skills[skill_id], review = due
                 outputs.append(review)
@@ -474,7 +474,7 @@ def apply_tick(
     skills = dict(state.skills)
     outputs: list[Output] = []
     for skill_id, skill in state.skills.items():
-        due = _review_due(skill_id, skill, params_for_skill(skill_id), now, event_id)
+        due = _review_due(skill_id, skill, params_for_skill, now, event_id)
         if due is not None:
             skills[skill_id], review = due
             outputs.append(review)
@@ -592,11 +592,11 @@ def _attempt_on_skill(
 
 
 def _review_due(
-    skill_id: str, skill: SkillState, params: BktParameters, now: datetime, cause: str
+    skill_id: str, skill: SkillState, params_for_skill: ParamsForSkill, now: datetime, cause: str
 ) -> tuple[SkillState, ReviewDue] | None:
     if not skill.mastered or skill.review_due or skill.override is not None:
-        return None
-    p_recall = recall(skill, params, now)
+        return None  # (checked first: most skills stop here, without a parameter lookup)
+    p_recall = recall(skill, params_for_skill(skill_id), now)
     if p_recall >= REVIEW_THRESHOLD:
         return None
     return replace(skill, review_due=True), ReviewDue(skill_id, p_recall, cause)

@@ -25,6 +25,9 @@ from trellis.common.settings import Settings
 from trellis.mastery.adapters.state_codec import decode_state, encode_state
 from trellis.mastery.domain import LearnerState
 
+#: Decoded states kept per worker, keyed like the table, with the bytes they were decoded from.
+DECODED_CACHE_SIZE = 10_000
+
 LEARNERS = "learners"
 ERASED = "erased"
 TABLE_NAMES = [LEARNERS, ERASED]
@@ -72,15 +75,32 @@ class TableLearnerStore:
         self._app = app
         self._table = table
         self._erased = erased
+        self._decoded: dict[bytes, tuple[bytes, LearnerState]] = {}
         self._source_topic = source_topic
         self._partitions = partitions
 
     def get(self, key: bytes) -> LearnerState | None:
         stored = self._table.get(key)
-        return None if stored is None else decode_state(stored)
+        if stored is None:
+            return None
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] == stored:
+            return cached[1]  # the bytes the table holds are those of the cached state
+        state = decode_state(stored)
+        self._remember(key, stored, state)
+        return state
 
     def put(self, key: bytes, state: LearnerState) -> None:
-        self._table[key] = encode_state(state)
+        encoded = encode_state(state)
+        self._table[key] = encoded
+        self._remember(key, encoded, state)
+
+    def _remember(self, key: bytes, encoded: bytes, state: LearnerState) -> None:
+        # Decoding is most of the cost of a read; the table stays the truth (checked by bytes).
+        self._decoded.pop(key, None)
+        self._decoded[key] = (encoded, state)
+        if len(self._decoded) > DECODED_CACHE_SIZE:
+            del self._decoded[next(iter(self._decoded))]  # the least recently stored
 
     def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
         """The tenant's states in this worker's active partitions (a scan of the local store)."""
@@ -92,6 +112,7 @@ class TableLearnerStore:
     def erase(self, key: bytes, erased_at: datetime) -> None:
         if self._erased is None:
             raise RuntimeError("this store has no erased-marker table")
+        self._decoded.pop(key, None)
         if self._table.get(key) is not None:
             del self._table[key]
         self._erased[key] = erased_at.isoformat().encode()

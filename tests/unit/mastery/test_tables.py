@@ -1,0 +1,41 @@
+"""The table store's cache of decoded states: the table's bytes stay the truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from trellis.mastery.adapters.state_codec import encode_state
+from trellis.mastery.domain import DEFAULT, EMPTY, Attempt, apply_attempt
+from trellis.mastery.stream import tables
+from trellis.mastery.stream.tables import TableLearnerStore
+
+T0 = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
+
+
+def store(table: dict[bytes, bytes]) -> TableLearnerStore:
+    return TableLearnerStore(cast(Any, None), cast(Any, table), "activity", 2, cast(Any, {}))
+
+
+def test_a_stored_state_is_read_back_without_decoding_and_changes_underneath_are_seen() -> None:
+    table: dict[bytes, bytes] = {}
+    learners = store(table)
+    one, _ = apply_attempt(EMPTY, Attempt("e1", ("a",), 1.0), lambda _: DEFAULT, T0)
+    learners.put(b"t/l", one)
+    assert learners.get(b"t/l") is one  # from the cache: the bytes match
+    two, _ = apply_attempt(one, Attempt("e2", ("a",), 0.0), lambda _: DEFAULT, T0)
+    table[b"t/l"] = encode_state(two)  # e.g. recovered from the changelog after a rebalance
+    assert learners.get(b"t/l") == two
+    learners.erase(b"t/l", T0)
+    assert learners.get(b"t/l") is None
+    assert learners.erased_at(b"t/l") == T0
+
+
+def test_the_cache_is_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(tables, "DECODED_CACHE_SIZE", 3)
+    table: dict[bytes, bytes] = {}
+    learners = store(table)
+    for n in range(5):
+        learners.put(f"t/{n}".encode(), EMPTY)
+    assert list(learners._decoded) == [b"t/2", b"t/3", b"t/4"]
+    assert learners.get(b"t/0") == EMPTY  # decoded again from the table
