@@ -1,4 +1,4 @@
-"""Reporting sink throughput: rows/s from Kafka into embedded chDB through `ReportingSink`.
+"""Reporting sink throughput: Kafka into embedded chDB through `ReportingSink`, three figures.
 
 Subject: simulated attempts (activity topic) and one `MasteryUpdated` per attempt (mastery topic)
 are produced to the benchmark's own topics first; then a `ReportingSink` (product settings:
@@ -8,11 +8,19 @@ The clock runs from the first record consumed (the consumer group's join is repo
 every row is in the store: each attempt makes three rows (activity, mastery_history,
 mastery_latest).
 
-Baseline, same run, same chDB engine: the same rows, already built in memory, inserted with a bare
-clickhouse-connect `client.insert` (column-oriented, `async_insert=0`, no tokens) into tables of
-the same schema in another database, in blocks of the same size.
-
-Target (DESIGN.md §6): sink >= 100,000 rows/s into chDB.
+Results (issue 8, acceptance (1)):
+- `reporting.sink_events_per_second`: records/s end to end (consume, decode, rows, insert with
+  tokens, commit), next to a bare loop in the same run that consumes the same records with the
+  same client (kafka-python, its own group, same `max_poll_records`) and decodes each envelope,
+  nothing more. Target: ratio >= 0.5.
+- `reporting.insert_stage_rows_per_second`: the sink's insert stage alone (`ReportingSink._insert`:
+  positions, erasure filter, `_new_rows`, deduplication tokens, `store.insert`) over the same
+  rows, already built, in the sink's batches (`batch_max_rows` records each), into a freshly
+  migrated database (materialized views included), next to a bare clickhouse-connect
+  `client.insert` (column-oriented, `async_insert=0`, no tokens) of the same blocks into another
+  freshly migrated database of the same chDB engine. Target: ratio >= 0.5 and >= 100,000 rows/s.
+- `reporting.sink_rows_per_second`: rows/s end to end (kept for comparison with earlier runs),
+  against the bare insert. Target (DESIGN.md §6): >= 100,000 rows/s into chDB.
 Sizes: quick 20,000 attempts (60,000 rows); full 200,000 attempts (600,000 rows).
 """
 
@@ -22,19 +30,21 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bench.framework import BenchContext, BenchResult
-from trellis.common.codec import encode_envelope
-from trellis.common.kafka import create_producer, ensure_topics
+from trellis.common.codec import decode_envelope, encode_envelope
+from trellis.common.kafka import create_consumer, create_producer, ensure_topics
 from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.rows import Position, Row, rows_for
-from trellis.reporting.sink import ReportingSink
+from trellis.reporting.sink import ReportingSink, _Batch
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.simulator.load import make_events
 
 TENANT = "bench-district"
 TARGET_ROWS_PER_S = 100_000
+TARGET_RATIO = 0.5
 TIMEOUT_S = 300.0
 
 
@@ -137,33 +147,106 @@ def _measure_sink(settings: Settings, store: ChdbStore, expected_rows: int) -> d
         "join_s": first - started,
         "seconds": done - first,
         "rows": float(sum(sink.stats.inserted.values())),
+        "records": float(sink.stats.consumed),
         "flushes": float(sink.stats.flushes),
     }
 
 
-def _measure_baseline(store: ChdbStore, rows: dict[str, list[Row]], block: int) -> float:
-    client = store.client
-    database = f"{store.database}_baseline"
-    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    for table in rows:
-        client.command(f"CREATE TABLE {database}.{table} AS {store.database}.{table}")
-    blocks = []
-    for table, table_rows in rows.items():
-        for start in range(0, len(table_rows), block):
-            chunk = table_rows[start : start + block]
-            columns = list(chunk[0])
-            blocks.append((table, columns, [[r[c] for r in chunk] for c in columns]))
-    started = time.perf_counter()
-    for table, columns, data in blocks:
-        client.insert(
-            table,
-            data,
-            column_names=columns,
-            column_oriented=True,
-            database=database,
-            settings={"async_insert": 0},
-        )
-    return time.perf_counter() - started
+def _measure_bare_consume(settings: Settings, expected_records: int) -> dict[str, float]:
+    """The same records through kafka-python, decoded, in a group of its own: records/s."""
+    consumer = create_consumer(
+        settings.kafka,
+        f"{settings.reporting.consumer_group}-bare",
+        max_poll_records=max(1, settings.reporting.batch_max_rows),
+    )
+    try:
+        consumer.subscribe([settings.kafka.topics.name(s) for s in ("activity", "mastery")])
+        started = time.perf_counter()
+        deadline = started + TIMEOUT_S
+        first: float | None = None
+        count = 0
+        while count < expected_records:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the bare loop consumed {count} of {expected_records}")
+            polled = consumer.poll(timeout_ms=500, max_records=settings.reporting.batch_max_rows)
+            for records in polled.values():
+                if first is None:
+                    first = time.perf_counter()
+                for record in records:
+                    decode_envelope(record.value, record.headers)
+                    count += 1
+        done = time.perf_counter()
+    finally:
+        consumer.close(autocommit=False)
+    assert first is not None
+    return {"join_s": first - started, "seconds": done - first, "records": float(count)}
+
+
+def _batches(
+    prefix: str, pairs: list[tuple[str, envelope_pb2.Envelope]], batch_records: int
+) -> list[dict[str, list[Row]]]:
+    """The rows the sink makes, in batches of `batch_records` records (offsets per topic)."""
+    offsets: dict[str, int] = defaultdict(int)
+    batches: list[dict[str, list[Row]]] = []
+    for start in range(0, len(pairs), batch_records):
+        rows: dict[str, list[Row]] = defaultdict(list)
+        for stream, envelope in pairs[start : start + batch_records]:
+            topic = f"{prefix}.{stream}"
+            position = Position(topic, 0, offsets[topic])
+            offsets[topic] += 1
+            for table, row in rows_for(stream, envelope, position):
+                rows[table].append(row)
+        batches.append(rows)
+    return batches
+
+
+def _fresh_store(path: Path, database: str) -> ChdbStore:
+    store = ChdbStore(path, database=database)
+    store.migrate()
+    return store
+
+
+def _measure_insert_stage(
+    settings: Settings, path: Path, batches: list[dict[str, list[Row]]]
+) -> float:
+    """The sink's own insert stage over prepared batches, into a fresh database."""
+    store = _fresh_store(path, "bench_stage")
+    try:
+        sink = ReportingSink(settings, store)
+        started = time.perf_counter()
+        for rows in batches:
+            batch = _Batch()
+            for table, table_rows in rows.items():
+                batch.rows[table] = list(table_rows)
+            sink._insert(batch)
+        return time.perf_counter() - started
+    finally:
+        store.close()
+
+
+def _measure_baseline(path: Path, batches: list[dict[str, list[Row]]]) -> float:
+    """Bare clickhouse-connect inserts of the same blocks into a fresh database, same engine."""
+    store = _fresh_store(path, "bench_baseline")
+    try:
+        client = store.client
+        blocks = []
+        for rows in batches:
+            for table, table_rows in rows.items():
+                columns = list(table_rows[0])
+                blocks.append((table, columns, [[r[c] for r in table_rows] for c in columns]))
+        started = time.perf_counter()
+        for table, columns, data in blocks:
+            client.insert(
+                table,
+                data,
+                column_names=columns,
+                column_oriented=True,
+                database=store.database,
+                settings={"async_insert": 0},
+            )
+        return time.perf_counter() - started
+    finally:
+        store.close()
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:
@@ -173,44 +256,94 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     ensure_topics(settings.kafka)
     pairs = _events(attempts)
     produce_s = _produce(settings, pairs)
+    block = settings.reporting.batch_max_rows
+    batches = _batches(prefix, pairs, block)
+    rows_per_table: dict[str, int] = defaultdict(int)
+    for rows in batches:
+        for table, table_rows in rows.items():
+            rows_per_table[table] += len(table_rows)
+    expected = sum(rows_per_table.values())
+    path = ctx.work_dir / "chdb"
 
-    # The rows the sink will make, built the same way (positions do not change the row sizes).
-    rows: dict[str, list[Row]] = defaultdict(list)
-    for offset, (stream, envelope) in enumerate(pairs):
-        for table, row in rows_for(stream, envelope, Position(f"{prefix}.{stream}", 0, offset)):
-            rows[table].append(row)
-    expected = sum(len(r) for r in rows.values())
-
-    store = ChdbStore(ctx.work_dir / "chdb", database="bench")
+    store = _fresh_store(path, "bench")
     try:
-        store.migrate()
         sink = _measure_sink(settings, store, expected)
-        baseline_s = _measure_baseline(store, rows, settings.reporting.batch_max_rows)
     finally:
         store.close()
+    bare = _measure_bare_consume(settings, len(pairs))
+    stage_s = _measure_insert_stage(settings, path, batches)
+    baseline_s = _measure_baseline(path, batches)
 
-    value = sink["rows"] / sink["seconds"]
+    common = {
+        "size": "quick" if ctx.quick else "full",
+        "attempts": attempts,
+        "records": len(pairs),
+        "rows": expected,
+        "rows_per_table": dict(rows_per_table),
+        "batch_max_rows": block,
+        "produce_seconds": round(produce_s, 3),
+    }
+    events = sink["records"] / sink["seconds"]
+    bare_events = bare["records"] / bare["seconds"]
+    stage = expected / stage_s
     baseline = expected / baseline_s
+    rows_value = sink["rows"] / sink["seconds"]
+    sink_figures = {
+        "sink_seconds": round(sink["seconds"], 3),
+        "sink_group_join_seconds": round(sink["join_s"], 3),
+        "sink_flushes": int(sink["flushes"]),
+    }
     return [
+        BenchResult(
+            name="reporting.sink_events_per_second",
+            unit="events/s",
+            value=round(events, 1),
+            baseline=round(bare_events, 1),
+            target=f"ratio >= {TARGET_RATIO}",
+            passed=events >= TARGET_RATIO * bare_events,
+            figures={
+                **common,
+                **sink_figures,
+                "bare_seconds": round(bare["seconds"], 3),
+                "bare_group_join_seconds": round(bare["join_s"], 3),
+                "baseline": "bare kafka-python consumer + decode_envelope, same records, same run",
+            },
+        ),
+        BenchResult(
+            name="reporting.insert_stage_rows_per_second",
+            unit="rows/s",
+            value=round(stage, 1),
+            baseline=round(baseline, 1),
+            target=f"ratio >= {TARGET_RATIO} and >= {TARGET_ROWS_PER_S:,} rows/s",
+            passed=stage >= TARGET_RATIO * baseline and stage >= TARGET_ROWS_PER_S,
+            figures={
+                **common,
+                "stage_seconds": round(stage_s, 3),
+                "baseline_seconds": round(baseline_s, 3),
+                "baseline": "bare clickhouse-connect insert, same blocks, fresh migrated database, "
+                "same chDB",
+            },
+        ),
         BenchResult(
             name="reporting.sink_rows_per_second",
             unit="rows/s",
-            value=round(value, 1),
+            value=round(rows_value, 1),
             baseline=round(baseline, 1),
             target=f">= {TARGET_ROWS_PER_S:,} rows/s into chDB",
-            passed=value >= TARGET_ROWS_PER_S,
-            figures={
-                "size": "quick" if ctx.quick else "full",
-                "attempts": attempts,
-                "rows": int(sink["rows"]),
-                "rows_per_table": {t: len(r) for t, r in rows.items()},
-                "sink_seconds": round(sink["seconds"], 3),
-                "sink_group_join_seconds": round(sink["join_s"], 3),
-                "sink_flushes": int(sink["flushes"]),
-                "batch_max_rows": settings.reporting.batch_max_rows,
-                "baseline_seconds": round(baseline_s, 3),
-                "baseline": "bare clickhouse-connect insert, same rows, same block size, same chDB",
-                "produce_seconds": round(produce_s, 3),
-            },
-        )
+            passed=rows_value >= TARGET_ROWS_PER_S,
+            figures={**common, **sink_figures, "baseline_seconds": round(baseline_s, 3)},
+        ),
     ]
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        context = BenchContext(
+            quick="--full" not in sys.argv, bootstrap_servers="127.0.0.1:9092", work_dir=Path(work)
+        )
+        for result in run(context):
+            print(json.dumps(result.to_json(), indent=2))
