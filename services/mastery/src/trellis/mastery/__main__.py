@@ -22,9 +22,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from trellis.common.follower import CompactedTopicFollower, decoded
 from trellis.common.grpc.server import GrpcServer, ServiceBinding, create_server
 from trellis.common.logging import configure_logging, get_logger
 from trellis.common.metrics import start_metrics_server
+from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
@@ -32,7 +34,6 @@ from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
 from trellis.mastery.catalog import CatalogView
 from trellis.mastery.fitting import Progress
 from trellis.mastery.stream.app import create_stream, ensure_stream_topics
-from trellis.mastery.stream.catalog_follower import CatalogFollower
 from trellis.mastery.stream.worker import MasteryWorker
 
 #: How long the worker waits for the catalog replica before consuming activity.
@@ -49,7 +50,11 @@ def worker(settings: Settings) -> None:
     if created:
         log.info("changelog topics created", topics=created)
     catalog = CatalogView()
-    follower = CatalogFollower(settings.kafka, catalog)
+    # Every worker holds the whole catalog (what a Faust GlobalTable would do: its recovery stalled
+    # on this broker); the worker waits for it before consuming activity.
+    follower = CompactedTopicFollower(
+        settings.kafka, "catalog", decoded(catalog_pb2.CatalogRecord, catalog.apply)
+    )
     follower.start()
     if not follower.caught_up.wait(CATALOG_WAIT_S):
         log.warning(

@@ -39,7 +39,7 @@ def create_stream(
     """The mastery worker's Faust app, consumer group `settings.mastery.consumer_group`.
 
     `store="memory://"` for unit tests (with `agent.test_context()`); RocksDB otherwise.
-    `catalog`: the view that `CatalogFollower` keeps (an empty one: defaults everywhere).
+    `catalog`: the view that the catalog follower keeps (an empty one: defaults everywhere).
     """
     app = create_app(
         settings.mastery.consumer_group,
