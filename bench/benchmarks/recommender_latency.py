@@ -1,0 +1,395 @@
+"""`NextActivities` latency (p50/p99) and requests/s on one recommender process.
+
+Subject: a real recommender process (`python -m trellis.recommender serve`, its own process, auth
+on, its catalog replica rebuilt from its own compacted catalog topic on the broker), answering
+`NextActivities` for simulated learners. The mastery read API it calls is NOT the real mastery
+service: it is an in-process fake (a real grpc.aio server on loopback, in a thread of the
+benchmark) answering `GetLearnerMastery`, `GetLearnerProfile` and `PredictItems` from states that
+the mastery service's pure BKT core (`trellis.mastery.domain.apply_attempt`) computed from a
+simulated district's events (so the states have the shapes the live service serves: mastered,
+practising, struggling skills, goals, interests, accommodations). The real stack (ingest, mastery
+worker and read API) was not set up here for lack of time; the fake costs each mastery call about
+what a local mastery read API answering from memory would, without its storage lookups.
+
+Two phases, each bounded in requests: one request in flight (latency of a single request: the
+target), then `CONCURRENCY` in flight (requests/s, and the latency under that load). Learners are
+taken round-robin.
+
+Sizes: quick 1,000 requests per phase; full 5,000 per phase. District: 3 grades x 8 skills,
+8 items and 2 resources per skill, 300 learners with 14 simulated days each, ending
+yesterday (seed 7).
+Target: p99 < 20 ms at one request in flight.
+
+Run alone: `.venv/bin/python -m bench.benchmarks.recommender_latency [--full]` (broker on
+127.0.0.1:9092).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
+
+from bench.framework import BenchContext, BenchResult
+from trellis.common.codec import encode_catalog
+from trellis.common.kafka import create_producer, ensure_topics
+from trellis.common.pb.mastery.v1 import mastery_pb2 as api
+from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
+from trellis.common.pb.recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.settings import Settings
+from trellis.mastery import domain as mastery
+from trellis.mastery.events import LEVELS
+from trellis.simulator.district import DistrictConfig
+from trellis.simulator.learners import BehaviourConfig
+from trellis.simulator.simulation import simulate
+
+TENANT = "bench-district"
+TOKEN = "bench-token"
+KEY = "bench-pseudonym-key"
+CONCURRENCY = 8
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FakeMastery(mastery_pb2_grpc.MasteryServiceServicer):
+    """The mastery read API from precomputed states (keyed by SIS id and by pseudonym)."""
+
+    states: dict[str, api.LearnerMastery] = field(default_factory=dict)
+    profiles: dict[str, api.LearnerProfile] = field(default_factory=dict)
+    p_by_item: dict[str, dict[str, float]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def _count(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+
+    async def GetLearnerMastery(self, request: Any, context: Any) -> api.LearnerMastery:
+        self._count("GetLearnerMastery")
+        return self.states.get(request.learner_id, api.LearnerMastery())
+
+    async def GetLearnerProfile(self, request: Any, context: Any) -> api.LearnerProfile:
+        self._count("GetLearnerProfile")
+        return self.profiles.get(request.learner_id, api.LearnerProfile())
+
+    async def PredictItems(self, request: Any, context: Any) -> api.PredictItemsResponse:
+        self._count("PredictItems")
+        known = self.p_by_item.get(request.learner_id, {})
+        return api.PredictItemsResponse(
+            predictions=[
+                api.ItemPrediction(item_id=i, p_correct=known.get(i, 0.3)) for i in request.item_ids
+            ]
+        )
+
+
+def build_fake(learners: int, seed: int = 7) -> tuple[FakeMastery, list[str], list[Any], int]:
+    config = DistrictConfig(
+        seed=seed,
+        tenant_id=TENANT,
+        learners=learners,
+        grades=("3", "4", "5"),
+        skills_per_grade=8,
+        items_per_skill=8,
+        resources_per_skill=2,
+    )
+    # The simulated fortnight ends today, so the recommender sees recent practice (with the
+    # simulator's default start in September, every skill would look due for review).
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    sim = simulate(config, BehaviourConfig(days=14, start=start - timedelta(days=15)))
+    district = sim.district
+    pseudonym = Pseudonymizer({TENANT: {"1": SecretStr(KEY)}})
+    states: dict[str, mastery.LearnerState] = {}
+    profiles: dict[str, api.LearnerProfile] = {}
+    attempts = 0
+    for envelope in sim.events:
+        learner = envelope.learner_id
+        state = states.get(learner, mastery.EMPTY)
+        if envelope.HasField("item_attempted"):
+            a = envelope.item_attempted
+            state, _ = mastery.apply_attempt(
+                state,
+                mastery.Attempt(envelope.event_id, tuple(a.skill_ids), 1.0 if a.correct else 0.0),
+                lambda _s: mastery.DEFAULT,
+                envelope.occurred_at.ToDatetime(tzinfo=UTC),
+            )
+            attempts += 1
+        states[learner] = state
+        profile = profiles.setdefault(learner, api.LearnerProfile(tenant_id=TENANT))
+        if envelope.HasField("interest_declared"):
+            profile.interests.extend(envelope.interest_declared.tags)
+        elif envelope.HasField("preference_set"):
+            profile.modality = envelope.preference_set.modality
+        elif envelope.HasField("accommodation_set"):
+            profile.accommodations.extend(envelope.accommodation_set.accommodations)
+        elif envelope.HasField("goal_set"):
+            profile.goals.add(
+                goal_id=envelope.goal_set.goal_id, skill_id=envelope.goal_set.skill_id
+            )
+    items_of = {i.item_id: i.skill_id for i in district.items}
+    fake = FakeMastery()
+    ids = []
+    for learner in district.learners:
+        sis = learner.learner_id
+        state = states.get(sis, mastery.EMPTY)
+        reply = api.LearnerMastery(tenant_id=TENANT, learner_id=sis)
+        p_of: dict[str, float] = {}
+        for skill_id, s in state.skills.items():
+            reply.skills.add(
+                skill_id=skill_id,
+                p_mastered=s.effective,
+                level=LEVELS[s.level],
+                attempts=s.attempts,
+                struggling=s.struggling,
+                model_version=s.model_version,
+            )
+            if s.last_event_time is not None:
+                reply.skills[-1].last_practiced_at.FromDatetime(s.last_event_time)
+            p_of[skill_id] = s.effective
+        p_by_item = {
+            item: mastery.p_correct(p_of.get(skill, mastery.DEFAULT.prior), mastery.DEFAULT)
+            for item, skill in items_of.items()
+        }
+        for key in (sis, pseudonym.pseudonymize(TENANT, sis)):
+            fake.states[key] = reply
+            fake.profiles[key] = profiles.get(sis, api.LearnerProfile())
+            fake.p_by_item[key] = p_by_item
+        ids.append(sis)
+    records = []
+    for record in sim.catalog:
+        record.tenant_id = TENANT
+        records.append(encode_catalog(record))
+    return fake, ids, records, attempts
+
+
+class MasteryServer:
+    """The fake on its own event loop in a thread: it does not share the client's loop."""
+
+    def __init__(self, fake: FakeMastery) -> None:
+        self.fake = fake
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        server = grpc.aio.server()
+        mastery_pb2_grpc.add_MasteryServiceServicer_to_server(self.fake, server)
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(0)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake mastery did not start")
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"recommender exited with {process.returncode}")
+        with grpc.insecure_channel(target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=2
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+        time.sleep(0.2)
+    raise TimeoutError("recommender did not turn SERVING")
+
+
+def start_recommender(
+    bootstrap: str, prefix: str, port: int, mastery_port: int, log_path: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "TRELLIS_KAFKA__TOPICS__PREFIX": prefix,
+        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TENANT, "role": "service"}}),
+        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TENANT: {"1": KEY}}),
+        "TRELLIS_SERVICES__RECOMMENDER__PORT": str(port),
+        "TRELLIS_SERVICES__RECOMMENDER__METRICS_PORT": str(_free_port()),
+        "TRELLIS_RECOMMENDER__MASTERY_ADDRESS": f"127.0.0.1:{mastery_port}",
+        "TRELLIS_LOG_LEVEL": "WARNING",
+    }
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "trellis.recommender", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+async def load(
+    target: str, learners: list[str], n: int, concurrency: int
+) -> tuple[list[float], float, dict[str, int], dict[str, int]]:
+    """n requests with `concurrency` in flight: latencies (ms), seconds, statuses, option codes."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    codes: dict[str, int] = {}
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    counter = iter(range(n))
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+
+        async def worker() -> None:
+            for i in counter:
+                request = recommender_pb2.NextActivitiesRequest(
+                    tenant_id=TENANT, learner_id=learners[i % len(learners)], k=3
+                )
+                started = time.perf_counter()
+                try:
+                    reply = await stub.NextActivities(request, metadata=metadata, timeout=10)
+                    status = "OK"
+                    for option in reply.options[:1]:
+                        for reason in option.reasons[:1]:
+                            codes[reason.code] = codes.get(reason.code, 0) + 1
+                except grpc.aio.AioRpcError as error:
+                    status = error.code().name
+                latencies.append((time.perf_counter() - started) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return latencies, seconds, statuses, codes
+
+
+def summary(latencies: list[float], seconds: float, statuses: dict[str, int]) -> dict[str, Any]:
+    values = np.array(latencies)
+    return {
+        "requests": len(latencies),
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(float(np.percentile(values, 50)), 2),
+        "p99_ms": round(float(np.percentile(values, 99)), 2),
+        "max_ms": round(float(values.max()), 2),
+        "statuses": statuses,
+    }
+
+
+def run(ctx: BenchContext) -> list[BenchResult]:
+    n = 1_000 if ctx.quick else 5_000
+    prefix = f"bench-recommender-{uuid.uuid4().hex[:8]}."
+    base = Settings()
+    kafka = base.kafka.model_copy(
+        update={
+            "bootstrap_servers": ctx.bootstrap_servers,
+            "topics": base.kafka.topics.model_copy(update={"prefix": prefix}),
+        }
+    )
+    ensure_topics(kafka)
+    print("recommender latency bench: simulating the district", flush=True)
+    fake, learners, records, attempts = build_fake(300)
+    producer = create_producer(kafka)
+    try:
+        topic = kafka.topics.name("catalog")
+        for future in [
+            producer.send(topic, key=r.key, value=r.value, headers=r.headers) for r in records
+        ]:
+            future.get(timeout=30)
+    finally:
+        producer.close()
+    server = MasteryServer(fake)
+    server.start()
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    process = start_recommender(
+        ctx.bootstrap_servers, prefix, port, server.port, ctx.work_dir / "recommender.log"
+    )
+    phases: dict[str, dict[str, Any]] = {}
+    try:
+        wait_serving(target, process)
+        asyncio.run(load(target, learners, 200, 4))  # warm-up, not counted
+        for name, concurrency in (("one_in_flight", 1), (f"{CONCURRENCY}_in_flight", CONCURRENCY)):
+            latencies, seconds, statuses, codes = asyncio.run(
+                load(target, learners, n, concurrency)
+            )
+            phases[name] = {
+                "concurrency": concurrency,
+                **summary(latencies, seconds, statuses),
+                "first_option_reasons": codes,
+            }
+            print(f"  {name}: {phases[name]}", flush=True)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        server.close()
+    single, loaded = phases["one_in_flight"], phases[f"{CONCURRENCY}_in_flight"]
+    figures = {
+        "mastery": "in-process fake mastery gRPC server (NOT the real mastery service), states "
+        "from mastery's pure BKT over simulated events",
+        "catalog": {"records": len(records), "skills": 24, "items": 192, "resources": 48},
+        "learners": len(learners),
+        "simulated_attempts_behind_states": attempts,
+        "mastery_calls": fake.calls,
+        "phases": phases,
+    }
+    ok = all(s == "OK" for p in phases.values() for s in p["statuses"])
+    return [
+        BenchResult(
+            name="recommender.next_activities_p99_ms",
+            unit="ms",
+            value=single["p99_ms"],
+            target="p99 < 20 ms (one request in flight, mastery local)",
+            passed=ok and single["p99_ms"] < 20,
+            figures={**figures, "p50_ms": single["p50_ms"]},
+        ),
+        BenchResult(
+            name="recommender.next_activities_per_second",
+            unit="requests/s",
+            value=loaded["requests_per_s"],
+            figures={**figures, "p50_ms": loaded["p50_ms"], "p99_ms": loaded["p99_ms"]},
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as work:
+        context = BenchContext(
+            quick="--full" not in sys.argv, bootstrap_servers="127.0.0.1:9092", work_dir=Path(work)
+        )
+        for result in run(context):
+            print(json.dumps(result.to_json(), indent=2))
