@@ -1,27 +1,25 @@
 """`NextActivities` latency (p50/p99) and requests/s on one recommender process.
 
-Subject: a real recommender process (`python -m trellis.recommender serve`, its own process, auth
-on, its catalog replica rebuilt from its own compacted catalog topic on the broker), answering
-`NextActivities` for simulated learners. The mastery read API it calls is NOT the real mastery
-service: it is an in-process fake (a real grpc.aio server on loopback, in a thread of the
-benchmark) answering `GetLearnerMastery`, `GetLearnerProfile` and `PredictItems` from states that
-the mastery service's pure BKT core (`trellis.mastery.domain.apply_attempt`) computed from a
-simulated district's events (so the states have the shapes the live service serves: mastered,
-practising, struggling skills, goals, interests, accommodations). The real stack (ingest, mastery
-worker and read API) was not set up here for lack of time; the fake costs each mastery call about
-what a local mastery read API answering from memory would, without its storage lookups.
+Subject: the real local stack, as `deploy/local/stack.sh services-up` starts it (ingest, the
+mastery worker with its read API, the recommender and reporting, each its own process, auth on;
+topics under a unique prefix on the given broker, 2 partitions), with a simulated district loaded
+through ingest (catalog and roster upserts, then every simulated event with `RecordEvents`); the
+benchmark waits until mastery shows the last learner's attempts, then asks the one recommender
+process for `NextActivities` (k = 3) for the district's learners, round-robin.
+
+Comparison (figures only): the same phases against a recommender process whose mastery read API
+is an in-process fake (a grpc.aio server on loopback in a thread of the benchmark) serving states
+that mastery's pure BKT computed from the same simulated events: what the recommender costs
+without the mastery service's own work.
 
 Two phases, each bounded in requests: one request in flight (latency of a single request: the
-target), then `CONCURRENCY` in flight (requests/s, and the latency under that load). Learners are
-taken round-robin.
-
-Sizes: quick 1,000 requests per phase; full 5,000 per phase. District: 3 grades x 8 skills,
-8 items and 2 resources per skill, 300 learners with 14 simulated days each, ending
-yesterday (seed 7).
-Target: p99 < 20 ms at one request in flight.
+target), then `CONCURRENCY` in flight (requests/s, and the latency under that load); a warm-up of
+200 requests first. Sizes: quick 1,000 requests per phase; full 5,000 per phase. District: 3 grades
+x 8 skills, 8 items and 2 resources per skill, 300 learners with 14 simulated days each, ending
+yesterday (seed 7; about 17,000 events). Target: p99 < 20 ms at one request in flight.
 
 Run alone: `.venv/bin/python -m bench.benchmarks.recommender_latency [--full]` (broker on
-127.0.0.1:9092).
+127.0.0.1:9092; about 1 minute quick, 2 minutes full).
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from pydantic import SecretStr
 from bench.framework import BenchContext, BenchResult
 from trellis.common.codec import encode_catalog
 from trellis.common.kafka import create_producer, ensure_topics
+from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pb.recommender.v1 import recommender_pb2, recommender_pb2_grpc
@@ -58,7 +57,8 @@ from trellis.mastery import domain as mastery
 from trellis.mastery.events import LEVELS
 from trellis.simulator.district import DistrictConfig
 from trellis.simulator.learners import BehaviourConfig
-from trellis.simulator.simulation import simulate
+from trellis.simulator.load import setup_district
+from trellis.simulator.simulation import Simulation, simulate
 
 TENANT = "bench-district"
 TOKEN = "bench-token"
@@ -103,7 +103,7 @@ class FakeMastery(mastery_pb2_grpc.MasteryServiceServicer):
         )
 
 
-def build_fake(learners: int, seed: int = 7) -> tuple[FakeMastery, list[str], list[Any], int]:
+def simulated(learners: int, seed: int = 7) -> Simulation:
     config = DistrictConfig(
         seed=seed,
         tenant_id=TENANT,
@@ -116,7 +116,10 @@ def build_fake(learners: int, seed: int = 7) -> tuple[FakeMastery, list[str], li
     # The simulated fortnight ends today, so the recommender sees recent practice (with the
     # simulator's default start in September, every skill would look due for review).
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    sim = simulate(config, BehaviourConfig(days=14, start=start - timedelta(days=15)))
+    return simulate(config, BehaviourConfig(days=14, start=start - timedelta(days=15)))
+
+
+def build_fake(sim: Simulation) -> tuple[FakeMastery, list[str], list[Any], int]:
     district = sim.district
     pseudonym = Pseudonymizer({TENANT: {"1": SecretStr(KEY)}})
     states: dict[str, mastery.LearnerState] = {}
@@ -307,8 +310,8 @@ def summary(latencies: list[float], seconds: float, statuses: dict[str, int]) ->
     }
 
 
-def run(ctx: BenchContext) -> list[BenchResult]:
-    n = 1_000 if ctx.quick else 5_000
+def run_fake(ctx: BenchContext, n: int) -> dict[str, Any]:
+    """The same phases with the in-process fake mastery."""
     prefix = f"bench-recommender-{uuid.uuid4().hex[:8]}."
     base = Settings()
     kafka = base.kafka.model_copy(
@@ -319,7 +322,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     )
     ensure_topics(kafka)
     print("recommender latency bench: simulating the district", flush=True)
-    fake, learners, records, attempts = build_fake(300)
+    fake, learners, records, attempts = build_fake(simulated(300))
     producer = create_producer(kafka)
     try:
         topic = kafka.topics.name("catalog")
@@ -357,17 +360,134 @@ def run(ctx: BenchContext) -> list[BenchResult]:
         except subprocess.TimeoutExpired:
             process.kill()
         server.close()
-    single, loaded = phases["one_in_flight"], phases[f"{CONCURRENCY}_in_flight"]
-    figures = {
-        "mastery": "in-process fake mastery gRPC server (NOT the real mastery service), states "
-        "from mastery's pure BKT over simulated events",
-        "catalog": {"records": len(records), "skills": 24, "items": 192, "resources": 48},
-        "learners": len(learners),
+    return {
+        "catalog_records": len(records),
         "simulated_attempts_behind_states": attempts,
         "mastery_calls": fake.calls,
-        "phases": phases,
+        **phases,
     }
-    ok = all(s == "OK" for p in phases.values() for s in p["statuses"])
+
+
+SERVICES = ("ingest", "mastery", "recommender", "reporting")
+
+
+async def record_events(target: str, sim: Simulation, batch: int = 200) -> int:
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    stored = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        for i in range(0, len(sim.events), batch):
+            reply = await stub.RecordEvents(
+                ingest_pb2.RecordEventsRequest(tenant_id=TENANT, events=sim.events[i : i + batch]),
+                metadata=metadata,
+                timeout=60,
+            )
+            stored += sum(r.status == ingest_pb2.ITEM_STATUS_ACCEPTED for r in reply.results)
+    return stored
+
+
+def wait_mastery(target: str, sim: Simulation, timeout_s: float = 180) -> float:
+    """Until the learner of the last attempt shows all their attempts: seconds waited."""
+    last = next(e for e in reversed(sim.events) if e.HasField("item_attempted"))
+    learner = last.learner_id
+    expected = sum(
+        len(e.item_attempted.skill_ids)
+        for e in sim.events
+        if e.learner_id == learner and e.HasField("item_attempted")
+    )
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    started = time.monotonic()
+    with grpc.insecure_channel(target) as channel:
+        stub = mastery_pb2_grpc.MasteryServiceStub(channel)
+        while time.monotonic() - started < timeout_s:
+            try:
+                reply = stub.GetLearnerMastery(
+                    api.GetLearnerMasteryRequest(tenant_id=TENANT, learner_id=learner),
+                    metadata=metadata,
+                    timeout=5,
+                )
+                if sum(s.attempts for s in reply.skills) >= expected:
+                    return time.monotonic() - started
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise TimeoutError("mastery did not catch up with the simulated events")
+
+
+def run_real_stack(ctx: BenchContext, n: int) -> dict[str, Any]:
+    """The same phases against the real local stack (deploy/local/stack.sh services-up)."""
+    prefix = f"bench-recstack-{uuid.uuid4().hex[:8]}."
+    base = Settings()
+    kafka = base.kafka.model_copy(
+        update={
+            "bootstrap_servers": ctx.bootstrap_servers,
+            "topics": base.kafka.topics.model_copy(update={"prefix": prefix, "partitions": 2}),
+        }
+    )
+    ensure_topics(kafka)
+    sim = simulated(300)
+    ports = {service: _free_port() for service in SERVICES}
+    env = {
+        **os.environ,
+        "STACK_RUN_DIR": str(ctx.work_dir / "run"),
+        "STACK_HEALTH_TIMEOUT": "120",
+        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": ctx.bootstrap_servers,
+        "TRELLIS_KAFKA__TOPICS__PREFIX": prefix,
+        "TRELLIS_KAFKA__TOPICS__PARTITIONS": "2",
+        "TRELLIS_MASTERY__CONSUMER_GROUP": f"{prefix}mastery",
+        "TRELLIS_MASTERY__DATA_DIR": str(ctx.work_dir / "mastery"),
+        "TRELLIS_REPORTING__CONSUMER_GROUP": f"{prefix}reporting",
+        "TRELLIS_CLICKHOUSE__CHDB_PATH": str(ctx.work_dir / "chdb"),
+        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TENANT, "role": "service"}}),
+        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TENANT: {"1": KEY}}),
+        "TRELLIS_LOG_LEVEL": "WARNING",
+    }
+    for service, port in ports.items():
+        env[f"TRELLIS_SERVICES__{service.upper()}__PORT"] = str(port)
+        env[f"TRELLIS_SERVICES__{service.upper()}__METRICS_PORT"] = str(_free_port())
+    script = str(REPO / "deploy" / "local" / "stack.sh")
+    out: dict[str, Any] = {"events": len(sim.events)}
+    subprocess.run([script, "services-up"], env=env, check=True, timeout=180, cwd=REPO)
+    try:
+        ingest = f"127.0.0.1:{ports['ingest']}"
+        out["setup"] = asyncio.run(setup_district(ingest, TOKEN, sim.district))
+        time.sleep(1.0)  # ingest's replicas follow the catalog and roster
+        started = time.monotonic()
+        out["stored"] = asyncio.run(record_events(ingest, sim))
+        out["ingest_seconds"] = round(time.monotonic() - started, 1)
+        out["mastery_catch_up_seconds"] = round(
+            wait_mastery(f"127.0.0.1:{ports['mastery']}", sim), 1
+        )
+        target = f"127.0.0.1:{ports['recommender']}"
+        learners = [learner.learner_id for learner in sim.district.learners]
+        asyncio.run(load(target, learners, 200, 4))  # warm-up
+        for name, concurrency in (("one_in_flight", 1), (f"{CONCURRENCY}_in_flight", CONCURRENCY)):
+            latencies, seconds, statuses, codes = asyncio.run(
+                load(target, learners, n, concurrency)
+            )
+            out[name] = {**summary(latencies, seconds, statuses), "first_option_reasons": codes}
+            print(f"  real stack {name}: {out[name]}", flush=True)
+    finally:
+        subprocess.run([script, "services-down"], env=env, check=True, timeout=180, cwd=REPO)
+    return out
+
+
+def run(ctx: BenchContext) -> list[BenchResult]:
+    n = 1_000 if ctx.quick else 5_000
+    print("recommender latency bench: the real local stack", flush=True)
+    real = run_real_stack(ctx, n)
+    print("recommender latency bench: the same with a fake in-process mastery", flush=True)
+    fake = run_fake(ctx, n)
+    single, loaded = real["one_in_flight"], real[f"{CONCURRENCY}_in_flight"]
+    figures = {
+        "stack": "deploy/local/stack.sh services-up (ingest, mastery worker + read API, "
+        "recommender, reporting as processes), district loaded through ingest",
+        "learners": 300,
+        "requests_per_phase": n,
+        "real_stack": real,
+        "fake_mastery_comparison": fake,
+    }
+    ok = all(s == "OK" for p in (single, loaded) for s in p["statuses"])
     return [
         BenchResult(
             name="recommender.next_activities_p99_ms",
@@ -381,7 +501,12 @@ def run(ctx: BenchContext) -> list[BenchResult]:
             name="recommender.next_activities_per_second",
             unit="requests/s",
             value=loaded["requests_per_s"],
-            figures={**figures, "p50_ms": loaded["p50_ms"], "p99_ms": loaded["p99_ms"]},
+            figures={
+                **figures,
+                "concurrency": CONCURRENCY,
+                "p50_ms": loaded["p50_ms"],
+                "p99_ms": loaded["p99_ms"],
+            },
         ),
     ]
 
