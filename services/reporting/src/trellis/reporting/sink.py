@@ -11,6 +11,12 @@ A flush, in this order:
    `insert_deduplication_token` built from the topic/partition/offset ranges of the block;
 3. only then are the offsets committed.
 
+Steps 2 and 3 overlap with consuming: the insert of a batch runs on one worker thread while the
+sink thread polls and decodes the next batch; the sink thread commits a batch's offsets once its
+insert has returned (checked after every poll, and before the next batch is handed over), so
+inserts stay in offset order, one at a time, and no offset is committed before its rows are
+stored.
+
 Why no record is ever stored twice: every row carries its Kafka position, and the sink keeps,
 per table, the highest offset stored for each partition (read from the table after each partition
 assignment, then advanced after each insert). Rows at or below it are dropped before the insert,
@@ -40,6 +46,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -219,6 +226,9 @@ class ReportingSink:
         # (tenant, learner) pairs erased: their rows are never inserted again.
         self._erased: set[tuple[str, str]] = set()
         self._batch = _Batch()
+        # The batch whose insert runs on the worker, committed by the sink thread when it is done.
+        self._inflight: tuple[Future[None], _Batch, float] | None = None
+        self._inserter: ThreadPoolExecutor | None = None
         self._failing = False
         self.running = threading.Event()
         self.stats = SinkStats()
@@ -257,6 +267,7 @@ class ReportingSink:
             consumer = self._retry("connect", self._consumer_factory)
         except _Stopped:
             return
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reporting-insert")
         try:
             if not self._await_topics(consumer):
                 return
@@ -266,6 +277,7 @@ class ReportingSink:
             while not self._stop.is_set():
                 try:
                     self._poll_once(consumer)
+                    self._reap(consumer, wait=False)
                     if self._due():
                         self._flush(consumer)
                 except _Stopped:
@@ -277,10 +289,15 @@ class ReportingSink:
                     self._failed("loop", exc)
                     self._stop.wait(_BACKOFF_MAX_S)
             self._flush(consumer)
+            self._reap(consumer, wait=True)
         except _Stopped:
             _log.warning("sink stopped with an uncommitted batch", records=len(self._batch))
         finally:
             self.running.clear()
+            # An insert still running ends by itself (its retries stop); its batch stays
+            # uncommitted and is read again from the committed offsets.
+            self._inserter.shutdown(wait=True)
+            self._inflight = None
             self._close(consumer)
             _log.info("sink stopped", **self._stats_fields())
 
@@ -342,6 +359,8 @@ class ReportingSink:
             wait_s = self._max_seconds
         else:
             wait_s = max(0.0, self._batch.started + self._max_seconds - time.monotonic())
+        if self._inflight is not None:
+            wait_s = min(wait_s, 0.05)  # come back soon to commit the batch being inserted
         try:
             polled = consumer.poll(
                 timeout_ms=int(wait_s * 1000), max_records=self._max_records - len(self._batch)
@@ -404,6 +423,8 @@ class ReportingSink:
     # --- flushing ---
 
     def _flush(self, consumer: KafkaConsumer) -> None:
+        """Hand the batch to the insert worker, once the previous one is inserted and committed."""
+        self._reap(consumer, wait=True)
         self._apply_revocations()
         batch = self._batch
         if not batch.next_offsets:
@@ -418,9 +439,25 @@ class ReportingSink:
             self.stats.dead_letters += len(letters)
             DEAD_LETTERS.inc(len(letters))
             _log.warning("records sent to the dead-letter topic", count=len(letters))
-        self._retry("insert", lambda: self._insert(batch))
-        self._commit(consumer, batch)
+        assert self._inserter is not None
+        future = self._inserter.submit(self._retry, "insert", lambda: self._insert(batch))
+        self._inflight = (future, batch, started)
         self._batch = _Batch()
+
+    def _reap(self, consumer: KafkaConsumer, *, wait: bool) -> None:
+        """Commit the batch handed to the insert worker once its insert returned.
+
+        Raises _Stopped when a stop ended the insert's retries (the batch stays uncommitted)."""
+        if self._inflight is None:
+            return
+        future, batch, started = self._inflight
+        if not wait and not future.done():
+            return
+        try:
+            future.result()
+        finally:
+            self._inflight = None
+        self._commit(consumer, batch)
         self.stats.flushes += 1
         FLUSH_SECONDS.observe(time.perf_counter() - started)
 
