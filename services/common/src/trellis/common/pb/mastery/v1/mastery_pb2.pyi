@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from trellis.common.pb.events.v1 import envelope_pb2 as _envelope_pb2
 from trellis.common.pb.events.v1 import mastery_pb2 as _mastery_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,35 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class PartitionOffset(_message.Message):
+    """A position in a topic partition. In read answers: the offset of the last activity event whose
+    effect the answer holds (-1: none of that partition). In subscriptions: a mastery-topic offset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    partition: _builtins.int
+    offset: _builtins.int
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "partition", b"partition", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartitionOffset: _TypeAlias = PartitionOffset  # noqa: Y015
 
 @_typing.final
 class SkillMastery(_message.Message):
@@ -96,20 +126,26 @@ class LearnerMastery(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     LEARNER_ID_FIELD_NUMBER: _builtins.int
     SKILLS_FIELD_NUMBER: _builtins.int
+    REFLECTS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     learner_id: _builtins.str
     @_builtins.property
     def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkillMastery]: ...
+    @_builtins.property
+    def reflects(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionOffset]:
+        """The activity this answer reflects: the learner's partition (inside a ClassMastery: empty)."""
+
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         learner_id: _builtins.str = ...,
         skills: _abc.Iterable[Global___SkillMastery] | None = ...,
+        reflects: _abc.Iterable[Global___PartitionOffset] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "skills", b"skills", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "reflects", b"reflects", "skills", b"skills", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +242,7 @@ class LearnerProfile(_message.Message):
     ACCOMMODATIONS_FIELD_NUMBER: _builtins.int
     PINS_FIELD_NUMBER: _builtins.int
     CLASS_IDS_FIELD_NUMBER: _builtins.int
+    REFLECTS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     learner_id: _builtins.str
     modality: _builtins.str
@@ -220,6 +257,10 @@ class LearnerProfile(_message.Message):
     def pins(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pin]: ...
     @_builtins.property
     def class_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def reflects(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionOffset]:
+        """The activity this answer reflects (the learner's partition)."""
+
     def __init__(
         self,
         *,
@@ -232,10 +273,11 @@ class LearnerProfile(_message.Message):
         accommodations: _abc.Iterable[_builtins.str] | None = ...,
         pins: _abc.Iterable[Global___Pin] | None = ...,
         class_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reflects: _abc.Iterable[Global___PartitionOffset] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accommodations", b"accommodations", "class_ids", b"class_ids", "goals", b"goals", "interests", b"interests", "learner_id", b"learner_id", "modality", b"modality", "pace", b"pace", "pins", b"pins", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accommodations", b"accommodations", "class_ids", b"class_ids", "goals", b"goals", "interests", b"interests", "learner_id", b"learner_id", "modality", b"modality", "pace", b"pace", "pins", b"pins", "reflects", b"reflects", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,20 +290,28 @@ class GetClassMasteryRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CLASS_ID_FIELD_NUMBER: _builtins.int
     SKILL_IDS_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     class_id: _builtins.str
     @_builtins.property
     def skill_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Set by a mastery worker gathering a class from the others: only the learners of these
+        activity-topic partitions. Clients leave it empty (every partition).
+        """
+
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         class_id: _builtins.str = ...,
         skill_ids: _abc.Iterable[_builtins.str] | None = ...,
+        partitions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "skill_ids", b"skill_ids", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "partitions", b"partitions", "skill_ids", b"skill_ids", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,18 +323,24 @@ class ClassMastery(_message.Message):
 
     CLASS_ID_FIELD_NUMBER: _builtins.int
     LEARNERS_FIELD_NUMBER: _builtins.int
+    REFLECTS_FIELD_NUMBER: _builtins.int
     class_id: _builtins.str
     @_builtins.property
     def learners(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerMastery]: ...
+    @_builtins.property
+    def reflects(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionOffset]:
+        """The activity this answer reflects: every partition read."""
+
     def __init__(
         self,
         *,
         class_id: _builtins.str = ...,
         learners: _abc.Iterable[Global___LearnerMastery] | None = ...,
+        reflects: _abc.Iterable[Global___PartitionOffset] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "learners", b"learners"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "learners", b"learners", "reflects", b"reflects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -344,18 +400,24 @@ class PredictItemsResponse(_message.Message):
 
     PREDICTIONS_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    REFLECTS_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     @_builtins.property
     def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemPrediction]: ...
+    @_builtins.property
+    def reflects(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionOffset]:
+        """The activity this answer reflects (the learner's partition)."""
+
     def __init__(
         self,
         *,
         predictions: _abc.Iterable[Global___ItemPrediction] | None = ...,
         model_version: _builtins.str = ...,
+        reflects: _abc.Iterable[Global___PartitionOffset] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "predictions", b"predictions", "reflects", b"reflects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,18 +429,62 @@ class SubscribeMasteryRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CLASS_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    FROM_BEGINNING_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The caller's tenant (always: a subscription never spans tenants)."""
     class_id: _builtins.str
+    """Optional: only events of learners whose activity named this class."""
+    learner_id: _builtins.str
+    """Optional: only this learner's events (SIS id, pseudonymized like every read)."""
+    from_beginning: _builtins.bool
+    @_builtins.property
+    def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionOffset]:
+        """Resume: for each partition named, start right after this mastery-topic offset (the
+        position of the last event handled). Partitions not named start at their end (new events
+        only), or at their beginning with `from_beginning`.
+        """
+
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         class_id: _builtins.str = ...,
+        learner_id: _builtins.str = ...,
+        after: _abc.Iterable[Global___PartitionOffset] | None = ...,
+        from_beginning: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "class_id", b"class_id", "from_beginning", b"from_beginning", "learner_id", b"learner_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubscribeMasteryRequest: _TypeAlias = SubscribeMasteryRequest  # noqa: Y015
+
+@_typing.final
+class MasteryEventAt(_message.Message):
+    """One mastery event and where it sits on the mastery topic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _envelope_pb2.Envelope: ...
+    @_builtins.property
+    def position(self) -> Global___PartitionOffset: ...
+    def __init__(
+        self,
+        *,
+        event: _envelope_pb2.Envelope | None = ...,
+        position: Global___PartitionOffset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MasteryEventAt: _TypeAlias = MasteryEventAt  # noqa: Y015

@@ -60,6 +60,11 @@ class MasteryServiceStub:
                 request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.SerializeToString,
                 response_deserializer=trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.FromString,
                 _registered_method=True)
+        self.SubscribeMasteryEvents = channel.unary_stream(
+                '/trellis.mastery.v1.MasteryService/SubscribeMasteryEvents',
+                request_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.SerializeToString,
+                response_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.MasteryEventAt.FromString,
+                _registered_method=True)
 
 
 class MasteryServiceServicer:
@@ -91,7 +96,14 @@ class MasteryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubscribeMastery(self, request, context):
-        """Mastery events of one tenant (optionally one class) as they happen.
+        """Mastery events of one tenant (optionally one class or learner) as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeMasteryEvents(self, request, context):
+        """The same stream, each event with its position on the mastery topic (to resume from).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +136,11 @@ def add_MasteryServiceServicer_to_server(servicer, server):
                     servicer.SubscribeMastery,
                     request_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.FromString,
                     response_serializer=trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
+            ),
+            'SubscribeMasteryEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeMasteryEvents,
+                    request_deserializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.FromString,
+                    response_serializer=trellis_dot_mastery_dot_v1_dot_mastery__pb2.MasteryEventAt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,33 @@ class MasteryService:
             '/trellis.mastery.v1.MasteryService/SubscribeMastery',
             trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.SerializeToString,
             trellis_dot_events_dot_v1_dot_envelope__pb2.Envelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeMasteryEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trellis.mastery.v1.MasteryService/SubscribeMasteryEvents',
+            trellis_dot_mastery_dot_v1_dot_mastery__pb2.SubscribeMasteryRequest.SerializeToString,
+            trellis_dot_mastery_dot_v1_dot_mastery__pb2.MasteryEventAt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,9 @@ class MasteryServiceStub:
     PredictItems: _grpc.UnaryUnaryMultiCallable[_mastery_pb2.PredictItemsRequest, _mastery_pb2.PredictItemsResponse]
     """Predicted probability of a correct next attempt, for many items of one learner."""
     SubscribeMastery: _grpc.UnaryStreamMultiCallable[_mastery_pb2.SubscribeMasteryRequest, _envelope_pb2.Envelope]
-    """Mastery events of one tenant (optionally one class) as they happen."""
+    """Mastery events of one tenant (optionally one class or learner) as they happen."""
+    SubscribeMasteryEvents: _grpc.UnaryStreamMultiCallable[_mastery_pb2.SubscribeMasteryRequest, _mastery_pb2.MasteryEventAt]
+    """The same stream, each event with its position on the mastery topic (to resume from)."""
 
 @_typing.type_check_only
 class MasteryServiceAsyncStub(MasteryServiceStub):
@@ -49,7 +51,9 @@ class MasteryServiceAsyncStub(MasteryServiceStub):
     PredictItems: _aio.UnaryUnaryMultiCallable[_mastery_pb2.PredictItemsRequest, _mastery_pb2.PredictItemsResponse]  # type: ignore[assignment]
     """Predicted probability of a correct next attempt, for many items of one learner."""
     SubscribeMastery: _aio.UnaryStreamMultiCallable[_mastery_pb2.SubscribeMasteryRequest, _envelope_pb2.Envelope]  # type: ignore[assignment]
-    """Mastery events of one tenant (optionally one class) as they happen."""
+    """Mastery events of one tenant (optionally one class or learner) as they happen."""
+    SubscribeMasteryEvents: _aio.UnaryStreamMultiCallable[_mastery_pb2.SubscribeMasteryRequest, _mastery_pb2.MasteryEventAt]  # type: ignore[assignment]
+    """The same stream, each event with its position on the mastery topic (to resume from)."""
 
 class MasteryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,6 +91,14 @@ class MasteryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _mastery_pb2.SubscribeMasteryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_envelope_pb2.Envelope], _abc.AsyncIterator[_envelope_pb2.Envelope]]:
-        """Mastery events of one tenant (optionally one class) as they happen."""
+        """Mastery events of one tenant (optionally one class or learner) as they happen."""
+
+    @_abc_1.abstractmethod
+    def SubscribeMasteryEvents(
+        self,
+        request: _mastery_pb2.SubscribeMasteryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mastery_pb2.MasteryEventAt], _abc.AsyncIterator[_mastery_pb2.MasteryEventAt]]:
+        """The same stream, each event with its position on the mastery topic (to resume from)."""
 
 def add_MasteryServiceServicer_to_server(servicer: MasteryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
