@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from trellis.mastery.domain import (
     DEFAULT,
+    DIGEST_BYTES,
     EMPTY,
     MASTERY_THRESHOLD,
     RECENT_OUTPUTS_LIMIT,
@@ -23,6 +24,7 @@ from trellis.mastery.domain import (
     MasteryChange,
     SkillMastered,
     apply_attempt,
+    event_digest,
     level_for,
     posterior,
     update,
@@ -136,9 +138,10 @@ def test_the_dedup_memory_is_bounded() -> None:
     state = EMPTY
     for n in range(SEEN_EVENT_IDS_LIMIT + 5):
         state, _ = apply_attempt(state, attempt(f"e{n}", 1.0), defaults, T0)
-    assert len(state.seen_event_ids) == SEEN_EVENT_IDS_LIMIT
+    assert len(state.seen_digests) == SEEN_EVENT_IDS_LIMIT * DIGEST_BYTES
     assert len(state.recent) == RECENT_OUTPUTS_LIMIT
-    assert state.seen_event_ids[0] == "e5"
+    assert state.seen_digests[:DIGEST_BYTES] == event_digest("e5")
+    assert state.has_seen("e5")
     assert state.has_seen(f"e{SEEN_EVENT_IDS_LIMIT + 4}")
     assert not state.has_seen("e4")
 

@@ -26,6 +26,7 @@ from trellis.mastery.domain import (
     apply_attempt,
     apply_profile,
     erasure_covers,
+    event_digest,
     note_class,
 )
 
@@ -40,7 +41,7 @@ def test_goals_are_kept_one_per_id_in_the_order_first_set() -> None:
         Goal("g1", "fractions.add", "Add fast", ""),
         Goal("g2", "fractions.mul", "Multiply", ""),
     )
-    assert state.seen_event_ids == ("e1", "e2", "e3")
+    assert state.seen_digests == b"".join(event_digest(e) for e in ("e1", "e2", "e3"))
     assert state.recent == ()  # no outputs: the outputs window keeps attempts' outputs
 
 
@@ -138,4 +139,4 @@ def test_a_format_2_state_reads_with_an_empty_profile() -> None:
     stored = b'{"v":2,"skills":{},"seen":["e1"],"recent":[]}'
     state = decode_state(stored)
     assert state.profile == Profile() and state.class_ids == ()
-    assert state.seen_event_ids == ("e1",)
+    assert state.seen_digests == event_digest("e1")

@@ -25,6 +25,7 @@ constants below and in `docs/mastery-model.md`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,12 +50,16 @@ OVERRIDE_CONTRADICTION = 0.5
 
 SECONDS_PER_DAY = 86_400.0
 
-#: How many applied event ids a learner's state remembers for deduplication. Kafka delivery is
-#: at-least-once: after a crash or a rebalance the worker re-reads every event since the last
-#: committed offset (Faust commits every few seconds), which for one learner is a handful of events;
-#: 1,000 also absorbs a client that re-sends an old batch, as long as the learner has made fewer
-#: than 1,000 attempts since. An id older than that is forgotten and would be counted again.
+#: How many applied event ids a learner's state remembers for deduplication, as 8-byte digests
+#: (`event_digest`: 8,000 bytes at most). Kafka delivery is at-least-once: after a crash or a
+#: rebalance the worker re-reads every event since the last committed offset (Faust commits every
+#: 2.8 s or 10,000 events), which for one learner is a handful of events; 1,000 also absorbs a
+#: client that re-sends an old batch, as long as the learner has made fewer than 1,000 attempts
+#: since. An id older than that is forgotten and would be counted again.
 SEEN_EVENT_IDS_LIMIT = 1_000
+#: Bytes of one event id's digest in the dedup window. Two different ids of one learner collide
+#: with probability about 1,000 / 2**64 per event (the later one would be taken for a duplicate).
+DIGEST_BYTES = 8
 
 #: How many reflections a learner's profile keeps (the most recent; older ones stay in the log).
 REFLECTIONS_LIMIT = 20
@@ -365,7 +370,8 @@ class LearnerState:
     """One learner's mastery and profile. Treat as immutable: the functions below return new
     states.
 
-    `seen_event_ids` holds the last `SEEN_EVENT_IDS_LIMIT` applied event ids (oldest first);
+    `seen_digests` holds the digests of the last `SEEN_EVENT_IDS_LIMIT` applied event ids, oldest
+    first, `DIGEST_BYTES` each, back to back (compact to store, and one `find` to search);
     `recent` the outputs of the last `RECENT_OUTPUTS_LIMIT` of them (events with outputs only);
     `class_ids` every class named by the learner's events (sorted), which `GetClassMastery`
     reads; `erased_before` the time of the learner's latest erasure when this state began after
@@ -373,7 +379,7 @@ class LearnerState:
     """
 
     skills: Mapping[str, SkillState] = field(default_factory=dict)
-    seen_event_ids: tuple[str, ...] = ()
+    seen_digests: bytes = b""
     recent: tuple[AppliedEvent, ...] = ()
     profile: Profile = EMPTY_PROFILE
     class_ids: tuple[str, ...] = ()
@@ -387,7 +393,21 @@ class LearnerState:
         return current
 
     def has_seen(self, event_id: str) -> bool:
-        return event_id in self.seen_event_ids
+        window, digest = self.seen_digests, event_digest(event_id)
+        found = window.find(digest)
+        while found >= 0 and found % DIGEST_BYTES:  # a match across two digests is none
+            found = window.find(digest, found + 1)
+        return found >= 0
+
+    def seen_after(self, event_id: str) -> bytes:
+        """The dedup window once `event_id` is applied: its digest last, the oldest dropped."""
+        window = self.seen_digests + event_digest(event_id)
+        return window[-SEEN_EVENT_IDS_LIMIT * DIGEST_BYTES :]
+
+
+def event_digest(event_id: str) -> bytes:
+    """The `DIGEST_BYTES`-byte digest of an event id that the dedup window keeps."""
+    return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()
 
 
 EMPTY = LearnerState()
@@ -635,7 +655,7 @@ def apply_profile(state: LearnerState, event_id: str, change: ProfileChange) -> 
     return replace(
         state,
         profile=profile,
-        seen_event_ids=(*state.seen_event_ids, event_id)[-SEEN_EVENT_IDS_LIMIT:],
+        seen_digests=state.seen_after(event_id),
     )
 
 
@@ -666,7 +686,7 @@ def _remember(
     new_state = replace(
         state,
         skills=skills,
-        seen_event_ids=(*state.seen_event_ids, event_id)[-SEEN_EVENT_IDS_LIMIT:],
+        seen_digests=state.seen_after(event_id),
         recent=(*state.recent, AppliedEvent(event_id, outputs))[-RECENT_OUTPUTS_LIMIT:],
     )
     return new_state, outputs

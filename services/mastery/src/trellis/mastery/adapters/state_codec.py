@@ -1,17 +1,27 @@
-"""How a `LearnerState` is stored in the mastery table (and its changelog topic): compact JSON.
+"""How a `LearnerState` is stored in the mastery table (and its changelog topic).
 
-Floats are written with `repr`, which round-trips exactly, so a state read back from a
-changelog after a crash continues bit for bit like the live run. The `v` field versions the
-format; a reader refuses versions it does not know rather than guessing. Version 2 added the
-struggling, review and override fields; version 1 states read as having none of them. Version 3
-added the learner profile, classes and the time of an earlier erasure (`profile`, `classes`,
-`erased_before`, each only when set); earlier states read with none.
+Format 4, binary (`struct`, little-endian), written since the worker's throughput work: the
+state is rewritten on every change, so its size is changelog and RocksDB bytes per learner per
+batch (see docs/mastery-performance.md). Layout: the magic `MAGIC` and the version byte; the
+dedup window (u32 length, then the 8-byte digests); the skills (u16 count, each a fixed
+`_SKILL` record and its strings, then the override if its flag is set); the recent outputs (u16
+count, each the cause event id, a u8 count and the outputs, one kind byte each); and a
+JSON object of what is rarely set (profile, classes, time of an earlier erasure), empty when
+none is. Strings are u16 length + UTF-8, times microseconds since the epoch (UTC). Floats are
+stored as IEEE doubles, so a state read back from a changelog after a crash continues bit for
+bit like the live run.
+
+Formats 1 to 3 were JSON (`{"v": ...}`) and are still read: their event ids become digests.
+Version 2 added the struggling, review and override fields (version 1 states read as having none
+of them); version 3 the learner profile, classes and the time of an earlier erasure. A reader
+refuses versions it does not know rather than guessing.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import struct
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trellis.mastery.domain import (
@@ -31,10 +41,27 @@ from trellis.mastery.domain import (
     SkillMastered,
     SkillState,
     StrugglingDetected,
+    event_digest,
 )
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+MAGIC = b"\xb7"  # never the first byte of a JSON document (formats 1 to 3)
+FORMAT_VERSION = 4
+READABLE_JSON_VERSIONS = (1, 2, 3)
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+# p_mastered, attempts, last event time (us), attempts unmastered, error streak, flags
+_SKILL = struct.Struct("<dIqIIB")
+_MASTERED, _STRUGGLING, _REVIEW_DUE, _HAS_TIME, _HAS_OVERRIDE = 1, 2, 4, 8, 16
+_OVERRIDE = struct.Struct("<dq")  # p_mastered, at (us)
+_CHANGE = struct.Struct("<ddBI")  # p_before, p_after, level, attempts
+_FLOAT = struct.Struct("<d")
+_STRUGGLE = struct.Struct("<I")
+_PAIR = struct.Struct("<dd")
+_KIND = struct.Struct("<c")
+_LEVELS = tuple(Level)  # stored by position: only ever append levels
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class StateFormatError(ValueError):
@@ -42,45 +69,225 @@ class StateFormatError(ValueError):
 
 
 def encode_state(state: LearnerState) -> bytes:
-    document = {
-        "v": FORMAT_VERSION,
-        "skills": {skill_id: _encode_skill(s) for skill_id, s in state.skills.items()},
-        "seen": list(state.seen_event_ids),
-        "recent": [[a.event_id, [_encode_output(o) for o in a.outputs]] for a in state.recent],
-    }
+    out = [MAGIC, _U8.pack(FORMAT_VERSION), _U32.pack(len(state.seen_digests)), state.seen_digests]
+    out.append(_U16.pack(len(state.skills)))
+    for skill_id, skill in state.skills.items():
+        _put_skill(out, skill_id, skill)
+    out.append(_U16.pack(len(state.recent)))
+    for applied in state.recent:
+        _put_str(out, applied.event_id)
+        out.append(_U8.pack(len(applied.outputs)))
+        for output in applied.outputs:
+            _put_output(out, output)
+    rare: dict[str, Any] = {}
     if state.profile != EMPTY_PROFILE:
-        document["profile"] = _encode_profile(state.profile)
+        rare["profile"] = _encode_profile(state.profile)
     if state.class_ids:
-        document["classes"] = list(state.class_ids)
+        rare["classes"] = list(state.class_ids)
     if state.erased_before is not None:
-        document["erased_before"] = state.erased_before.isoformat()
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        rare["erased_before"] = state.erased_before.isoformat()
+    extra = json.dumps(rare, separators=(",", ":"), allow_nan=False).encode() if rare else b""
+    out += [_U32.pack(len(extra)), extra]
+    return b"".join(out)
 
 
 def decode_state(data: bytes) -> LearnerState:
     try:
-        document = json.loads(data)
-        if document.get("v") not in READABLE_VERSIONS:
-            raise StateFormatError(f"unknown learner state format {document.get('v')!r}")
-        skills = {skill_id: _decode_skill(s) for skill_id, s in document["skills"].items()}
-        recent = tuple(
-            AppliedEvent(event_id, tuple(_decode_output(event_id, o) for o in outputs))
-            for event_id, outputs in document["recent"]
-        )
-        profile = document.get("profile")
-        erased = document.get("erased_before")
-        return LearnerState(
-            skills=skills,
-            seen_event_ids=tuple(document["seen"]),
-            recent=recent,
-            profile=EMPTY_PROFILE if profile is None else _decode_profile(profile),
-            class_ids=tuple(document.get("classes", ())),
-            erased_before=None if erased is None else datetime.fromisoformat(erased),
-        )
+        if data[:1] == MAGIC:
+            return _decode_binary(data)
+        return _decode_json(data)
     except StateFormatError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, struct.error) as exc:
         raise StateFormatError(f"undecodable learner state: {exc}") from exc
+
+
+def _decode_binary(data: bytes) -> LearnerState:
+    reader = _Reader(data, 1)
+    (version,) = reader.unpack(_U8)
+    if version != FORMAT_VERSION:
+        raise StateFormatError(f"unknown learner state format {version!r}")
+    seen = reader.blob(_U32)
+    (count,) = reader.unpack(_U16)
+    skills = dict(_read_skill(reader) for _ in range(count))
+    (count,) = reader.unpack(_U16)
+    recent = []
+    for _ in range(count):
+        event_id = reader.str()
+        (outputs,) = reader.unpack(_U8)
+        recent.append(
+            AppliedEvent(event_id, tuple(_read_output(reader, event_id) for _ in range(outputs)))
+        )
+    extra = reader.blob(_U32)
+    if reader.offset != len(data):
+        raise StateFormatError("trailing bytes after the learner state")
+    rare = json.loads(extra) if extra else {}
+    return _state(skills, seen, tuple(recent), rare)
+
+
+def _state(
+    skills: dict[str, SkillState],
+    seen: bytes,
+    recent: tuple[AppliedEvent, ...],
+    rare: dict[str, Any],
+) -> LearnerState:
+    profile = rare.get("profile")
+    erased = rare.get("erased_before")
+    return LearnerState(
+        skills=skills,
+        seen_digests=seen,
+        recent=recent,
+        profile=EMPTY_PROFILE if profile is None else _decode_profile(profile),
+        class_ids=tuple(rare.get("classes", ())),
+        erased_before=None if erased is None else datetime.fromisoformat(erased),
+    )
+
+
+class _Reader:
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data = data
+        self.offset = offset
+
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
+        values = layout.unpack_from(self.data, self.offset)
+        self.offset += layout.size
+        return values
+
+    def blob(self, length: struct.Struct) -> bytes:
+        (size,) = self.unpack(length)
+        start, self.offset = self.offset, self.offset + size
+        if self.offset > len(self.data):
+            raise StateFormatError("learner state cut short")
+        return self.data[start : self.offset]
+
+    def str(self) -> str:
+        return self.blob(_U16).decode()
+
+
+def _put_str(out: list[bytes], text: str) -> None:
+    encoded = text.encode()
+    out += [_U16.pack(len(encoded)), encoded]
+
+
+def _micros(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _put_skill(out: list[bytes], skill_id: str, s: SkillState) -> None:
+    flags = (
+        (_MASTERED if s.mastered else 0)
+        | (_STRUGGLING if s.struggling else 0)
+        | (_REVIEW_DUE if s.review_due else 0)
+        | (_HAS_TIME if s.last_event_time is not None else 0)
+        | (_HAS_OVERRIDE if s.override is not None else 0)
+    )
+    when = 0 if s.last_event_time is None else _micros(s.last_event_time)
+    out.append(
+        _SKILL.pack(s.p_mastered, s.attempts, when, s.attempts_unmastered, s.error_streak, flags)
+    )
+    _put_str(out, skill_id)
+    _put_str(out, s.model_version)
+    _put_str(out, s.error_tag)
+    if s.override is not None:
+        o = s.override
+        out.append(_OVERRIDE.pack(o.p_mastered, _micros(o.at)))
+        _put_str(out, o.teacher_id)
+        _put_str(out, o.reason)
+        _put_str(out, o.event_id)
+
+
+def _read_skill(reader: _Reader) -> tuple[str, SkillState]:
+    p, attempts, when, unmastered, streak, flags = reader.unpack(_SKILL)
+    skill_id, version, tag = reader.str(), reader.str(), reader.str()
+    override = None
+    if flags & _HAS_OVERRIDE:
+        p_override, at = reader.unpack(_OVERRIDE)
+        teacher, reason, event_id = reader.str(), reader.str(), reader.str()
+        override = Override(p_override, teacher, reason, _from_micros(at), event_id)
+    return skill_id, SkillState(
+        p_mastered=p,
+        attempts=attempts,
+        last_event_time=_from_micros(when) if flags & _HAS_TIME else None,
+        model_version=version,
+        mastered=bool(flags & _MASTERED),
+        attempts_unmastered=unmastered,
+        struggling=bool(flags & _STRUGGLING),
+        error_tag=tag,
+        error_streak=streak,
+        review_due=bool(flags & _REVIEW_DUE),
+        override=override,
+    )
+
+
+def _put_output(out: list[bytes], output: Output) -> None:
+    if isinstance(output, MasteryChange):
+        out.append(b"u")
+        _put_str(out, output.skill)
+        level = _LEVELS.index(output.level)
+        out.append(_CHANGE.pack(output.p_before, output.p_after, level, output.attempts))
+        _put_str(out, output.model_version)
+    elif isinstance(output, SkillMastered):
+        out.append(b"m")
+        _put_str(out, output.skill)
+        out.append(_FLOAT.pack(output.p_mastered))
+    elif isinstance(output, StrugglingDetected):
+        out.append(b"s")
+        _put_str(out, output.skill)
+        _put_str(out, output.reason)
+        out.append(_STRUGGLE.pack(output.attempts))
+        _put_str(out, output.error_tag)
+    elif isinstance(output, MasteryOverridden):
+        out.append(b"o")
+        _put_str(out, output.skill)
+        out.append(_PAIR.pack(output.p_before, output.p_after))
+        _put_str(out, output.reason)
+        _put_str(out, output.teacher_id)
+    else:
+        out.append(b"r")
+        _put_str(out, output.skill)
+        out.append(_FLOAT.pack(output.p_recall))
+
+
+def _read_output(reader: _Reader, cause: str) -> Output:
+    (kind,) = reader.unpack(_KIND)
+    skill = reader.str()
+    if kind == b"u":
+        p_before, p_after, level, attempts = reader.unpack(_CHANGE)
+        level_ = _LEVELS[level]
+        return MasteryChange(skill, p_before, p_after, level_, attempts, reader.str(), cause)
+    if kind == b"m":
+        return SkillMastered(skill, reader.unpack(_FLOAT)[0], cause)
+    if kind == b"s":
+        reason = reader.str()
+        (attempts,) = reader.unpack(_STRUGGLE)
+        return StrugglingDetected(skill, reason, attempts, reader.str(), cause)
+    if kind == b"o":
+        p_before, p_after = reader.unpack(_PAIR)
+        reason, teacher = reader.str(), reader.str()
+        return MasteryOverridden(skill, p_before, p_after, reason, teacher, cause)
+    if kind == b"r":
+        return ReviewDue(skill, reader.unpack(_FLOAT)[0], cause)
+    raise StateFormatError(f"unknown output kind {kind!r}")
+
+
+# --- formats 1 to 3 (JSON) -----------------------------------------------------------------
+
+
+def _decode_json(data: bytes) -> LearnerState:
+    document = json.loads(data)
+    if document.get("v") not in READABLE_JSON_VERSIONS:
+        raise StateFormatError(f"unknown learner state format {document.get('v')!r}")
+    skills = {skill_id: _decode_skill(s) for skill_id, s in document["skills"].items()}
+    recent = tuple(
+        AppliedEvent(event_id, tuple(_decode_output(event_id, o) for o in outputs))
+        for event_id, outputs in document["recent"]
+    )
+    seen = b"".join(event_digest(str(event_id)) for event_id in document["seen"])
+    return _state(skills, seen, recent, document)
 
 
 def _encode_profile(p: Profile) -> dict[str, Any]:
@@ -122,31 +329,6 @@ def _time(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
 
-def _encode_skill(s: SkillState) -> list[Any]:
-    override = s.override
-    return [
-        s.p_mastered,
-        s.attempts,
-        _time(s.last_event_time),
-        s.model_version,
-        s.mastered,
-        s.attempts_unmastered,
-        s.struggling,
-        s.error_tag,
-        s.error_streak,
-        s.review_due,
-        None
-        if override is None
-        else [
-            override.p_mastered,
-            override.teacher_id,
-            override.reason,
-            _time(override.at),
-            override.event_id,
-        ],
-    ]
-
-
 def _decode_skill(item: list[Any]) -> SkillState:
     p, attempts, when, version = item[:4]
     skill = SkillState(
@@ -186,27 +368,6 @@ def _decode_skill(item: list[Any]) -> SkillState:
             str(override[4]),
         ),
     )
-
-
-def _encode_output(output: Output) -> list[Any]:
-    if isinstance(output, MasteryChange):
-        return [
-            "u",
-            output.skill,
-            output.p_before,
-            output.p_after,
-            output.level.value,
-            output.attempts,
-            output.model_version,
-        ]
-    if isinstance(output, SkillMastered):
-        return ["m", output.skill, output.p_mastered]
-    if isinstance(output, StrugglingDetected):
-        return ["s", output.skill, output.reason, output.attempts, output.error_tag]
-    if isinstance(output, MasteryOverridden):
-        o = output
-        return ["o", o.skill, o.p_before, o.p_after, o.reason, o.teacher_id]
-    return ["r", output.skill, output.p_recall]
 
 
 def _decode_output(cause_event_id: str, item: list[Any]) -> Output:
