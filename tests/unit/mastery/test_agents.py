@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,21 @@ def attempt(event_id: str) -> envelope_pb2.Envelope:
     return envelope
 
 
+def stored() -> asyncio.Future[None]:
+    """What a topic's `send` returns: the broker's acknowledgement, here at once."""
+    acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    acknowledged.set_result(None)
+    return acknowledged
+
+
+async def put(agent: Any, value: bytes, key: bytes, headers: Any = None) -> None:
+    """Put one event and wait until the agent acked it: its micro-batch was stored."""
+    event = await agent.put(value, key=key, headers=headers)
+    async with asyncio.timeout(5):
+        while not event.message.acked:
+            await asyncio.sleep(0.005)
+
+
 class Sent:
     def __init__(self) -> None:
         self.mastery: list[envelope_pb2.Envelope] = []
@@ -39,12 +55,16 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sen
     stream = create_stream(make_test_settings("unit"), store="memory://", datadir=tmp_path)
     sent = Sent()
 
-    async def to_mastery(*, key: bytes, value: bytes, headers: object) -> None:
+    async def to_mastery(*, key: bytes, value: bytes, headers: object) -> asyncio.Future[None]:
         assert key == KEY
         sent.mastery.append(envelope_pb2.Envelope.FromString(value))
+        return stored()
 
-    async def to_deadletter(*, key: bytes | None, value: bytes, headers: object) -> None:
+    async def to_deadletter(
+        *, key: bytes | None, value: bytes, headers: object
+    ) -> asyncio.Future[None]:
         sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
+        return stored()
 
     # Only the neighbours (the output topics) are mocked; table and agent are Faust's own.
     with (
@@ -60,7 +80,7 @@ async def test_an_attempt_is_applied_and_published(
 ) -> None:
     agent, stream, sent = running
     encoded = encode_envelope(attempt("evt-1"))
-    await agent.put(encoded.value, key=encoded.key, headers=encoded.headers)
+    await put(agent, encoded.value, encoded.key, encoded.headers)
 
     [update] = sent.mastery
     assert update.mastery_updated.p_after == pytest.approx(0.6926829268)
@@ -72,8 +92,8 @@ async def test_a_redelivered_attempt_is_counted_once(
 ) -> None:
     agent, stream, sent = running
     encoded = encode_envelope(attempt("evt-1"))
-    await agent.put(encoded.value, key=encoded.key)
-    await agent.put(encoded.value, key=encoded.key)
+    await put(agent, encoded.value, encoded.key)
+    await put(agent, encoded.value, encoded.key)
 
     assert [e.event_id for e in sent.mastery] == [sent.mastery[0].event_id] * 2
     assert stream.store.get(KEY).skills["a"].attempts == 1  # type: ignore[union-attr]
@@ -85,9 +105,9 @@ async def test_bad_events_are_dead_lettered_and_the_agent_goes_on(
     agent, _, sent = running
     wrong_key = encode_envelope(attempt("evt-2"))
     good = encode_envelope(attempt("evt-3"))
-    await agent.put(b"\xff\xfe", key=KEY)
-    await agent.put(wrong_key.value, key=b"district-a/another-learner")
-    await agent.put(good.value, key=good.key)
+    await put(agent, b"\xff\xfe", KEY)
+    await put(agent, wrong_key.value, b"district-a/another-learner")
+    await put(agent, good.value, good.key)
 
     assert [letter.original_value for letter in sent.letters] == [b"\xff\xfe", wrong_key.value]
     assert "undecodable" in sent.letters[0].error
@@ -101,9 +121,9 @@ async def test_an_unexpected_failure_is_dead_lettered_too(
 ) -> None:
     agent, stream, sent = running
     encoded = encode_envelope(attempt("evt-4"))
-    with mock.patch.object(stream.service, "record_activity", side_effect=RuntimeError("boom")):
-        await agent.put(encoded.value, key=encoded.key)
-    await agent.put(encoded.value, key=encoded.key)
+    with mock.patch.object(stream.writer, "record_activity", side_effect=RuntimeError("boom")):
+        await put(agent, encoded.value, encoded.key)
+    await put(agent, encoded.value, encoded.key)
 
     assert sent.letters[0].error == "unexpected RuntimeError: boom"
     assert [e.mastery_updated.cause_event_id for e in sent.mastery] == ["evt-4"]
@@ -114,7 +134,7 @@ async def test_an_erasure_deletes_the_table_entry_and_is_announced(
 ) -> None:
     agent, stream, sent = running
     encoded = encode_envelope(attempt("evt-5"))
-    await agent.put(encoded.value, key=encoded.key)
+    await put(agent, encoded.value, encoded.key)
     request = envelope_pb2.Envelope(
         event_id="erase-1", tenant_id="district-a", learner_id="pseudo-1"
     )
@@ -124,7 +144,7 @@ async def test_an_erasure_deletes_the_table_entry_and_is_announced(
     with mock.patch.object(
         stream.tables.learners, "send_changelog", wraps=stream.tables.learners.send_changelog
     ) as changelog:
-        await agent.put(erase.value, key=erase.key)
+        await put(agent, erase.value, erase.key)
     # Faust writes a tombstone (value None) for the deleted key.
     [call] = changelog.call_args_list
     assert call.args[1:] == (KEY,) and call.kwargs["value"] is None
@@ -133,6 +153,6 @@ async def test_an_erasure_deletes_the_table_entry_and_is_announced(
     assert stream.store.erased_at(KEY).timestamp() == 1_790_000_060  # type: ignore[union-attr]
     assert [e.WhichOneof("payload") for e in sent.mastery] == ["mastery_updated", "learner_erased"]
     # The erased learner's old attempt re-read: it stays erased, nothing is sent.
-    await agent.put(encoded.value, key=encoded.key)
+    await put(agent, encoded.value, encoded.key)
     assert stream.tables.learners.get(KEY) is None
     assert len(sent.mastery) == 2

@@ -1,17 +1,33 @@
-"""The activity agent: decode, apply the mastery service, publish the outputs, dead-letter the rest.
+"""The activity agent: micro-batches of events, applied by the mastery service, outputs published,
+failures dead-lettered.
 
-One event at a time (concurrency 1: with more, Faust can commit offsets past events still in
-flight). The agent never raises: an exception in a Faust agent acks the event and restarts the
-agent, silently skipping it, so every failure goes to the dead-letter topic instead, with the
-original bytes, the error and the source topic/partition/offset. State writes are idempotent by
-event id (see `trellis.mastery.domain`), so at-least-once redelivery never counts twice.
+One agent (concurrency 1: with more, Faust can commit offsets past events still in flight) takes
+up to `BATCH_MAX` events, waiting at most `BATCH_WITHIN_S` for them. Per batch, in this order:
+1. each event is decoded and applied in the order read (a learner's events are in one partition,
+   so in their order), over `StagedWrites`: a learner's state is read once per batch, and a bad
+   event becomes a dead letter (original bytes, error, source topic/partition/offset);
+2. every output and dead letter is sent, and the broker's acknowledgement of all of them awaited
+   (resent until it comes: a batch is never half stored and never skipped);
+3. each changed learner is written once to the table (RocksDB and its changelog);
+4. the batch's events are acked: Faust commits their offsets later, after flushing the producer.
+So offsets are committed only after outputs and state are stored. A crash before step 3 applies
+the events again from the old state (same outputs, same deterministic ids); after it, they are
+duplicates in the dedup window and re-send the outputs kept for them.
+
+The agent never raises on an event: an exception in a Faust agent restarts it and loses the
+batch's place, so every failure becomes a dead letter instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import faust
+from faust.streams import _current_event
 from faust.types import AgentT, EventT
 from prometheus_client import Counter
 
@@ -20,9 +36,15 @@ from trellis.common.kafka import dead_letter
 from trellis.common.logging import get_logger
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService
+from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.topics import Topics
 
 CONSUMER = "trellis-mastery"
+#: Events per micro-batch at most, and how long a batch waits to fill (the latency it adds).
+BATCH_MAX = 2_000
+BATCH_WITHIN_S = 0.05
+#: Pause before sending a batch's records again when the broker did not acknowledge them.
+RESEND_PAUSE_S = 1.0
 
 EVENTS = Counter(
     "trellis_mastery_activity_events",
@@ -33,43 +55,96 @@ OUTPUTS = Counter("trellis_mastery_outputs", "Mastery events published, by kind.
 
 _log = get_logger("trellis.mastery.stream")
 
+#: A record to produce: topic, key, value, headers.
+Record = tuple[Any, bytes | None, bytes, Sequence[tuple[str, bytes]]]
 
-def register_agents(app: faust.App, topics: Topics, service: MasteryService) -> AgentT[Any]:
-    """Attach the activity agent to `app`; returns it (for `agent.test_context()` in tests)."""
+
+def register_agents(
+    app: faust.App, topics: Topics, service: MasteryService, staged: StagedWrites
+) -> AgentT[Any]:
+    """Attach the activity agent to `app`; returns it (for `agent.test_context()` in tests).
+
+    `service` must write through `staged` (see `trellis.mastery.stream.app`)."""
 
     async def process_activity(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await handle_event(event, topics, service)
+        # noack_take: the events are acked here, once stored (take_events would ack a batch
+        # cut short by a stop or a crash too).
+        batches = cast(faust.Stream[bytes], stream).noack_take(BATCH_MAX, within=BATCH_WITHIN_S)
+        async for batch in batches:
+            events = cast(list[EventT[bytes]], batch)
+            await handle_batch(events, topics, service, staged)
+            for event in events:
+                await stream.ack(event)
 
     return app.agent(topics.activity, name="mastery.process_activity", concurrency=1)(
         process_activity
     )
 
 
-async def handle_event(event: EventT[bytes], topics: Topics, service: MasteryService) -> None:
+async def handle_batch(
+    events: Sequence[EventT[bytes]], topics: Topics, service: MasteryService, staged: StagedWrites
+) -> None:
+    records: list[Record] = []
+    last_of_key: dict[bytes, EventT[bytes]] = {}
+    for event in events:
+        key = event.key or b""
+        last_of_key[key] = event
+        with acting_for(event):
+            records += _apply(event, topics, service)
+    await _publish(topics, records)
+    staged.flush(lambda key: acting_for(last_of_key[key]))
+
+
+@contextmanager
+def acting_for(event: EventT[bytes]) -> Iterator[None]:
+    """Make `event` Faust's current event: the table picks the partition it reads and writes
+    (RocksDB file, changelog partition) from it, and in a batch that is not the last one read."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _apply(event: EventT[bytes], topics: Topics, service: MasteryService) -> list[Record]:
     message = event.message
     try:
         envelope = decode_envelope(event.value, _headers(event.headers))
         handled = service.record_activity(event.key or b"", envelope)
     except (CodecError, InvalidEvent) as exc:
-        await _dead_letter(topics, message, str(exc))
-        return
+        return [_dead_letter(topics, message, str(exc))]
     except Exception as exc:  # never let the agent die on one event
         _log.exception("activity event failed", topic=message.topic, offset=message.offset)
-        await _dead_letter(topics, message, f"unexpected {type(exc).__name__}: {exc}")
-        return
+        return [_dead_letter(topics, message, f"unexpected {type(exc).__name__}: {exc}")]
     if handled.skipped is not None:
         EVENTS.labels("skipped").inc()
         _log.debug("activity event skipped", reason=handled.skipped, event_id=envelope.event_id)
     else:
         EVENTS.labels("duplicate" if handled.duplicate else "applied").inc()
+    records: list[Record] = []
     for output in handled.outputs:
         encoded = encode_envelope(output)
-        await topics.mastery.send(key=encoded.key, value=encoded.value, headers=encoded.headers)
+        records.append((topics.mastery, encoded.key, encoded.value, encoded.headers))
         OUTPUTS.labels(output.WhichOneof("payload") or "none").inc()
+    return records
 
 
-async def _dead_letter(topics: Topics, message: Any, error: str) -> None:
+async def _publish(topics: Topics, records: list[Record]) -> None:
+    """Send the records and wait until the broker stored all of them, sending again on failure
+    (ids are deterministic, so a second copy is a duplicate that subscribers drop)."""
+    while True:
+        try:
+            sent: list[Awaitable[Any]] = []
+            for topic, key, value, headers in records:
+                sent.append(await topic.send(key=key, value=value, headers=headers))
+            await asyncio.gather(*sent)
+            return
+        except Exception:
+            _log.exception("batch not stored by the broker: sending again", records=len(records))
+            await asyncio.sleep(RESEND_PAUSE_S)
+
+
+def _dead_letter(topics: Topics, message: Any, error: str) -> Record:
     EVENTS.labels("dead_letter").inc()
     # A Faust message carries the fields the helper reads (topic, partition, offset, key, value).
     letter = dead_letter(cast(Any, message), error, CONSUMER)
@@ -80,14 +155,12 @@ async def _dead_letter(topics: Topics, message: Any, error: str) -> None:
         source_partition=message.partition,
         source_offset=message.offset,
     )
-    try:
-        await topics.deadletter.send(
-            key=letter.original_key or None,
-            value=letter.SerializeToString(),
-            headers=headers_for(letter),
-        )
-    except Exception:
-        _log.exception("dead letter could not be sent", source_offset=message.offset)
+    return (
+        topics.deadletter,
+        letter.original_key or None,
+        letter.SerializeToString(),
+        headers_for(letter),
+    )
 
 
 def _headers(headers: Any) -> list[tuple[str, bytes]]:

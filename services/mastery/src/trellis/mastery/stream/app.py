@@ -14,6 +14,7 @@ from trellis.common.settings import Settings
 from trellis.mastery.catalog import CatalogView
 from trellis.mastery.service import MasteryService
 from trellis.mastery.stream.agents import register_agents
+from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.tables import TABLE_NAMES, TableLearnerStore, Tables, define_tables
 from trellis.mastery.stream.topics import Topics, define_topics
 
@@ -24,7 +25,11 @@ class MasteryStream:
     topics: Topics
     tables: Tables
     store: TableLearnerStore
+    #: Reads (the gRPC API): straight from the table.
     service: MasteryService
+    #: The agent's: writes held in `staged` until the batch's outputs are stored.
+    writer: MasteryService
+    staged: StagedWrites
     agent: AgentT[Any]
 
 
@@ -59,8 +64,10 @@ def create_stream(
         erased=tables.erased,
     )
     service = MasteryService(store_adapter, catalog=catalog)
-    agent = register_agents(app, topics, service)
-    return MasteryStream(app, topics, tables, store_adapter, service, agent)
+    staged = StagedWrites(store_adapter)
+    writer = MasteryService(staged, catalog=catalog)
+    agent = register_agents(app, topics, writer, staged)
+    return MasteryStream(app, topics, tables, store_adapter, service, writer, staged, agent)
 
 
 def ensure_stream_topics(settings: Settings) -> list[str]:
