@@ -102,6 +102,10 @@ class TrellisLoop:
         )
         self.state = mastery.EMPTY
         self.calls = 0
+        # The time of the latest answer: the simulator does not tell the policy the time of a
+        # request, so days since practice are counted to the latest answer (a review by the
+        # calendar may come one session late).
+        self.now: datetime | None = None
 
     def params(self, skill_id: str) -> mastery.BktParameters:
         return mastery.DEFAULT
@@ -109,6 +113,12 @@ class TrellisLoop:
     def observe(self, event_id: str, skill_ids: tuple[str, ...], correct: bool, now: datetime):
         attempt = mastery.Attempt(event_id, skill_ids, 1.0 if correct else 0.0)
         self.state, _ = mastery.apply_attempt(self.state, attempt, self.params, now)
+        self.now = now
+
+    def days_since(self, last: datetime | None) -> float | None:
+        if last is None or self.now is None:
+            return None
+        return (self.now - last).total_seconds() / 86_400
 
     def learner_state(self) -> rec.LearnerState:
         return rec.LearnerState.of(
@@ -120,7 +130,7 @@ class TrellisLoop:
                     s.attempts,
                     s.struggling,
                     s.override is not None,
-                    None,
+                    self.days_since(s.last_event_time),
                 )
                 for skill_id, s in self.state.skills.items()
             )

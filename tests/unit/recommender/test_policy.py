@@ -234,8 +234,13 @@ def test_a_new_learner_gets_a_short_diagnostic_that_splits_the_graph() -> None:
 
 
 def test_struggling_gets_support_not_harder_items() -> None:
+    # `add` is mastered only by implication (shown by `subtract`, which builds on it): weak
+    # evidence of its own, so it is worth revisiting.
     learner = state(
-        mastered("count"), mastered("add"), practicing("multiply", 0.4, struggling=True)
+        mastered("count"),
+        practicing("add", 0.6),
+        mastered("subtract"),
+        practicing("multiply", 0.4, struggling=True),
     )
     profile = Profile(modality="video")
     r = rec(learner, profile, predictions=banded_predictions(), k=3)
@@ -250,6 +255,61 @@ def test_struggling_gets_support_not_harder_items() -> None:
     # Never a band item (harder) on the skill they struggle with.
     more = rec(learner, profile, predictions=banded_predictions(), k=10)
     assert not [o for o in more.options if o.skill_id == "multiply" and R_TARGET_BAND in o.codes]
+
+
+def test_support_revisits_only_prerequisites_mastered_on_weak_evidence() -> None:
+    struggling = practicing("multiply", 0.4, struggling=True)
+    solid = rec(state(mastered("count"), mastered("add"), struggling), k=10)
+    assert R_SUPPORT_PREREQUISITE not in {c for o in solid.options for c in o.codes}
+    assert solid.options[0].codes[0] == R_SUPPORT_EASIER
+    decayed = rec(
+        state(mastered("count"), SkillState("add", 0.97, REVIEW_DUE, attempts=6), struggling), k=10
+    )
+    revisit = [o for o in decayed.options if R_SUPPORT_PREREQUISITE in o.codes]
+    assert [o.skill_id for o in revisit] == ["add"]
+
+
+def test_no_support_for_a_struggling_skill_taken_as_mastered_since() -> None:
+    # Flagged struggling on `add`, then `multiply` shown mastered: `add` is implied, the flag is
+    # stale, and the learner goes on to `fractions`.
+    learner = state(
+        mastered("count"),
+        practicing("add", 0.5, struggling=True),
+        mastered("multiply"),
+    )
+    r = rec(learner, k=10)
+    codes = {c for o in r.options for c in o.codes}
+    assert not codes & {R_SUPPORT_EASIER, R_SUPPORT_PREREQUISITE, R_SUPPORT_MODALITY}
+    assert "struggling" not in r.explanation
+    assert "fractions" in {o.skill_id for o in r.options}
+    assert "add" not in {o.skill_id for o in r.options}
+
+
+def test_with_a_goal_items_towards_it_come_before_a_calendar_review() -> None:
+    learner = state(
+        mastered("count"),
+        mastered("add", days_since_practice=30.0),
+        mastered("shapes", days_since_practice=40.0),
+    )
+    goal = Profile(goal_skills=("fractions",))
+    band = flat_predictions(0.7)
+    items = [
+        o for o in rec(learner, goal, predictions=band, k=10).options if o.activity_kind == "item"
+    ]
+    # every item on the way to the goal (multiply, one per format) before the reviews, and the
+    # frontier off the way (subtract) after them
+    assert [o.skill_id for o in items[:8]] == ["multiply"] * 3 + ["shapes", "add"] + [
+        "subtract"
+    ] * 3
+    assert all(R_REVIEW in o.codes for o in items[3:5])
+    # Without a goal, a review keeps the second item slot; so does a review the mastery service
+    # flags (recall decayed) with a goal.
+    plain = [o for o in rec(learner, predictions=band, k=10).options if o.activity_kind == "item"]
+    assert R_REVIEW in plain[1].codes
+    decayed = state(mastered("count"), SkillState("add", 0.96, REVIEW_DUE, attempts=5))
+    options = rec(decayed, goal, predictions=band, k=10).options
+    items = [o for o in options if o.activity_kind == "item"]
+    assert items[0].skill_id == "multiply" and R_REVIEW in items[1].codes
 
 
 def test_spaced_review_of_decayed_mastered_skills() -> None:

@@ -112,6 +112,17 @@ def mastered_skills(
     return out
 
 
+def weakly_mastered(
+    catalog: Catalog, learner: LearnerState, skill_id: str, config: PolicyConfig
+) -> bool:
+    """Taken as mastered on weak evidence of its own: only implied by a skill built on it, or its
+    recall has decayed (`review_due`). Revisiting such a prerequisite can help a learner who
+    struggles with what follows; revisiting one they have shown mastered costs an attempt and
+    teaches nothing new."""
+    state = learner.get(skill_id)
+    return state.level == REVIEW_DUE or state.p_mastered < threshold_of(catalog, skill_id, config)
+
+
 def prerequisites_met(catalog: Catalog, mastered: Mapping[str, str], skill_id: str) -> bool:
     return all(p in mastered for p in catalog.prerequisites(skill_id))
 
@@ -333,14 +344,7 @@ def recommend(
     review = _review(ctx)
     band_items, more_items, off_band = _frontier_items(ctx, frontier_skills)
     resources = _resources(ctx, frontier_skills)
-    preferred = [*leading]
-    if band_items:
-        preferred.append(band_items[0])
-    if review:
-        preferred.append(review[0])
-    if resources:
-        preferred.append(resources[0])
-    preferred += [*band_items[1:], *review[1:], *more_items, *resources[1:], *off_band]
+    preferred = [*leading, *_ordered(ctx, band_items, more_items, review, resources), *off_band]
 
     chosen = _pick(pins, k, [], prefer_distinct=False)
     broaden = _broaden(ctx, frontier_skills) if broadens(seed, config) else None
@@ -361,6 +365,45 @@ def recommend(
     options = tuple(o if R_PIN in o.codes else _with_reasons(o, accommodations) for o in chosen)
     rec_id = str(uuid.uuid5(RECOMMENDATION_NAMESPACE, seed + "|" + ",".join(_ids(options))))
     return Recommendation(rec_id, options, _summary(ctx, options, mode, degraded), degraded)
+
+
+def _ordered(
+    ctx: _Context,
+    band_items: list[Option],
+    more_items: list[Option],
+    review: list[Option],
+    resources: list[Option],
+) -> list[Option]:
+    """The best frontier item, one review item and the best resource first, so that a short
+    answer mixes them; then the rest. With a declared goal, the items on the way to it come
+    before any review that is only due by the calendar (`review_after_days`): every option the
+    learner may pick instead of the first then still moves them towards the goal. A review the
+    mastery service flags (`review_due`: recall decayed below its threshold) keeps its place."""
+    on_goal = goal_skills(ctx.catalog, ctx.profile)
+    if not on_goal:
+        return [
+            *band_items[:1],
+            *review[:1],
+            *resources[:1],
+            *band_items[1:],
+            *review[1:],
+            *more_items,
+            *resources[1:],
+        ]
+    goal_items = [o for o in [*band_items, *more_items] if o.skill_id in on_goal]
+    other_items = [o for o in [*band_items, *more_items] if o.skill_id not in on_goal]
+    decayed = [o for o in review if ctx.learner.get(o.skill_id).level == REVIEW_DUE]
+    by_calendar = [o for o in review if o not in decayed]
+    return [
+        *goal_items[:1],
+        *decayed[:1],
+        *resources[:1],
+        *goal_items[1:],
+        *decayed[1:],
+        *by_calendar,
+        *other_items,
+        *resources[1:],
+    ]
 
 
 def _ids(options: Iterable[Option]) -> list[str]:
@@ -579,13 +622,15 @@ def _review(ctx: _Context) -> list[Option]:
 
 
 def _support(ctx: _Context) -> list[Option]:
-    """For the struggling skill with the most attempts: an easier item, a prerequisite to revisit,
+    """For the struggling skill with the most attempts (not one taken as mastered): its easiest
+    item, a prerequisite to revisit if one is mastered only on weak evidence (`weakly_mastered`),
     and a resource in another modality than the preferred one."""
     struggling = sorted(
         (
             s
             for s in ctx.learner.skills.values()
-            if s.struggling and s.skill_id in ctx.catalog.skills
+            # A skill taken as mastered (shown since, or implied) needs no more support.
+            if s.struggling and s.skill_id in ctx.catalog.skills and s.skill_id not in ctx.mastered
         ),
         key=lambda s: (-s.attempts, s.skill_id),
     )
@@ -614,7 +659,11 @@ def _support(ctx: _Context) -> list[Option]:
                 )
             )
     prerequisites = sorted(
-        (p for p in ctx.catalog.prerequisites(skill_id) if ctx.ready([p])),
+        (
+            p
+            for p in ctx.catalog.prerequisites(skill_id)
+            if ctx.ready([p]) and weakly_mastered(ctx.catalog, ctx.learner, p, ctx.config)
+        ),
         key=lambda p: (ctx.learner.get(p).p_mastered, p),
     )
     for prerequisite in prerequisites:
