@@ -1,26 +1,70 @@
-"""The read API servicer: scope checks, pseudonymization, and what it answers."""
+"""The read API servicer: scope checks, pseudonymization, what it answers, and routing between
+workers (real gRPC servers in this process, each over its own in-memory store)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import pytest
 from pydantic import SecretStr
 
 from trellis.common.codec import learner_key
 from trellis.common.grpc.auth import set_current_principal
 from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from trellis.common.grpc.server import ServiceBinding, create_server
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
+from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
-from trellis.common.settings import Principal
-from trellis.mastery.adapters.grpc import MasteryServicer
+from trellis.common.settings import MasteryServer, Principal, Settings
+from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
+from trellis.mastery.adapters.mastery_topic import MasteryTopic
 from trellis.mastery.adapters.memory_store import InMemoryLearnerStore
+from trellis.mastery.adapters.partitioning import partition_of
+from trellis.mastery.adapters.peers import Peers
 from trellis.mastery.service import MasteryService
 
 TENANT = "district-a"
 PSEUDONYMIZER = Pseudonymizer({TENANT: {1: SecretStr("unit-key")}})
 LEARNER = PSEUDONYMIZER.pseudonymize(TENANT, "sis-1")
+ACTIVITY = "trellis.activity.v1"
+
+
+@dataclass
+class FakePlacement:
+    """What a worker's placement says: owners per partition (None: here), offsets applied here."""
+
+    partitions: int = 1
+    owned_by: dict[int, str | None] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    moving: bool = False
+    topic: str = ACTIVITY
+
+    def partition_of(self, key: bytes) -> int:
+        return partition_of(key, self.partitions)
+
+    def owners(self) -> dict[int, str | None]:
+        if self.moving:
+            raise Unavailable("rebalancing")
+        return {p: self.owned_by.get(p) for p in range(self.partitions)}
+
+    def applied(self, partition: int) -> int:
+        return self.offsets.get(partition, -1)
+
+
+def make_servicer(
+    service: MasteryService, placement: FakePlacement | None = None
+) -> MasteryServicer:
+    return MasteryServicer(
+        service,
+        PSEUDONYMIZER,
+        placement or FakePlacement(offsets={0: 41}),
+        Peers(timeout_s=1.0),
+        MasteryTopic(Settings().kafka),
+    )
 
 
 @pytest.fixture
@@ -39,7 +83,7 @@ def store() -> InMemoryLearnerStore:
 
 @pytest.fixture
 def servicer(store: InMemoryLearnerStore) -> MasteryServicer:
-    return MasteryServicer(MasteryService(store), PSEUDONYMIZER)
+    return make_servicer(MasteryService(store))
 
 
 def caller(**principal: Any) -> None:
@@ -66,6 +110,7 @@ async def test_a_learner_is_read_by_sis_id(servicer: MasteryServicer) -> None:
     assert skill.attempts == 1
     assert skill.model_version == "default-v1"
     assert skill.last_practiced_at.seconds == 1_790_000_000
+    assert list(reply.reflects) == [api_pb2.PartitionOffset(topic=ACTIVITY, partition=0, offset=41)]
 
 
 async def test_named_skills_come_in_the_order_asked(servicer: MasteryServicer) -> None:
@@ -138,7 +183,7 @@ async def test_predict_items_uses_the_catalog_and_the_active_parameter_set(
         ),
     ]:
         catalog.apply(record)
-    servicer = MasteryServicer(MasteryService(store, catalog=catalog), PSEUDONYMIZER)
+    servicer = make_servicer(MasteryService(store, catalog=catalog))
     caller(role="service")
     reply = await servicer.PredictItems(
         api_pb2.PredictItemsRequest(
@@ -206,6 +251,7 @@ async def test_a_learner_profile_is_read_by_sis_id(
         accommodations=["extended_time", "text_to_speech"],
         pins=[api_pb2.Pin(activity_id="i-1", activity_kind="item", note="first")],
         class_ids=["class-7a", "class-7b"],
+        reflects=[api_pb2.PartitionOffset(topic=ACTIVITY, partition=0, offset=41)],
     )
     with pytest.raises(PermissionDenied):
         await servicer.GetLearnerProfile(
@@ -220,7 +266,11 @@ async def test_an_unknown_learner_has_an_empty_profile(servicer: MasteryServicer
         api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-unknown"),
         None,  # type: ignore[arg-type]
     )
-    assert reply == api_pb2.LearnerProfile(tenant_id=TENANT, learner_id="sis-unknown")
+    assert reply == api_pb2.LearnerProfile(
+        tenant_id=TENANT,
+        learner_id="sis-unknown",
+        reflects=[api_pb2.PartitionOffset(topic=ACTIVITY, partition=0, offset=41)],
+    )
 
 
 def class_request(class_id: str, *skills: str) -> api_pb2.GetClassMasteryRequest:
@@ -243,6 +293,7 @@ async def test_class_mastery_names_learners_by_pseudonym(
     caller(role="teacher", classes=["class-7a"])
     reply = await servicer.GetClassMastery(class_request("class-7a", "a"), None)  # type: ignore[arg-type]
     assert reply.class_id == "class-7a"
+    assert list(reply.reflects) == [api_pb2.PartitionOffset(topic=ACTIVITY, partition=0, offset=41)]
     [learner] = reply.learners
     assert (learner.tenant_id, learner.learner_id) == (TENANT, LEARNER)
     [skill] = learner.skills
@@ -275,10 +326,146 @@ async def test_class_mastery_is_scoped_to_the_callers_classes(
     assert (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
 
 
-async def test_class_mastery_on_a_worker_without_every_partition_is_unavailable(
-    servicer: MasteryServicer, in_class: InMemoryLearnerStore
+async def test_reads_while_ownership_moves_are_unavailable(
+    store: InMemoryLearnerStore, in_class: InMemoryLearnerStore
 ) -> None:
     caller(role="service")
-    in_class.owns_all = lambda: False  # type: ignore[method-assign]
+    servicer = make_servicer(MasteryService(store), FakePlacement(moving=True))
     with pytest.raises(Unavailable):
         await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable):
+        await servicer.GetLearnerProfile(
+            api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-1"),
+            None,  # type: ignore[arg-type]
+        )
+
+
+# --- two workers: A holds partition 0, B partition 1 ---
+
+TOKEN = "unit-token"
+
+
+@dataclass
+class Node:
+    store: InMemoryLearnerStore
+    placement: FakePlacement
+    address: str = ""
+
+
+def sis_in(partition: int) -> str:
+    """A SIS id whose learner lands in `partition` of two."""
+    for n in range(1000):
+        key = learner_key(TENANT, PSEUDONYMIZER.pseudonymize(TENANT, f"sis-{n}"))
+        if partition_of(key, 2) == partition:
+            return f"sis-{n}"
+    raise AssertionError("no such learner")
+
+
+def attempt_of(sis_id: str, event_id: str, correct: bool) -> tuple[bytes, envelope_pb2.Envelope]:
+    learner = PSEUDONYMIZER.pseudonymize(TENANT, sis_id)
+    envelope = envelope_pb2.Envelope(
+        event_id=event_id,
+        tenant_id=TENANT,
+        learner_id=learner,
+        class_id="class-7a",
+        item_attempted=activity_pb2.ItemAttempted(skill_ids=["a"], correct=correct),
+    )
+    envelope.occurred_at.FromSeconds(1_790_000_000)
+    return learner_key(TENANT, learner), envelope
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[tuple[Node, Node]]:
+    nodes = [Node(InMemoryLearnerStore(), FakePlacement(partitions=2)) for _ in range(2)]
+    servers = []
+    for node in nodes:
+        servicer = make_servicer(MasteryService(node.store), node.placement)
+        server = create_server(
+            MasteryServer(port=0),
+            {TOKEN: Principal(tenant_id=TENANT, role="service")},
+            [
+                ServiceBinding(
+                    SERVICE_NAME, mastery_pb2_grpc.add_MasteryServiceServicer_to_server, servicer
+                )
+            ],
+        )
+        await server.start()
+        node.address = f"127.0.0.1:{server.port}"
+        servers.append(server)
+    a, b = nodes
+    a.placement.owned_by, a.placement.offsets = {1: b.address}, {0: 10}
+    b.placement.owned_by, b.placement.offsets = {0: a.address}, {1: 20}
+    for node, partition, correct in [(a, 0, True), (b, 1, False)]:
+        key, envelope = attempt_of(sis_in(partition), f"evt-{partition}", correct)
+        MasteryService(node.store).record_activity(key, envelope)
+    try:
+        yield a, b
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def ask(address: str, method: str, message: Any) -> Any:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = mastery_pb2_grpc.MasteryServiceStub(channel)
+        return await getattr(stub, method)(
+            message, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5.0
+        )
+
+
+async def test_any_worker_answers_for_the_owner(workers: tuple[Node, Node]) -> None:
+    a, b = workers
+    held_by_b = sis_in(1)
+    read = api_pb2.GetLearnerMasteryRequest(tenant_id=TENANT, learner_id=held_by_b)
+    via_a = await ask(a.address, "GetLearnerMastery", read)
+    via_b = await ask(b.address, "GetLearnerMastery", read)
+    assert via_a == via_b
+    assert via_a.learner_id == held_by_b
+    [skill] = via_a.skills
+    assert (skill.skill_id, skill.attempts) == ("a", 1)
+    assert skill.p_mastered == pytest.approx(8.6 / 59, abs=1e-15)  # one wrong answer from 0.3
+    assert list(via_a.reflects) == [api_pb2.PartitionOffset(topic=ACTIVITY, partition=1, offset=20)]
+
+    profile = api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id=held_by_b)
+    assert (await ask(a.address, "GetLearnerProfile", profile)).class_ids == ["class-7a"]
+    predict = api_pb2.PredictItemsRequest(tenant_id=TENANT, learner_id=held_by_b, item_ids=["x"])
+    assert (await ask(a.address, "PredictItems", predict)).reflects[0].offset == 20
+
+
+async def test_a_class_is_gathered_from_every_owner(workers: tuple[Node, Node]) -> None:
+    a, b = workers
+    read = api_pb2.GetClassMasteryRequest(tenant_id=TENANT, class_id="class-7a")
+    via_a = await ask(a.address, "GetClassMastery", read)
+    assert via_a == await ask(b.address, "GetClassMastery", read)
+    pseudonyms = [PSEUDONYMIZER.pseudonymize(TENANT, sis_in(p)) for p in (0, 1)]
+    assert [learner.learner_id for learner in via_a.learners] == sorted(pseudonyms)
+    assert [(o.partition, o.offset) for o in via_a.reflects] == [(0, 10), (1, 20)]
+    # A share asked for by partition holds only that partition's learners.
+    share = api_pb2.GetClassMasteryRequest(tenant_id=TENANT, class_id="class-7a", partitions=[1])
+    only_b = await ask(a.address, "GetClassMastery", share)
+    assert [learner.learner_id for learner in only_b.learners] == [pseudonyms[1]]
+    assert [(o.partition, o.offset) for o in only_b.reflects] == [(1, 20)]
+
+
+async def test_a_forwarded_call_is_not_forwarded_again(workers: tuple[Node, Node]) -> None:
+    a, b = workers
+    b.placement.owned_by = {0: a.address, 1: a.address}  # the maps disagree: ownership is moving
+    read = api_pb2.GetLearnerMasteryRequest(tenant_id=TENANT, learner_id=sis_in(1))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await ask(a.address, "GetLearnerMastery", read)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    whole_class = api_pb2.GetClassMasteryRequest(tenant_id=TENANT, class_id="class-7a")
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await ask(a.address, "GetClassMastery", whole_class)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_owner_that_does_not_answer_makes_the_read_unavailable(
+    workers: tuple[Node, Node],
+) -> None:
+    a, _ = workers
+    a.placement.owned_by = {1: "127.0.0.1:9"}  # nothing listens there
+    read = api_pb2.GetLearnerMasteryRequest(tenant_id=TENANT, learner_id=sis_in(1))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await ask(a.address, "GetLearnerMastery", read)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -31,6 +31,9 @@ from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
+from trellis.mastery.adapters.mastery_topic import MasteryTopic
+from trellis.mastery.adapters.peers import Peers
+from trellis.mastery.adapters.placement import attach, canonical_url
 from trellis.mastery.catalog import CatalogView
 from trellis.mastery.fitting import Progress
 from trellis.mastery.stream.app import create_stream, ensure_stream_topics
@@ -60,8 +63,21 @@ def worker(settings: Settings) -> None:
         log.warning(
             "catalog not caught up: starting with what has arrived", waited_s=CATALOG_WAIT_S
         )
-    stream = create_stream(settings, catalog=catalog, producer_linger=PRODUCER_LINGER_S)
-    servicer = MasteryServicer(stream.service, Pseudonymizer(settings.pseudonym.all_keys()))
+    # The gRPC address goes to the group with the assignment: reads are routed by it.
+    stream = create_stream(
+        settings,
+        catalog=catalog,
+        producer_linger=PRODUCER_LINGER_S,
+        canonical_url=canonical_url(server_settings.host, server_settings.port),
+    )
+    topics = settings.kafka.topics
+    servicer = MasteryServicer(
+        stream.service,
+        Pseudonymizer(settings.pseudonym.all_keys()),
+        attach(stream.app, topics.name("activity"), topics.partitions),
+        Peers(),
+        MasteryTopic(settings.kafka),
+    )
 
     def grpc_server() -> GrpcServer:
         binding = ServiceBinding(

@@ -9,7 +9,7 @@ their events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
@@ -208,11 +208,17 @@ class MasteryService:
         return state.profile, state.class_ids
 
     def class_mastery(
-        self, tenant_id: str, class_id: str, skill_ids: Iterable[str] = ()
+        self,
+        tenant_id: str,
+        class_id: str,
+        skill_ids: Iterable[str] = (),
+        include: Callable[[bytes], bool] | None = None,
     ) -> dict[str, dict[str, SkillState]]:
         """Per learner (pseudonymous id) whose events named `class_id`: their skills, as
-        `mastery_of` gives them. Needs every partition here (a single worker); NotOwned else."""
-        if not self._store.owns_all():
+        `mastery_of` gives them. With `include`, only the learners whose keys it accepts (a
+        worker reading its share of the partitions, which it checked it holds); without, every
+        learner, and the store must hold every partition (NotOwned else)."""
+        if include is None and not self._store.owns_all():
             raise NotOwned(tenant_id)
         wanted = list(dict.fromkeys(skill_ids))
         params = self._params(tenant_id)
@@ -220,6 +226,8 @@ class MasteryService:
         found: dict[str, dict[str, SkillState]] = {}
         for key, state in self._store.learners(tenant_id):
             if class_id not in state.class_ids:
+                continue
+            if include is not None and not include(key):
                 continue
             learner_id = key[len(prefix) :].decode()
             if wanted:

@@ -1,60 +1,110 @@
-"""The mastery read API (`trellis.mastery.v1.MasteryService`): authorizes, pseudonymizes, reads.
+"""The mastery read API (`trellis.mastery.v1.MasteryService`): authorizes, pseudonymizes, routes,
+reads.
 
-`GetLearnerMastery`, `GetLearnerProfile`, `PredictItems` and `GetClassMastery` for now, from this
-worker's table: right with a single worker. With several, a learner whose partition another
-worker owns gets UNAVAILABLE rather than a wrong "no state" answer, and so does a class read on a
-worker that does not hold every partition; routing to the owner is a later issue. Methods not
-overridden here answer UNIMPLEMENTED until they are built.
+Each learner's state lives on the worker that owns their activity partition. A worker answers
+from its own table what it owns and forwards the rest to the owner (`adapters.peers`); a class is
+gathered from the owners of every partition. Answers say which activity offsets they reflect,
+read in the same step as the state (`adapters.placement`). During a rebalance or a table
+recovery, or when an owner does not answer in time, the answer is UNAVAILABLE (retryable), never
+a stale or partial one. See docs/mastery-reads.md.
 
 `GetClassMastery` names learners by their pseudonymous id (the service cannot turn a pseudonym
 back into a SIS id; callers join with the roster, which uses the same ids).
+
+`SubscribeMastery` and `SubscribeMasteryEvents` stream the mastery topic of the caller's tenant
+from Kafka directly (any worker serves any subscription), the latter with each event's position.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from trellis.common.codec import CodecError, decode_envelope, learner_key
 from trellis.common.grpc.auth import (
     authorize_class,
     authorize_learner,
     authorize_tenant,
     current_principal,
 )
-from trellis.common.grpc.errors import InvalidArgument, NotFound, Unavailable
+from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from trellis.common.logging import get_logger
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2, mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer, UnknownTenantKey
+from trellis.mastery.adapters.mastery_topic import MasteryTopic
+from trellis.mastery.adapters.peers import Peers, was_forwarded
 from trellis.mastery.domain import Profile, SkillState
 from trellis.mastery.events import LEVELS
 from trellis.mastery.service import MasteryService, NotOwned
+from trellis.mastery.subscriptions import EventFilter, start_offsets
 
 SERVICE_NAME = mastery_pb2.DESCRIPTOR.services_by_name["MasteryService"].full_name
+#: Initial metadata of a subscription, sent once its start positions are fixed.
+SUBSCRIBED = ("x-trellis-subscribed", "1")
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+_log = get_logger("trellis.mastery.grpc")
+
+
+class Placement(Protocol):
+    """Which worker holds each activity partition, and what this one has applied."""
+
+    topic: str
+    partitions: int
+
+    def partition_of(self, key: bytes) -> int: ...
+
+    def owners(self) -> dict[int, str | None]:
+        """Per partition: None if held here, else the owner's gRPC address; Unavailable while
+        ownership is moving."""
+        ...
+
+    def applied(self, partition: int) -> int:
+        """Offset of the last activity event of `partition` applied here (-1: none)."""
+        ...
 
 
 class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
-    def __init__(self, service: MasteryService, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(
+        self,
+        service: MasteryService,
+        pseudonymizer: Pseudonymizer,
+        placement: Placement,
+        peers: Peers,
+        mastery_topic: MasteryTopic,
+    ) -> None:
         self._service = service
         self._pseudonymizer = pseudonymizer
+        self._placement = placement
+        self._peers = peers
+        self._mastery_topic = mastery_topic
 
     async def GetLearnerMastery(
         self, request: mastery_pb2.GetLearnerMasteryRequest, context: Context
     ) -> mastery_pb2.LearnerMastery:
         pseudonym = self._learner(request.tenant_id, request.learner_id)
-        try:
-            skills = self._service.mastery_of(request.tenant_id, pseudonym, request.skill_ids)
-        except NotOwned as exc:
-            raise Unavailable("this learner's state is held by another mastery worker") from exc
+        partition, owner = self._route(learner_key(request.tenant_id, pseudonym), context)
+        if owner is not None:
+            reply: mastery_pb2.LearnerMastery = await self._peers.call(
+                owner, "GetLearnerMastery", request, context
+            )
+            return reply
+        skills = _held(
+            lambda: self._service.mastery_of(request.tenant_id, pseudonym, request.skill_ids)
+        )
         # In the order asked for; all skills by id when none were named.
         items = list(skills.items()) if request.skill_ids else sorted(skills.items())
         return mastery_pb2.LearnerMastery(
             tenant_id=request.tenant_id,
             learner_id=request.learner_id,
             skills=[_skill(skill_id, state) for skill_id, state in items],
+            reflects=self._reflects([partition]),
         )
 
     def _learner(self, tenant_id: str, learner_id: str) -> str:
@@ -70,15 +120,37 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         except UnknownTenantKey as exc:
             raise NotFound("no learners are known for this tenant") from exc
 
+    def _route(self, key: bytes, context: Context) -> tuple[int, str | None]:
+        """The partition of `key` and its owner's address (None: this worker)."""
+        partition = self._placement.partition_of(key)
+        owner = self._placement.owners()[partition]
+        if owner is not None and was_forwarded(context):
+            # The forwarding worker's map and ours disagree: ownership is moving.
+            raise Unavailable("this learner's state is moving between mastery workers, retry")
+        return partition, owner
+
+    def _reflects(self, partitions: Iterable[int]) -> list[mastery_pb2.PartitionOffset]:
+        return [
+            mastery_pb2.PartitionOffset(
+                topic=self._placement.topic, partition=p, offset=self._placement.applied(p)
+            )
+            for p in partitions
+        ]
+
     async def GetLearnerProfile(
         self, request: mastery_pb2.GetLearnerProfileRequest, context: Context
     ) -> mastery_pb2.LearnerProfile:
         pseudonym = self._learner(request.tenant_id, request.learner_id)
-        try:
-            profile, class_ids = self._service.profile_of(request.tenant_id, pseudonym)
-        except NotOwned as exc:
-            raise Unavailable("this learner's state is held by another mastery worker") from exc
-        return _profile(request.tenant_id, request.learner_id, profile, class_ids)
+        partition, owner = self._route(learner_key(request.tenant_id, pseudonym), context)
+        if owner is not None:
+            reply: mastery_pb2.LearnerProfile = await self._peers.call(
+                owner, "GetLearnerProfile", request, context
+            )
+            return reply
+        profile, class_ids = _held(lambda: self._service.profile_of(request.tenant_id, pseudonym))
+        answer = _profile(request.tenant_id, request.learner_id, profile, class_ids)
+        answer.reflects.extend(self._reflects([partition]))
+        return answer
 
     async def GetClassMastery(
         self, request: mastery_pb2.GetClassMasteryRequest, context: Context
@@ -88,59 +160,170 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         if not request.class_id:
             raise InvalidArgument([("class_id", "must not be empty")])
         authorize_class(principal, request.class_id)
-        try:
-            learners = self._service.class_mastery(
-                request.tenant_id, request.class_id, request.skill_ids
+        count = self._placement.partitions
+        if any(p >= count for p in request.partitions):
+            raise InvalidArgument([("partitions", f"the activity topic has {count} partitions")])
+        owners = self._placement.owners()
+        local: list[int] = []
+        remote: dict[str, list[int]] = {}
+        for partition in sorted(set(request.partitions)) or range(count):
+            owner = owners[partition]
+            if owner is None:
+                local.append(partition)
+            else:
+                remote.setdefault(owner, []).append(partition)
+        if remote and was_forwarded(context):
+            raise Unavailable("class state is moving between mastery workers, retry")
+        # This worker's share and its offsets first, in one step; then the others' shares.
+        held_here = frozenset(local)
+        learners = self._service.class_mastery(
+            request.tenant_id,
+            request.class_id,
+            request.skill_ids,
+            include=lambda key: self._placement.partition_of(key) in held_here,
+        )
+        answers = [
+            mastery_pb2.ClassMastery(
+                learners=[
+                    mastery_pb2.LearnerMastery(
+                        tenant_id=request.tenant_id,
+                        learner_id=learner_id,
+                        skills=[
+                            _skill(skill_id, state)
+                            for skill_id, state in (
+                                skills.items() if request.skill_ids else sorted(skills.items())
+                            )
+                        ],
+                    )
+                    for learner_id, skills in learners.items()
+                ],
+                reflects=self._reflects(local),
             )
-        except NotOwned as exc:
-            raise Unavailable("class reads need every partition on one mastery worker") from exc
+        ]
+        answers += await asyncio.gather(
+            *(
+                self._peers.call(owner, "GetClassMastery", _share(request, share), context)
+                for owner, share in remote.items()
+            )
+        )
         return mastery_pb2.ClassMastery(
             class_id=request.class_id,
-            learners=[
-                mastery_pb2.LearnerMastery(
-                    tenant_id=request.tenant_id,
-                    learner_id=learner_id,
-                    skills=[
-                        _skill(skill_id, state)
-                        for skill_id, state in (
-                            skills.items() if request.skill_ids else sorted(skills.items())
-                        )
-                    ],
-                )
-                for learner_id, skills in learners.items()
-            ],
+            learners=sorted(
+                (learner for answer in answers for learner in answer.learners),
+                key=lambda learner: learner.learner_id,
+            ),
+            reflects=sorted(
+                (offset for answer in answers for offset in answer.reflects),
+                key=lambda offset: offset.partition,
+            ),
         )
 
     async def PredictItems(
         self, request: mastery_pb2.PredictItemsRequest, context: Context
     ) -> mastery_pb2.PredictItemsResponse:
         pseudonym = self._learner(request.tenant_id, request.learner_id)
+        partition, owner = self._route(learner_key(request.tenant_id, pseudonym), context)
+        if owner is not None:
+            reply: mastery_pb2.PredictItemsResponse = await self._peers.call(
+                owner, "PredictItems", request, context
+            )
+            return reply
         # A read: the wall clock only decides how far recall has decayed in this answer.
         now = datetime.now(UTC)
-        try:
-            predicted = self._service.predict_items(
-                request.tenant_id, pseudonym, request.item_ids, now
-            )
-        except NotOwned as exc:
-            raise Unavailable("this learner's state is held by another mastery worker") from exc
+        predicted = _held(
+            lambda: self._service.predict_items(request.tenant_id, pseudonym, request.item_ids, now)
+        )
         return mastery_pb2.PredictItemsResponse(
             predictions=[
                 mastery_pb2.ItemPrediction(item_id=item_id, p_correct=p)
                 for item_id, p in predicted.items
             ],
             model_version=predicted.model_version,
+            reflects=self._reflects([partition]),
         )
 
     async def SubscribeMastery(
-        self, request: Any, context: Context
+        self, request: mastery_pb2.SubscribeMasteryRequest, context: Context
     ) -> AsyncIterator[envelope_pb2.Envelope]:
-        await _not_yet(context)
-        yield envelope_pb2.Envelope()  # unreachable: makes this a streaming handler
+        async for _, envelope in self._subscribe(request, context):
+            yield envelope
+
+    async def SubscribeMasteryEvents(
+        self, request: mastery_pb2.SubscribeMasteryRequest, context: Context
+    ) -> AsyncIterator[mastery_pb2.MasteryEventAt]:
+        async for position, envelope in self._subscribe(request, context):
+            yield mastery_pb2.MasteryEventAt(event=envelope, position=position)
+
+    async def _subscribe(
+        self, request: mastery_pb2.SubscribeMasteryRequest, context: Context
+    ) -> AsyncIterator[tuple[mastery_pb2.PartitionOffset, envelope_pb2.Envelope]]:
+        """The tenant's mastery events that pass the request's filter, from its start positions."""
+        principal = current_principal()
+        authorize_tenant(principal, request.tenant_id)
+        if request.class_id:
+            authorize_class(principal, request.class_id)
+        pseudonym = (
+            self._learner(request.tenant_id, request.learner_id) if request.learner_id else ""
+        )
+        if not (request.class_id or pseudonym) and principal.role in ("teacher", "learner"):
+            raise PermissionDenied("name a class or a learner in the caller's scope")
+        topic = self._mastery_topic
+        if any(position.topic not in ("", topic.name) for position in request.after):
+            raise InvalidArgument([("after", f"positions are on topic {topic.name}")])
+        try:
+            start = start_offsets(
+                range(topic.partitions),
+                {position.partition: position.offset for position in request.after},
+                request.from_beginning,
+            )
+        except ValueError as exc:
+            raise InvalidArgument([("after", str(exc))]) from exc
+        if pseudonym:
+            # One learner's events are all in the partition of their key.
+            own = self._placement.partition_of(learner_key(request.tenant_id, pseudonym))
+            start = {own: start[own]}
+        wanted = EventFilter(request.tenant_id, request.class_id, pseudonym)
+        reader = topic.reader(start)
+        try:
+            await reader.open()
+            await context.send_initial_metadata((SUBSCRIBED,))
+            async for record in reader.records():
+                if not wanted.accepts_key(record.key):
+                    continue
+                try:
+                    envelope = decode_envelope(record.value, record.headers)
+                except CodecError:
+                    _log.warning(
+                        "undecodable mastery event skipped",
+                        partition=record.partition,
+                        offset=record.offset,
+                    )
+                    continue
+                if wanted.accepts(envelope):
+                    position = mastery_pb2.PartitionOffset(
+                        topic=topic.name, partition=record.partition, offset=record.offset
+                    )
+                    yield position, envelope
+        finally:
+            reader.close()
 
 
-async def _not_yet(context: Context) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
-    raise AssertionError("abort raises")
+def _held(read: Callable[[], T]) -> T:
+    """A read of this worker's table; Unavailable if the state moved away meanwhile."""
+    try:
+        return read()
+    except NotOwned as exc:
+        raise Unavailable("this state is moving between mastery workers, retry") from exc
+
+
+def _share(
+    request: mastery_pb2.GetClassMasteryRequest, partitions: list[int]
+) -> mastery_pb2.GetClassMasteryRequest:
+    share = mastery_pb2.GetClassMasteryRequest()
+    share.CopyFrom(request)
+    share.ClearField("partitions")
+    share.partitions.extend(partitions)
+    return share
 
 
 def _profile(

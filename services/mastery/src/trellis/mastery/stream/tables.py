@@ -18,10 +18,10 @@ from datetime import datetime
 
 import faust
 from faust.types import TP, TableT
-from kafka.partitioner.default import murmur2
 
 from trellis.common.codec import learner_key
 from trellis.common.settings import Settings
+from trellis.mastery.adapters.partitioning import partition_of
 from trellis.mastery.adapters.state_codec import decode_state, encode_state
 from trellis.mastery.domain import LearnerState
 
@@ -132,7 +132,6 @@ class TableLearnerStore:
         """False also while a rebalance or table recovery is under way: the state may be stale."""
         if self._app.rebalancing or self._app.in_recovery:
             return False
-        # The producers (kafka-python) partition by murmur2 of the key, as the Java client does.
-        partition = (murmur2(key) & 0x7FFFFFFF) % self._partitions
+        partition = partition_of(key, self._partitions)
         actives: set[TP] = self._app.assignor.assigned_actives()
         return TP(self._source_topic, partition) in actives

@@ -1,0 +1,138 @@
+"""Where each partition's state lives among the mastery workers, and which activity it reflects.
+
+Routing: Faust's partition assignor already sends every member of the group the whole partition
+map (each member's active partitions under its `canonical_url`, see `faust.assignor`); each
+worker sets that URL to its own gRPC address (`canonical_url`), so the map tells a worker whom to
+ask for a partition it does not hold. While a rebalance or a table recovery is under way here,
+nothing is answered (`Unavailable`, retryable): the map or the local state may be stale.
+
+Offsets: `AppliedOffsets`, a Faust sensor, notes per activity partition the offset of the last
+event whose effect is in the tables: when the agent writes a table (the event being processed is
+Faust's current event) and when it is done with an event (acked, also when it changed nothing).
+Reads run on the worker's event loop between two steps of the agent, so a read and the offsets
+beside it see the same tables. After a rebalance the base is the group's committed offset, which
+Faust commits on every revocation.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, cast
+
+import faust
+from faust.types import TP, AppT, CollectionT, EventT, StreamT
+from yarl import URL
+
+from trellis.common.grpc.errors import Unavailable
+from trellis.mastery.adapters.partitioning import partition_of
+
+
+class AppliedOffsets(faust.Sensor):
+    """Per partition of `topic`: the offset of the last event applied here (-1: none)."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        super().__init__()
+        self._app = app
+        self._topic = topic
+        self._applied: dict[int, int] = {}
+
+    def on_rebalance_start(self, app: AppT) -> dict[Any, Any]:
+        # Partitions may move; what is left is counted again from the committed offsets.
+        self._applied.clear()
+        return super().on_rebalance_start(app)
+
+    def on_table_set(self, table: CollectionT, key: Any, value: Any) -> None:
+        self._note(faust.current_event())
+
+    def on_table_del(self, table: CollectionT, key: Any) -> None:
+        self._note(faust.current_event())
+
+    def on_stream_event_out(
+        self,
+        tp: TP,
+        offset: int,
+        stream: StreamT[Any],
+        event: EventT[Any],
+        state: dict[Any, Any] | None = None,
+    ) -> None:
+        self._note(event)
+
+    def _note(self, event: EventT[Any] | None) -> None:
+        if event is None:
+            return
+        message = event.message
+        # A message fetched before a rebalance is acked unprocessed: it applied nothing.
+        if message.topic != self._topic or (
+            message.generation_id != self._app.consumer_generation_id
+        ):
+            return
+        if message.offset > self._applied.get(message.partition, -1):
+            self._applied[message.partition] = message.offset
+
+    def applied(self, partition: int) -> int:
+        # Faust keeps no public accessor for what it last committed (or found committed when the
+        # partition was assigned); `None` there means nothing committed.
+        committed: dict[TP, int | None] = cast(Any, self._app.consumer)._committed_offset
+        base = (committed.get(TP(self._topic, partition)) or 0) - 1
+        return max(self._applied.get(partition, -1), base)
+
+
+class FaustPlacement:
+    """The read API's view of the group: partition owners and applied offsets."""
+
+    def __init__(
+        self, app: faust.App, topic: str, partitions: int, offsets: AppliedOffsets
+    ) -> None:
+        self._app = app
+        self.topic = topic
+        self.partitions = partitions
+        self._offsets = offsets
+
+    def partition_of(self, key: bytes) -> int:
+        return partition_of(key, self.partitions)
+
+    def owners(self) -> dict[int, str | None]:
+        """Each partition's owner: None for this worker, else its gRPC address (host:port).
+        Unavailable while the group rebalances, tables recover, or a partition has no owner."""
+        app = self._app
+        if app.rebalancing or app.in_recovery:
+            raise Unavailable("mastery workers are rebalancing, retry")
+        me = _address(app.conf.canonical_url)
+        # `external_topics_metadata` is on Faust's assignor, not on its interface type.
+        members: dict[str, dict[str, list[int]]] = cast(
+            Any, app.assignor
+        ).external_topics_metadata()
+        found: dict[int, str | None] = {}
+        for url, topics in members.items():
+            for partition in topics.get(self.topic, ()):
+                found[partition] = _address(URL(url))
+        actives = app.assignor.assigned_actives()
+        for partition in range(self.partitions):
+            if TP(self.topic, partition) in actives:
+                found[partition] = None
+            elif found.get(partition) in (None, me):
+                # No owner, or the map names this worker for a partition it does not hold.
+                raise Unavailable("a partition of the mastery state has no ready owner, retry")
+        return found
+
+    def applied(self, partition: int) -> int:
+        return self._offsets.applied(partition)
+
+
+def _address(url: URL) -> str:
+    return f"{url.host}:{url.port}"
+
+
+def attach(app: faust.App, topic: str, partitions: int) -> FaustPlacement:
+    """The placement of a worker's app, its offsets sensor installed."""
+    offsets = AppliedOffsets(app, topic)
+    app.sensors.add(offsets)
+    return FaustPlacement(app, topic, partitions, offsets)
+
+
+def canonical_url(host: str, port: int) -> str:
+    """The URL this worker advertises to the group: its gRPC address as other workers reach it
+    (its own host name's address when it listens on every interface, as in a pod)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostbyname(socket.gethostname())
+    return f"http://{host}:{port}"
