@@ -5,11 +5,11 @@ state is rewritten on every change, so its size is changelog and RocksDB bytes p
 batch (see docs/mastery-performance.md). Layout: the magic `MAGIC` and the version byte; the
 dedup window (u32 length, then the 8-byte digests); the skills (u16 count, each a fixed
 `_SKILL` record and its strings, then the override if its flag is set); the recent outputs (u16
-count, each the cause event id, a u8 count and the outputs, one kind byte each); and a
-JSON object of what is rarely set (profile, classes, time of an earlier erasure), empty when
-none is. Strings are u16 length + UTF-8, times microseconds since the epoch (UTC). Floats are
-stored as IEEE doubles, so a state read back from a changelog after a crash continues bit for
-bit like the live run.
+count, each the cause event id, a u8 count and the outputs, one kind byte each); the classes
+(u16 count, strings); the time of an earlier erasure (`_ERASED`); and the profile as JSON (u32
+length, 0 when empty: it changes rarely and has many optional parts). Strings are u16 length +
+UTF-8, times microseconds since the epoch (UTC). Floats are stored as IEEE doubles, so a state
+read back from a changelog after a crash continues bit for bit like the live run.
 
 Formats 1 to 3 were JSON (`{"v": ...}`) and are still read: their event ids become digests.
 Version 2 added the struggling, review and override fields (version 1 states read as having none
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from trellis.mastery.domain import (
     EMPTY_PROFILE,
@@ -60,8 +61,12 @@ _FLOAT = struct.Struct("<d")
 _STRUGGLE = struct.Struct("<I")
 _PAIR = struct.Struct("<dd")
 _KIND = struct.Struct("<c")
+_ERASED = struct.Struct("<?q")  # set, time (us)
 _LEVELS = tuple(Level)  # stored by position: only ever append levels
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+T = TypeVar("T")
 
 
 class StateFormatError(ValueError):
@@ -71,24 +76,44 @@ class StateFormatError(ValueError):
 def encode_state(state: LearnerState) -> bytes:
     out = [MAGIC, _U8.pack(FORMAT_VERSION), _U32.pack(len(state.seen_digests)), state.seen_digests]
     out.append(_U16.pack(len(state.skills)))
-    for skill_id, skill in state.skills.items():
-        _put_skill(out, skill_id, skill)
+    out += [_MEMO.part(skill, skill_id, _skill_bytes) for skill_id, skill in state.skills.items()]
     out.append(_U16.pack(len(state.recent)))
-    for applied in state.recent:
-        _put_str(out, applied.event_id)
-        out.append(_U8.pack(len(applied.outputs)))
-        for output in applied.outputs:
-            _put_output(out, output)
-    rare: dict[str, Any] = {}
-    if state.profile != EMPTY_PROFILE:
-        rare["profile"] = _encode_profile(state.profile)
-    if state.class_ids:
-        rare["classes"] = list(state.class_ids)
-    if state.erased_before is not None:
-        rare["erased_before"] = state.erased_before.isoformat()
-    extra = json.dumps(rare, separators=(",", ":"), allow_nan=False).encode() if rare else b""
-    out += [_U32.pack(len(extra)), extra]
+    out += [_MEMO.part(applied, applied.event_id, _applied_bytes) for applied in state.recent]
+    out.append(_U16.pack(len(state.class_ids)))
+    for class_id in state.class_ids:
+        _put_str(out, class_id)
+    erased = state.erased_before
+    out.append(_ERASED.pack(erased is not None, 0 if erased is None else _micros(erased)))
+    profile = b""
+    if state.profile is not EMPTY_PROFILE and state.profile != EMPTY_PROFILE:
+        profile = _MEMO.part(state.profile, "", _profile_bytes)
+    out += [_U32.pack(len(profile)), profile]
     return b"".join(out)
+
+
+class _PartsMemo:
+    """Encoded parts of the immutable values that consecutive states of a learner share (its
+    unchanged skills, the outputs kept for its recent events, its profile), by identity:
+    encoding them again on every write was most of the cost of a write. An entry holds its
+    value, so the value's id is not reused while the entry lives."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._parts: dict[int, tuple[object, str, bytes]] = {}
+
+    def part(self, value: T, name: str, encode: Callable[[T, str], bytes]) -> bytes:
+        entry = self._parts.get(id(value))
+        if entry is not None and entry[0] is value and entry[1] == name:
+            return entry[2]
+        encoded = encode(value, name)
+        if len(self._parts) >= self._size:
+            self._parts.clear()  # simple and rare: the next writes fill it again
+        self._parts[id(value)] = (value, name, encoded)
+        return encoded
+
+
+#: About 50 parts per learner: room for the learners of a few batches.
+_MEMO = _PartsMemo(size=250_000)
 
 
 def decode_state(data: bytes) -> LearnerState:
@@ -118,11 +143,20 @@ def _decode_binary(data: bytes) -> LearnerState:
         recent.append(
             AppliedEvent(event_id, tuple(_read_output(reader, event_id) for _ in range(outputs)))
         )
-    extra = reader.blob(_U32)
+    (count,) = reader.unpack(_U16)
+    classes = tuple(reader.str() for _ in range(count))
+    has_erased, erased = reader.unpack(_ERASED)
+    profile = reader.blob(_U32)
     if reader.offset != len(data):
         raise StateFormatError("trailing bytes after the learner state")
-    rare = json.loads(extra) if extra else {}
-    return _state(skills, seen, tuple(recent), rare)
+    return LearnerState(
+        skills=skills,
+        seen_digests=seen,
+        recent=tuple(recent),
+        profile=_decode_profile(json.loads(profile)) if profile else EMPTY_PROFILE,
+        class_ids=classes,
+        erased_before=_from_micros(erased) if has_erased else None,
+    )
 
 
 def _state(
@@ -177,7 +211,8 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def _put_skill(out: list[bytes], skill_id: str, s: SkillState) -> None:
+def _skill_bytes(s: SkillState, skill_id: str) -> bytes:
+    out: list[bytes] = []
     flags = (
         (_MASTERED if s.mastered else 0)
         | (_STRUGGLING if s.struggling else 0)
@@ -198,6 +233,21 @@ def _put_skill(out: list[bytes], skill_id: str, s: SkillState) -> None:
         _put_str(out, o.teacher_id)
         _put_str(out, o.reason)
         _put_str(out, o.event_id)
+    return b"".join(out)
+
+
+def _applied_bytes(applied: AppliedEvent, event_id: str) -> bytes:
+    out: list[bytes] = []
+    _put_str(out, event_id)
+    out.append(_U8.pack(len(applied.outputs)))
+    for output in applied.outputs:
+        _put_output(out, output)
+    return b"".join(out)
+
+
+def _profile_bytes(profile: Profile, _: str) -> bytes:
+    document = _encode_profile(profile)
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _read_skill(reader: _Reader) -> tuple[str, SkillState]:
