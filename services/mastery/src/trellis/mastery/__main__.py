@@ -8,6 +8,8 @@ evaluate --train FILE --test FILE [--json] [--no-pybkt] [--bootstrap N] [--truth
     file (DESIGN.md §8); with --truth, P(mastered) against the simulator's true state.
 publish --params FILE --tenant T [--target HOST:PORT] --token-file FILE: send a fitted set to
     the catalog through ingest's UpsertCatalog (target: the ingest address of the settings).
+replay [--json]: rebuild all mastery state from the activity topic into fresh state and compare
+    it with the live state (the table changelogs); exit status 0 if equal, 1 if not.
 
 Wiring only: settings are read once here and passed down.
 """
@@ -178,6 +180,19 @@ def publish(params: Path, tenant: str, target: str, token_file: Path) -> None:
     print(f"parameter set {model.version} {status} for tenant {tenant}", file=sys.stderr)
 
 
+def replay(settings: Settings, as_json: bool) -> int:
+    from trellis.mastery.adapters.log_reader import read_live_state, replay_log
+    from trellis.mastery.replay import compare, report, report_lines
+
+    with _progress_bar() as progress:
+        rebuilt = replay_log(settings, progress)
+    live = read_live_state(settings)
+    differences = compare(live.states, rebuilt.states, live.erased, rebuilt.erased)
+    document = report(rebuilt, len(live.states), differences)
+    print(json.dumps(document) if as_json else "\n".join(report_lines(document)))
+    return 0 if document["equal"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m trellis.mastery",
@@ -208,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     pub_cmd.add_argument("--tenant", required=True)
     pub_cmd.add_argument("--target", help="ingest HOST:PORT (default: from the settings)")
     pub_cmd.add_argument("--token-file", type=Path, required=True, help="bearer token of ingest")
+    replay_cmd = commands.add_parser("replay", help="rebuild state from the log, compare to live")
+    replay_cmd.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
 
     if args.command == "fit":
@@ -223,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args.token_file)  # fmt: skip
         return
     configure_logging(settings.log_level)
+    if args.command == "replay":
+        sys.exit(replay(settings, args.json))
     if args.command == "worker":
         worker(settings)
 
