@@ -11,7 +11,15 @@ from trellis.common.pb.events.v1 import activity_pb2, catalog_pb2, envelope_pb2
 from trellis.mastery.adapters.state_codec import decode_state, encode_state
 from trellis.mastery.catalog import CatalogView
 from trellis.mastery.events import output_event_id
-from trellis.mastery.replay import Difference, Record, compare, rebuild, report, report_lines
+from trellis.mastery.replay import (
+    SHOWN_CHARS,
+    Difference,
+    Record,
+    compare,
+    rebuild,
+    report,
+    report_lines,
+)
 
 TENANT = "district-a"
 
@@ -121,7 +129,21 @@ def test_compare_names_the_learner_and_what_differs() -> None:
     assert skill_b.live == "absent" and skill_b.replayed.startswith("SkillState(")
     assert differences[-2].describe() == "district-a/p2: live absent != replayed present"
     [classes] = [d for d in differences if d.name == "class_ids"]
-    assert classes.describe() == "district-a/p1 field class_ids: live ('class-7a',) != replayed ()"
+    assert classes.describe() == (
+        "district-a/p1 field class_ids: live 1 entries, from #0: ('class-7a',) "
+        "!= replayed 0 entries, from #0: ()"
+    )
+
+
+def test_long_sequences_are_shown_from_their_first_difference_and_cut() -> None:
+    p1 = learner_key(TENANT, "p1")
+    many = tuple(f"class-{n:03d}" for n in range(100))
+    replayed = rebuild(STREAM, CatalogView()).states
+    live = {**replayed, p1: replace(replayed[p1], class_ids=(*many[:50], "other", *many[51:]))}
+    [difference] = compare(live, {**replayed, p1: replace(replayed[p1], class_ids=many)}, {}, {})
+    assert difference.live.startswith("100 entries, from #50: ('other', 'class-051'")
+    assert difference.replayed.startswith("100 entries, from #50: ('class-050', 'class-051'")
+    assert len(difference.live) == SHOWN_CHARS and difference.live.endswith("…")
 
 
 def test_a_single_float_bit_is_a_difference() -> None:

@@ -32,6 +32,9 @@ from trellis.mastery.domain import LearnerState
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService
 
+#: Longest text shown for one side of a difference.
+SHOWN_CHARS = 400
+
 #: One record of the activity topic: key, value (None for a tombstone), headers.
 Record = tuple[bytes | None, bytes | None, Headers]
 
@@ -113,15 +116,13 @@ def _state_differences(
     for skill_id in sorted(live.skills.keys() | replayed.skills.keys()):
         mine, theirs = live.skills.get(skill_id), replayed.skills.get(skill_id)
         if mine != theirs:
-            found.append(Difference(learner, "skill", skill_id, _show(mine), _show(theirs)))
+            found.append(Difference(learner, "skill", skill_id, *_shown(mine, theirs)))
     for f in fields(LearnerState):
         if f.name == "skills":
             continue
         mine_value, theirs_value = getattr(live, f.name), getattr(replayed, f.name)
         if mine_value != theirs_value:
-            found.append(
-                Difference(learner, "field", f.name, _show(mine_value), _show(theirs_value))
-            )
+            found.append(Difference(learner, "field", f.name, *_shown(mine_value, theirs_value)))
     return found
 
 
@@ -129,8 +130,28 @@ def _present(state: LearnerState | None) -> str:
     return "absent" if state is None else "present"
 
 
+def _shown(live: Any, replayed: Any) -> tuple[str, str]:
+    """Both values for a reader. Sequences (the dedup window, the outputs kept) can be long:
+    their length, and their items from the first that differs, cut at `SHOWN_CHARS`."""
+    if isinstance(live, tuple | bytes) and isinstance(replayed, tuple | bytes):
+        first = next(
+            (i for i, (a, b) in enumerate(zip(live, replayed, strict=False)) if a != b),
+            min(len(live), len(replayed)),
+        )
+        return _sequence(live, first), _sequence(replayed, first)
+    return _cut(_show(live)), _cut(_show(replayed))
+
+
+def _sequence(value: tuple[Any, ...] | bytes, first: int) -> str:
+    return _cut(f"{len(value)} entries, from #{first}: {value[first:]!r}")
+
+
 def _show(value: Any) -> str:
     return "absent" if value is None else repr(value)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def report(rebuilt: Rebuilt, live_learners: int, differences: list[Difference]) -> dict[str, Any]:
