@@ -1,0 +1,332 @@
+"""Crash test: kill -9 the mastery worker at seeded points mid-stream, restart it, and check that
+nothing acknowledged is lost or counted twice (DESIGN.md §6; issue 6's acceptance).
+
+A seeded stream of attempts (30 learners, multi-skill items, wrong answers with error tags, days
+between some attempts so that reviews fall due, and some events sent twice) is produced to the
+real broker at a steady pace while the worker runs as a process (`python -m trellis.mastery
+worker`). When the mastery topic shows that a seeded number of attempts has been processed, the
+worker gets SIGKILL and a new one starts, on the killed worker's data dir (a pod restarted on
+its volume) or, once, on an empty one (rescheduled elsewhere), while the producer goes on. After
+the last kill the worker finishes the stream and stops cleanly. Then:
+- the live state (the table changelogs) equals a clean replay of the activity log
+  (`trellis.mastery.replay`, every field, nothing ignored);
+- each learner's evidence count per skill equals the number of distinct acknowledged attempts;
+- every output id the clean replay produces is on the mastery topic (copies allowed, none lost).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from kafka import TopicPartition
+
+from tests.conftest import TEST_TENANT
+from tests.integration.mastery.test_worker import (
+    Worker,
+    _committed_equals_end,
+    _free_port,
+    _stop,
+    _worker_env,
+)
+from trellis.common.codec import decode_envelope, encode_envelope, learner_key
+from trellis.common.kafka import create_consumer, create_producer
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
+from trellis.common.settings import Settings
+from trellis.mastery.adapters.log_reader import read_live_state, replay_log
+from trellis.mastery.replay import compare
+
+SEED = 20261201
+LEARNERS = 30
+SKILLS = [f"skill-{n}" for n in range(6)]
+ATTEMPTS = 2_400
+#: Share of attempts sent a second time, later in the stream (a client retrying a batch).
+RESENT = 0.05
+#: The producer's pace: a chunk every interval, so the stream outlasts the restarts.
+CHUNK, CHUNK_INTERVAL_S = 40, 0.2
+KILLS = 3
+#: Which restarts get an empty data dir (a pod rescheduled on another node: all state comes from
+#: the changelog); the others reopen the killed worker's RocksDB (a pod restarted on its volume).
+FRESH_DISK_RESTARTS = {2}
+#: Longest wait for one kill point, and for the end of the stream after the last restart.
+POINT_TIMEOUT_S = 45.0
+FINISH_TIMEOUT_S = 60.0
+START = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    envelope: envelope_pb2.Envelope
+    skills: tuple[str, ...]
+
+
+def seeded_stream(rng: random.Random) -> list[Attempt]:
+    """The attempts in send order, re-sent copies included (same id, same bytes)."""
+    learners = [f"learner-{n:02d}" for n in range(LEARNERS)]
+    clock = dict.fromkeys(learners, START)
+    ability = {learner: rng.uniform(0.3, 0.9) for learner in learners}
+    stream: list[Attempt] = []
+    for n in range(ATTEMPTS):
+        learner = rng.choice(learners)
+        # Minutes apart mostly; now and then days, so that mastered skills fall due for review.
+        gap = timedelta(days=rng.uniform(2, 20)) if rng.random() < 0.03 else timedelta(minutes=2)
+        clock[learner] += gap
+        skills = tuple(rng.sample(SKILLS, rng.choice((1, 1, 2))))
+        correct = rng.random() < ability[learner]
+        stream.append(Attempt(_attempt(f"crash-{n}", learner, skills, correct, clock[learner],
+                                       "" if correct else rng.choice(("sign", "carry", ""))),
+                              skills))  # fmt: skip
+        if n > 50 and rng.random() < RESENT:
+            stream.append(stream[rng.randrange(len(stream) - 50, len(stream))])
+    return stream
+
+
+def _attempt(
+    event_id: str,
+    learner: str,
+    skills: tuple[str, ...],
+    correct: bool,
+    when: datetime,
+    error_tag: str,
+) -> envelope_pb2.Envelope:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return envelope_pb2.Envelope(
+        event_id=event_id,
+        tenant_id=TEST_TENANT,
+        school_id="school-1",
+        class_id="class-7a",
+        learner_id=learner,
+        pseudonym_key_version=1,
+        occurred_at=stamp,
+        ingested_at=stamp,
+        source=envelope_pb2.Source(
+            system="practice-app", actor=envelope_pb2.Source.Actor.ACTOR_LEARNER
+        ),
+        item_attempted=activity_pb2.ItemAttempted(
+            item_id=f"item-{'-'.join(skills)}",
+            skill_ids=skills,
+            correct=correct,
+            attempt_number=1,
+            error_tag=error_tag,
+        ),
+    )
+
+
+class PacedProducer(threading.Thread):
+    """Sends the stream in chunks at a steady pace; keeps the events Kafka acknowledged."""
+
+    def __init__(self, settings: Settings, stream: list[Attempt]) -> None:
+        super().__init__(name="crash-producer", daemon=True)
+        self._settings = settings
+        self._stream = stream
+        self.acknowledged: list[Attempt] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = create_producer(self._settings.kafka)
+        topic = self._settings.kafka.topics.name("activity")
+        timeout = self._settings.kafka.delivery_timeout_ms / 1000
+        try:
+            for start in range(0, len(self._stream), CHUNK):
+                chunk = self._stream[start : start + CHUNK]
+                futures = []
+                for attempt in chunk:
+                    encoded = encode_envelope(attempt.envelope)
+                    futures.append(producer.send(topic, key=encoded.key, value=encoded.value,
+                                                 headers=encoded.headers))  # fmt: skip
+                producer.flush()
+                for attempt, future in zip(chunk, futures, strict=True):
+                    future.get(timeout=timeout)  # raises unless Kafka stored it
+                    self.acknowledged.append(attempt)
+                time.sleep(CHUNK_INTERVAL_S)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            producer.close()
+
+
+@dataclass
+class MasteryTopic:
+    """Follows the mastery topic from the beginning: every output id, and the attempts that
+    have a `MasteryUpdated` (processed at least once)."""
+
+    settings: Settings
+    output_ids: list[str] = field(default_factory=list)
+    processed: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        topics = self.settings.kafka.topics
+        self._consumer = create_consumer(self.settings.kafka, None)
+        self._consumer.assign(
+            [TopicPartition(topics.name("mastery"), p) for p in range(topics.partitions)]
+        )
+        self._consumer.seek_to_beginning()
+
+    def poll(self) -> None:
+        for records in self._consumer.poll(timeout_ms=200).values():
+            for record in records:
+                envelope = decode_envelope(record.value, record.headers)
+                self.output_ids.append(envelope.event_id)
+                if envelope.WhichOneof("payload") == "mastery_updated":
+                    self.processed.add(envelope.mastery_updated.cause_event_id)
+
+    def drain(self) -> None:
+        """Reads on to the end offsets of now."""
+        ends = self._consumer.end_offsets(list(self._consumer.assignment()))
+        deadline = time.monotonic() + 30
+        while any(self._consumer.position(tp) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, "mastery topic not read to its end in 30 s"
+            self.poll()
+
+    def until(self, done: Callable[[], bool], what: str, worker: Worker, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}:\n{worker.output()}")
+            if worker.process.poll() is not None:
+                pytest.fail(f"worker exited while waiting for {what}:\n{worker.output()}")
+            self.poll()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class Throttled:
+    """A slow check run at most once per `every_s`; False in between."""
+
+    def __init__(self, check: Callable[[], bool], every_s: float) -> None:
+        self._check, self._every_s, self._last = check, every_s, 0.0
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self._last < self._every_s:
+            return False
+        self._last = time.monotonic()
+        return self._check()
+
+
+def _committed_to_end(settings: Settings) -> bool:
+    offsets = _committed_equals_end(settings)
+    return bool(offsets) and all(committed == end for committed, end in offsets.values())
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
+    """Starts `python -m trellis.mastery worker` on the data dir named `disk`; kills what is left
+    at the end."""
+    started: list[Worker] = []
+
+    def start(name: str, disk: str) -> Worker:
+        port = _free_port()
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trellis.mastery", "worker"],
+                env=_worker_env(settings, tmp_path / disk, port, _free_port()),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(Worker(process, log, port))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait(timeout=10)
+
+
+def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
+    settings: Settings, start_worker: Callable[[str, str], Worker]
+) -> None:
+    rng = random.Random(SEED)
+    stream = seeded_stream(rng)
+    attempt_ids = {a.envelope.event_id for a in stream}
+    # Kill points: numbers of distinct attempts processed, spread over the stream.
+    points = sorted(rng.sample(range(len(attempt_ids) // 10, len(attempt_ids) * 8 // 10), KILLS))
+    began = time.monotonic()
+    topic = MasteryTopic(settings)
+    producer = PacedProducer(settings, stream)
+    disk = "disk-0"
+    worker = start_worker("worker-0", disk)
+    producer.start()
+    kills: list[tuple[int, int, int]] = []  # (point, processed at the kill, acknowledged)
+    try:
+        for n, point in enumerate(points, start=1):
+            topic.until(lambda p=point: len(topic.processed) >= p, f"kill point {point}", worker,
+                        POINT_TIMEOUT_S)  # fmt: skip
+            worker.process.kill()
+            worker.process.wait(timeout=10)
+            kills.append((point, len(topic.processed), len(producer.acknowledged)))
+            disk = f"disk-{n}" if n in FRESH_DISK_RESTARTS else disk
+            worker = start_worker(f"worker-{n}", disk)
+        producer.join(timeout=FINISH_TIMEOUT_S)
+        assert producer.error is None, f"producing failed: {producer.error!r}"
+        assert not producer.is_alive(), "the producer did not finish"
+        # Done when every attempt has its update, or when the worker committed the whole log
+        # (it flushes its outputs before it commits): then anything missing is lost.
+        caught_up = Throttled(lambda: _committed_to_end(settings), every_s=1.0)
+        topic.until(lambda: topic.processed >= attempt_ids or caught_up(), "the end of the log",
+                    worker, FINISH_TIMEOUT_S)  # fmt: skip
+        _stop(worker)  # a clean stop: the changelog holds everything the worker applied
+        processing_s = time.monotonic() - began
+
+        # Every kill fell mid-stream: attempts were still to come.
+        assert all(processed < len(attempt_ids) for _, processed, _ in kills), kills
+
+        rebuilt = replay_log(settings)
+        live = read_live_state(settings)
+        differences = compare(live.states, rebuilt.states, live.erased, rebuilt.erased)
+        assert not differences, "\n".join(d.describe() for d in differences[:20])
+
+        # Evidence: each acknowledged attempt counted once, whatever was re-read or re-sent.
+        expected: dict[tuple[bytes, str], set[str]] = defaultdict(set)
+        for attempt in producer.acknowledged:
+            key = learner_key(TEST_TENANT, attempt.envelope.learner_id)
+            for skill in attempt.skills:
+                expected[(key, skill)].add(attempt.envelope.event_id)
+        counted = {
+            (key, skill): state.attempts
+            for key, learner in live.states.items()
+            for skill, state in learner.skills.items()
+        }
+        assert counted == {k: len(ids) for k, ids in expected.items()}
+
+        # Outputs: every id of a clean replay is on the topic (copies allowed, none lost).
+        topic.drain()
+        on_topic = set(topic.output_ids)
+        missing = rebuilt.output_ids - on_topic
+        assert not missing, f"{len(missing)} outputs lost, e.g. {sorted(missing)[:5]}"
+        assert on_topic <= rebuilt.output_ids, "outputs on the topic that a replay does not make"
+        # The command gives the same verdict.
+        command = subprocess.run(
+            [sys.executable, "-m", "trellis.mastery", "replay", "--json"],
+            env=_worker_env(settings, Path("unused"), 0, 0),
+            capture_output=True,
+            timeout=60,
+        )
+        assert command.returncode == 0, command.stderr.decode(errors="replace")[-5_000:]
+        verdict = json.loads(command.stdout)
+        assert verdict["equal"] and verdict["events"] == len(stream), verdict
+        print(
+            f"kills (point, processed, acknowledged): {kills}; {len(stream)} sends, "
+            f"{len(attempt_ids)} attempts, {len(rebuilt.output_ids)} output ids, "
+            f"{len(topic.output_ids) - len(on_topic)} copies on the topic; "
+            f"stream and restarts took {processing_s:.1f}s"
+        )
+    finally:
+        topic.close()
+        producer.join(timeout=5)
