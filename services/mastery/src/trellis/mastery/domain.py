@@ -66,11 +66,13 @@ REFLECTIONS_LIMIT = 20
 #: How many teacher pins a learner's profile keeps (the most recent, one per activity).
 PINS_LIMIT = 50
 
-#: How many of the most recent events keep their outputs, so that a replayed duplicate re-sends
+#: How many of the most recent events keep their outputs, so that a re-read duplicate re-sends
 #: exactly the outputs it produced the first time (their ids are deterministic, so consumers
-#: drop the copies). Outputs are what a crash may have lost between saving state and publishing,
-#: which concerns only events since the last commit; older duplicates are dropped without outputs.
-RECENT_OUTPUTS_LIMIT = 32
+#: drop the copies). No output depends on it: the worker stores a batch's outputs before its
+#: states (see `trellis.mastery.stream.agents`), so a crash never leaves a state saved whose
+#: outputs are not; the copies only help a subscriber that missed the first ones. Older
+#: duplicates are dropped without outputs. Small, because the state is rewritten on each change.
+RECENT_OUTPUTS_LIMIT = 8
 
 
 class InvalidAttempt(ValueError):
