@@ -21,7 +21,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from trellis.common.follower import CompactedTopicFollower, decoded
@@ -184,9 +184,10 @@ def replay(settings: Settings, as_json: bool) -> int:
     from trellis.mastery.adapters.log_reader import read_live_state, replay_log
     from trellis.mastery.replay import compare, report, report_lines
 
-    with _progress_bar() as progress:
+    # Logs (stdout by default) go to stderr while it runs: stdout carries only the verdict.
+    with redirect_stdout(sys.stderr), _progress_bar() as progress:
         rebuilt = replay_log(settings, progress)
-    live = read_live_state(settings)
+        live = read_live_state(settings)
     differences = compare(live.states, rebuilt.states, live.erased, rebuilt.erased)
     document = report(rebuilt, len(live.states), differences)
     print(json.dumps(document) if as_json else "\n".join(report_lines(document)))
