@@ -46,7 +46,7 @@ class FakePlacement:
     def partition_of(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
 
-    def owners(self) -> dict[int, str | None]:
+    async def owners(self) -> dict[int, str | None]:
         if self.moving:
             raise Unavailable("rebalancing")
         return {p: self.owned_by.get(p) for p in range(self.partitions)}
@@ -469,3 +469,43 @@ async def test_an_owner_that_does_not_answer_makes_the_read_unavailable(
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await ask(a.address, "GetLearnerMastery", read)
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- subscriptions: the scope is checked before anything is read ---
+
+
+async def first_of(servicer: MasteryServicer, **fields: Any) -> Any:
+    request = api_pb2.SubscribeMasteryRequest(tenant_id=TENANT, **fields)
+    return await anext(servicer.SubscribeMastery(request, None))  # type: ignore[arg-type]
+
+
+async def test_subscriptions_stay_in_the_callers_scope(servicer: MasteryServicer) -> None:
+    caller(role="teacher", classes=["class-7a"])
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer)  # a whole tenant
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer, class_id="class-7b")
+    caller(role="learner", learner_id="sis-1")
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer, learner_id="sis-2")
+    caller(role="service")
+    with pytest.raises(PermissionDenied):
+        await anext(
+            servicer.SubscribeMastery(
+                api_pb2.SubscribeMasteryRequest(tenant_id="district-b"),
+                None,  # type: ignore[arg-type]
+            )
+        )
+
+
+async def test_subscriptions_refuse_positions_the_topic_does_not_have(
+    servicer: MasteryServicer,
+) -> None:
+    caller(role="service")
+    for position in [
+        api_pb2.PartitionOffset(partition=99, offset=0),
+        api_pb2.PartitionOffset(partition=0, offset=-5),
+        api_pb2.PartitionOffset(topic="another.topic", partition=0, offset=0),
+    ]:
+        with pytest.raises(InvalidArgument):
+            await first_of(servicer, after=[position])

@@ -60,9 +60,10 @@ class Placement(Protocol):
 
     def partition_of(self, key: bytes) -> int: ...
 
-    def owners(self) -> dict[int, str | None]:
-        """Per partition: None if held here, else the owner's gRPC address; Unavailable while
-        ownership is moving."""
+    async def owners(self) -> dict[int, str | None]:
+        """Per partition: None if held here and readable, else the owner's gRPC address;
+        Unavailable while ownership is moving. A read right after it (no await between) sees
+        the state whose offsets `applied` gives."""
         ...
 
     def applied(self, partition: int) -> int:
@@ -89,7 +90,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         self, request: mastery_pb2.GetLearnerMasteryRequest, context: Context
     ) -> mastery_pb2.LearnerMastery:
         pseudonym = self._learner(request.tenant_id, request.learner_id)
-        partition, owner = self._route(learner_key(request.tenant_id, pseudonym), context)
+        partition, owner = await self._route(learner_key(request.tenant_id, pseudonym), context)
         if owner is not None:
             reply: mastery_pb2.LearnerMastery = await self._peers.call(
                 owner, "GetLearnerMastery", request, context
@@ -120,10 +121,10 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         except UnknownTenantKey as exc:
             raise NotFound("no learners are known for this tenant") from exc
 
-    def _route(self, key: bytes, context: Context) -> tuple[int, str | None]:
+    async def _route(self, key: bytes, context: Context) -> tuple[int, str | None]:
         """The partition of `key` and its owner's address (None: this worker)."""
         partition = self._placement.partition_of(key)
-        owner = self._placement.owners()[partition]
+        owner = (await self._placement.owners())[partition]
         if owner is not None and was_forwarded(context):
             # The forwarding worker's map and ours disagree: ownership is moving.
             raise Unavailable("this learner's state is moving between mastery workers, retry")
@@ -141,7 +142,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         self, request: mastery_pb2.GetLearnerProfileRequest, context: Context
     ) -> mastery_pb2.LearnerProfile:
         pseudonym = self._learner(request.tenant_id, request.learner_id)
-        partition, owner = self._route(learner_key(request.tenant_id, pseudonym), context)
+        partition, owner = await self._route(learner_key(request.tenant_id, pseudonym), context)
         if owner is not None:
             reply: mastery_pb2.LearnerProfile = await self._peers.call(
                 owner, "GetLearnerProfile", request, context
@@ -163,7 +164,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         count = self._placement.partitions
         if any(p >= count for p in request.partitions):
             raise InvalidArgument([("partitions", f"the activity topic has {count} partitions")])
-        owners = self._placement.owners()
+        owners = await self._placement.owners()
         local: list[int] = []
         remote: dict[str, list[int]] = {}
         for partition in sorted(set(request.partitions)) or range(count):
@@ -222,7 +223,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         self, request: mastery_pb2.PredictItemsRequest, context: Context
     ) -> mastery_pb2.PredictItemsResponse:
         pseudonym = self._learner(request.tenant_id, request.learner_id)
-        partition, owner = self._route(learner_key(request.tenant_id, pseudonym), context)
+        partition, owner = await self._route(learner_key(request.tenant_id, pseudonym), context)
         if owner is not None:
             reply: mastery_pb2.PredictItemsResponse = await self._peers.call(
                 owner, "PredictItems", request, context

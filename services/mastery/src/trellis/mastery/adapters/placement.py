@@ -7,11 +7,17 @@ ask for a partition it does not hold. While a rebalance or a table recovery is u
 nothing is answered (`Unavailable`, retryable): the map or the local state may be stale.
 
 Offsets: `AppliedOffsets`, a Faust sensor, notes per activity partition the offset of the last
-event whose effect is in the tables: when the agent writes a table (the event being processed is
+event whose effect is in the tables: when the agent writes a table (the event it acts for is
 Faust's current event) and when it is done with an event (acked, also when it changed nothing).
 Reads run on the worker's event loop between two steps of the agent, so a read and the offsets
-beside it see the same tables. After a rebalance the base is the group's committed offset, which
-Faust commits on every revocation.
+beside it see the same tables. The group's committed offset is the floor.
+
+A partition that arrives here may hold more than its committed offset says: its previous owner
+can have written the state of events it had not committed yet (a batch in flight at the
+rebalance, or a crash), and the changelog brought those writes here. So after each rebalance a
+partition is read only once this worker has itself applied everything up to the partition's end
+as it was at the first read (those events are re-read; the dedup by event id makes them no-ops).
+Until then its reads are UNAVAILABLE ("catching up").
 """
 
 from __future__ import annotations
@@ -28,23 +34,22 @@ from trellis.mastery.adapters.partitioning import partition_of
 
 
 class AppliedOffsets(faust.Sensor):
-    """Per partition of `topic`: the offset of the last event applied here (-1: none)."""
+    """Per partition of `topic`: the offset of the last event applied here (-1: none), and how far
+    this worker must have applied before the partition is read in this generation."""
 
     def __init__(self, app: faust.App, topic: str) -> None:
         super().__init__()
         self._app = app
         self._topic = topic
         self._applied: dict[int, int] = {}
+        self._must_reach: dict[int, int] = {}
 
     def on_rebalance_start(self, app: AppT) -> dict[Any, Any]:
-        # Partitions may move; what is left is counted again from the committed offsets.
-        self._applied.clear()
+        self._must_reach.clear()
         return super().on_rebalance_start(app)
 
     def on_table_set(self, table: CollectionT, key: Any, value: Any) -> None:
-        self._note(faust.current_event())
-
-    def on_table_del(self, table: CollectionT, key: Any) -> None:
+        # A write is an applied event whatever the generation it was fetched in.
         self._note(faust.current_event())
 
     def on_stream_event_out(
@@ -55,17 +60,14 @@ class AppliedOffsets(faust.Sensor):
         event: EventT[Any],
         state: dict[Any, Any] | None = None,
     ) -> None:
-        self._note(event)
+        # A message fetched before a rebalance is acked unprocessed: it applied nothing.
+        if event.message.generation_id == self._app.consumer_generation_id:
+            self._note(event)
 
     def _note(self, event: EventT[Any] | None) -> None:
-        if event is None:
+        if event is None or event.message.topic != self._topic:
             return
         message = event.message
-        # A message fetched before a rebalance is acked unprocessed: it applied nothing.
-        if message.topic != self._topic or (
-            message.generation_id != self._app.consumer_generation_id
-        ):
-            return
         if message.offset > self._applied.get(message.partition, -1):
             self._applied[message.partition] = message.offset
 
@@ -73,8 +75,21 @@ class AppliedOffsets(faust.Sensor):
         # Faust keeps no public accessor for what it last committed (or found committed when the
         # partition was assigned); `None` there means nothing committed.
         committed: dict[TP, int | None] = cast(Any, self._app.consumer)._committed_offset
-        base = (committed.get(TP(self._topic, partition)) or 0) - 1
-        return max(self._applied.get(partition, -1), base)
+        floor = (committed.get(TP(self._topic, partition)) or 0) - 1
+        return max(self._applied.get(partition, -1), floor)
+
+    async def caught_up(self, partitions: list[int]) -> bool:
+        """Whether every partition is caught up (see the module docstring); the first call of a
+        generation asks the broker for the partitions' ends."""
+        unknown = [p for p in partitions if p not in self._must_reach]
+        if unknown:
+            generation = self._app.consumer_generation_id
+            ends = await self._app.consumer.highwaters(*(TP(self._topic, p) for p in unknown))
+            if generation != self._app.consumer_generation_id:
+                return False
+            for tp, end in ends.items():
+                self._must_reach.setdefault(tp.partition, end - 1)
+        return all(self.applied(p) >= self._must_reach[p] for p in partitions)
 
 
 class FaustPlacement:
@@ -91,9 +106,20 @@ class FaustPlacement:
     def partition_of(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
 
-    def owners(self) -> dict[int, str | None]:
+    async def owners(self) -> dict[int, str | None]:
         """Each partition's owner: None for this worker, else its gRPC address (host:port).
-        Unavailable while the group rebalances, tables recover, or a partition has no owner."""
+        Unavailable while the group rebalances, tables recover, a partition has no owner, or
+        this worker catches up on a partition it got. Nothing awaits after the last check, so
+        a read right after this call sees the state it vouched for."""
+        local = [p for p, owner in self._owners().items() if owner is None]
+        if not await self._offsets.caught_up(local):
+            raise Unavailable("a mastery worker is catching up after a rebalance, retry")
+        found = self._owners()
+        if [p for p, owner in found.items() if owner is None] != local:
+            raise Unavailable("mastery workers are rebalancing, retry")
+        return found
+
+    def _owners(self) -> dict[int, str | None]:
         app = self._app
         if app.rebalancing or app.in_recovery:
             raise Unavailable("mastery workers are rebalancing, retry")
