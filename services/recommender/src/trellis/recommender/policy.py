@@ -115,10 +115,10 @@ def mastered_skills(
 def weakly_mastered(
     catalog: Catalog, learner: LearnerState, skill_id: str, config: PolicyConfig
 ) -> bool:
-    """Taken as mastered on weak evidence of its own: only implied by a skill built on it, or its
-    recall has decayed (`review_due`). Revisiting such a prerequisite can help a learner who
-    struggles with what follows; revisiting one they have shown mastered costs an attempt and
-    teaches nothing new."""
+    """Without strong evidence of its own: P(mastered) below its threshold (e.g. mastered only by
+    implication from a skill built on it, or not mastered at all), or recall decayed
+    (`review_due`). Revisiting such a prerequisite can help a learner who struggles with what
+    follows; revisiting one they have shown mastered costs an attempt and teaches nothing new."""
     state = learner.get(skill_id)
     return state.level == REVIEW_DUE or state.p_mastered < threshold_of(catalog, skill_id, config)
 
