@@ -28,6 +28,9 @@ from trellis.reporting.rows import (
 POSITION = Position("trellis.mastery.v1", 3, 42)
 OCCURRED = datetime(2025, 9, 1, 8, 30, 15, 123000, tzinfo=UTC)
 INGESTED = datetime(2025, 9, 1, 8, 30, 16, tzinfo=UTC)
+# Rows carry times as epoch milliseconds (DateTime64(3) ticks).
+OCCURRED_MS = 1_756_715_415_123
+INGESTED_MS = 1_756_715_416_000
 
 
 def _ts(value: datetime) -> Timestamp:
@@ -82,36 +85,38 @@ def test_mastery_updated_becomes_a_history_row_and_a_latest_row() -> None:
         "cause_event_id": "act-9",
         "model_version": "bkt-2025-08",
         "attempts": 5,
-        "occurred_at": OCCURRED,
-        "ingested_at": INGESTED,
+        "occurred_at": OCCURRED_MS,
+        "ingested_at": INGESTED_MS,
         "source_topic": "trellis.mastery.v1",
         "source_partition": 3,
         "source_offset": 42,
     }
     assert latest["p_mastered"] == 0.55
-    assert latest["updated_at"] == OCCURRED
+    assert latest["updated_at"] == OCCURRED_MS
     assert latest["event_id"] == "evt-1"
     assert (latest["source_partition"], latest["source_offset"]) == (3, 42)
     # the latest table is keyed by tenant, class, learner, skill
     assert {"tenant_id", "class_id", "learner_id", "skill_id"} <= latest.keys()
 
 
-def test_timestamps_keep_milliseconds_and_are_utc() -> None:
-    ts = Timestamp(seconds=1_756_715_415, nanos=123_456_789)
+def test_timestamps_are_epoch_milliseconds_truncated() -> None:
+    ts = Timestamp(seconds=1_756_715_415, nanos=123_956_789)
     envelope = _mastery()
     envelope.occurred_at.CopyFrom(ts)
 
     occurred = mastery_rows(envelope, POSITION)[0][1]["occurred_at"]
 
-    assert occurred == datetime(2025, 9, 1, 8, 30, 15, 123000, tzinfo=UTC)
-    assert occurred.tzinfo is UTC
+    assert occurred == 1_756_715_415_123
+    assert datetime.fromtimestamp(occurred / 1000, UTC) == datetime(
+        2025, 9, 1, 8, 30, 15, 123000, tzinfo=UTC
+    )
 
 
 def test_missing_event_time_falls_back_to_ingest_time() -> None:
     envelope = _mastery()
     envelope.ClearField("occurred_at")
 
-    assert mastery_rows(envelope, POSITION)[0][1]["occurred_at"] == INGESTED
+    assert mastery_rows(envelope, POSITION)[0][1]["occurred_at"] == INGESTED_MS
 
 
 def test_other_mastery_events_become_mastery_event_rows() -> None:
@@ -157,7 +162,7 @@ def test_erasure_requests_and_erased_learners_become_erasure_rows() -> None:
         "tenant_id": "district-a",
         "learner_id": "0f" * 16,
         "event_id": "evt-1",
-        "erased_at": OCCURRED,
+        "erased_at": OCCURRED_MS,
         "source_topic": "trellis.mastery.v1",
         "source_partition": 3,
         "source_offset": 42,

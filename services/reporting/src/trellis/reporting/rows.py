@@ -18,6 +18,10 @@ Topics and tables:
 
 An envelope that cannot make a valid row raises RowError: the sink sends it to the dead letters.
 Free text (reflections, goal descriptions, override reasons) never reaches a table: it may hold PII.
+
+Times are epoch milliseconds (ints): the ticks of the `DateTime64(3, 'UTC')` columns, sent as they
+are, which spares building a datetime per value here and taking it apart again in the store's
+writer (a tenth of the sink's time per record).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -78,9 +82,8 @@ ROSTER_TABLES: Mapping[str, tuple[str, str]] = {
 Row = dict[str, Any]
 
 # DateTime64 covers 1900..2299; anything outside is a producer bug, not an event.
-_MIN_TIME = datetime(1900, 1, 2, tzinfo=UTC)
-_MAX_TIME = datetime(2299, 12, 30, tzinfo=UTC)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_MS = int(datetime(1900, 1, 2, tzinfo=UTC).timestamp()) * 1000
+_MAX_MS = int(datetime(2299, 12, 30, tzinfo=UTC).timestamp()) * 1000
 _ACTOR_NAMES = {
     int(value): name.removeprefix("ACTOR_").lower()
     for name, value in envelope_pb2.Source.Actor.items()
@@ -138,37 +141,50 @@ def mastery_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[tu
     if kind != "mastery_updated":
         return []
     update = envelope.mastery_updated
-    common = _identity(envelope)
-    if not update.skill_id:
+    tenant_id, school_id, class_id, learner_id = _identity(envelope)
+    skill_id = update.skill_id
+    if not skill_id:
         raise RowError("mastery_updated.skill_id is empty")
     p_before = _unit("mastery_updated.p_before", update.p_before)
     p_after = _unit("mastery_updated.p_after", update.p_after)
     occurred_at, ingested_at = _times(envelope)
-    source = _source(position)
+    level, attempts, model_version = int(update.level), update.attempts, update.model_version
+    topic, partition, offset = position.topic, position.partition, position.offset
+    # Literal dicts, not merged ones: this runs for every mastery update.
     history: Row = {
         "event_id": envelope.event_id,
-        **common,
-        "skill_id": update.skill_id,
+        "tenant_id": tenant_id,
+        "school_id": school_id,
+        "class_id": class_id,
+        "learner_id": learner_id,
+        "skill_id": skill_id,
         "p_before": p_before,
         "p_after": p_after,
-        "level": int(update.level),
+        "level": level,
         "cause_event_id": update.cause_event_id,
-        "model_version": update.model_version,
-        "attempts": update.attempts,
+        "model_version": model_version,
+        "attempts": attempts,
         "occurred_at": occurred_at,
         "ingested_at": ingested_at,
-        **source,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
     }
     latest: Row = {
-        **common,
-        "skill_id": update.skill_id,
+        "tenant_id": tenant_id,
+        "school_id": school_id,
+        "class_id": class_id,
+        "learner_id": learner_id,
+        "skill_id": skill_id,
         "p_mastered": p_after,
-        "level": int(update.level),
-        "attempts": update.attempts,
-        "model_version": update.model_version,
+        "level": level,
+        "attempts": attempts,
+        "model_version": model_version,
         "event_id": envelope.event_id,
         "updated_at": occurred_at,
-        **source,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
     }
     return [(MASTERY_HISTORY, history), (MASTERY_LATEST, latest)]
 
@@ -183,16 +199,20 @@ def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[t
     if kind == "learner_erasure_requested":
         # Not an activity row: it removes the learner (the sink applies it).
         return [_erasure(envelope, position)]
-    common = _identity(envelope)
+    tenant_id, school_id, class_id, learner_id = _identity(envelope)
     occurred_at, ingested_at = _times(envelope)
+    source = envelope.source
     row: Row = {
         "event_id": envelope.event_id,
-        **common,
+        "tenant_id": tenant_id,
+        "school_id": school_id,
+        "class_id": class_id,
+        "learner_id": learner_id,
         "occurred_at": occurred_at,
         "ingested_at": ingested_at,
         "kind": kind,
-        "source_system": envelope.source.system,
-        "actor": _actor(envelope.source.actor),
+        "source_system": source.system,
+        "actor": _actor(source.actor),
         "activity_id": "",
         "skill_ids": [],
         "correct": None,
@@ -208,7 +228,9 @@ def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[t
         "option_index": 0,
         "target_date": "",
         "confidence": None,
-        **_source(position),
+        "source_topic": position.topic,
+        "source_partition": position.partition,
+        "source_offset": position.offset,
     }
     row.update(_activity_details(envelope, kind))
     return [(ACTIVITY, row)]
@@ -284,7 +306,7 @@ _MASTERY_EVENT_KINDS = frozenset(
 
 def _mastery_event(envelope: envelope_pb2.Envelope, kind: str, position: Position) -> Row:
     """One row of `mastery_events`; the override's free-text reason is left out (PII risk)."""
-    common = _identity(envelope)
+    tenant_id, school_id, class_id, learner_id = _identity(envelope)
     occurred_at, _ = _times(envelope)
     payload = getattr(envelope, kind)
     if not payload.skill_id:
@@ -300,7 +322,10 @@ def _mastery_event(envelope: envelope_pb2.Envelope, kind: str, position: Positio
         p = _unit("review_due.p_recall", payload.p_recall)
     return {
         "event_id": envelope.event_id,
-        **common,
+        "tenant_id": tenant_id,
+        "school_id": school_id,
+        "class_id": class_id,
+        "learner_id": learner_id,
         "kind": kind,
         "skill_id": payload.skill_id,
         "reason": reason,
@@ -313,13 +338,13 @@ def _mastery_event(envelope: envelope_pb2.Envelope, kind: str, position: Positio
 
 
 def _erasure(envelope: envelope_pb2.Envelope, position: Position) -> tuple[str, Row]:
-    common = _identity(envelope)
+    tenant_id, _, _, learner_id = _identity(envelope)
     occurred_at, _ = _times(envelope)
     return (
         ERASED_LEARNERS,
         {
-            "tenant_id": common["tenant_id"],
-            "learner_id": common["learner_id"],
+            "tenant_id": tenant_id,
+            "learner_id": learner_id,
             "event_id": envelope.event_id,
             "erased_at": occurred_at,
             **_source(position),
@@ -380,38 +405,38 @@ def roster_rows(
     return [(table, row)]
 
 
-def _identity(envelope: envelope_pb2.Envelope) -> Row:
-    for field in ("event_id", "tenant_id", "learner_id"):
-        if not getattr(envelope, field):
-            raise RowError(f"{field} is empty")
-    return {
-        "tenant_id": envelope.tenant_id,
-        "school_id": envelope.school_id,
-        "class_id": envelope.class_id,
-        "learner_id": envelope.learner_id,
-    }
+def _identity(envelope: envelope_pb2.Envelope) -> tuple[str, str, str, str]:
+    """(tenant, school, class, learner); the event, tenant and learner ids are required."""
+    tenant_id, learner_id = envelope.tenant_id, envelope.learner_id
+    if not envelope.event_id:
+        raise RowError("event_id is empty")
+    if not tenant_id:
+        raise RowError("tenant_id is empty")
+    if not learner_id:
+        raise RowError("learner_id is empty")
+    return tenant_id, envelope.school_id, envelope.class_id, learner_id
 
 
-def _times(envelope: envelope_pb2.Envelope) -> tuple[datetime, datetime]:
+def _times(envelope: envelope_pb2.Envelope) -> tuple[int, int]:
     """Event time (falling back to ingest time) and ingest time (falling back to event time)."""
-    occurred = _timestamp("occurred_at", envelope.occurred_at)
-    ingested = _timestamp("ingested_at", envelope.ingested_at)
-    if occurred is None and ingested is None:
-        raise RowError("neither occurred_at nor ingested_at is set")
-    occurred = occurred or ingested
-    ingested = ingested or occurred
-    assert occurred is not None and ingested is not None
-    return occurred, ingested
+    occurred = _millis("occurred_at", envelope.occurred_at)
+    ingested = _millis("ingested_at", envelope.ingested_at)
+    if occurred is None:
+        if ingested is None:
+            raise RowError("neither occurred_at nor ingested_at is set")
+        return ingested, ingested
+    return occurred, occurred if ingested is None else ingested
 
 
-def _timestamp(name: str, ts: Timestamp) -> datetime | None:
-    """None when unset (an unset Timestamp reads as the epoch)."""
-    if ts.seconds == 0 and ts.nanos == 0:
+def _millis(name: str, ts: Timestamp) -> int | None:
+    """Epoch milliseconds, as DateTime64(3) stores them (exact: no float rounding); None when
+    unset (an unset Timestamp reads as the epoch)."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds == 0 and nanos == 0:
         return None
-    # Millisecond precision, as DateTime64(3) stores it; exact (no float rounding).
-    value = _EPOCH + timedelta(seconds=ts.seconds, milliseconds=ts.nanos // 1_000_000)
-    if not _MIN_TIME <= value <= _MAX_TIME:
-        raise RowError(f"{name} {value.isoformat()} is out of range")
+    value = seconds * 1000 + nanos // 1_000_000
+    if not _MIN_MS <= value <= _MAX_MS:
+        raise RowError(f"{name} ({seconds} s from the epoch) is out of range")
     return value
 
 

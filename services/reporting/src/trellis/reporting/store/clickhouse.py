@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from typing import Any
 
 import clickhouse_connect
@@ -83,11 +84,16 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Synchronous, deduplicated inserts: the sink commits Kafka offsets only after this returns, so
 # nothing may complete behind the call (chDB enables async_insert by default).
 # Materialized views drop a retried block too (their target tables keep a dedup window).
+# Columns are sent with their LowCardinality wrappers removed (`_wire_type`): the server converts
+# them (Native input type conversion, on by default since 23.3) and builds the dictionaries in C++,
+# where clickhouse-connect would build them in Python.
 _INSERT_SETTINGS = {
     "async_insert": 0,
     "insert_deduplicate": 1,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "input_format_native_allow_types_conversion": 1,
 }
+_LOW_CARDINALITY = re.compile(r"LowCardinality\(([^()]*(?:\([^()]*\))?[^()]*)\)")
 # Lightweight DELETE (ClickHouse >= 23.3 GA; chDB 4.x): rows are masked at once and purged by
 # merges; synchronous so that erasure is done when the call returns.
 _DELETE_SETTINGS = {"lightweight_deletes_sync": 2, "mutations_sync": 2}
@@ -105,6 +111,8 @@ class ClickHouseStore(ReportingStore):
         self._lock = threading.Lock()
         self._clients: list[Client] = []
         self._closed = False
+        # Per table: column -> the type its values are sent as (read once: no DESCRIBE per insert).
+        self._wire_types: dict[str, dict[str, str]] = {}
 
     # --- connection ---
 
@@ -183,6 +191,7 @@ class ClickHouseStore(ReportingStore):
         self._command("CREATE DATABASE IF NOT EXISTS {db}")
         self._command(SCHEMA_MIGRATIONS_DDL)
         applied = {row[0] for row in self._query("SELECT version FROM {db}.schema_migrations")}
+        self._wire_types.clear()
         done = []
         for migration in MIGRATIONS:
             if migration.version in applied:
@@ -210,19 +219,35 @@ class ClickHouseStore(ReportingStore):
         if not rows:
             return
         columns = list(rows[0])
-        # Column-oriented: about twice as fast as rows through clickhouse-connect's Native writer.
-        data = [[row[column] for row in rows] for column in columns]
+        types = self._column_wire_types(table)
+        unknown = set(columns) - set(types)
+        if unknown:
+            raise ValueError(f"{table} has no columns {sorted(unknown)}")
         try:
             self.client.insert(
                 table,
-                data,
+                _columns(rows, columns),
                 column_names=columns,
+                column_type_names=[types[column] for column in columns],
                 column_oriented=True,
                 database=self.database,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
             )
         except ClickHouseError as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
+
+    def _column_wire_types(self, table: str) -> dict[str, str]:
+        """Column -> the type its values are sent as; read from the table once."""
+        types = self._wire_types.get(table)
+        if types is None:
+            described = self._query(
+                "SELECT name, type FROM system.columns "
+                "WHERE database = {database:String} AND table = {table:String}",
+                {"database": self.database, "table": table},
+            )
+            types = {str(name): _wire_type(str(kind)) for name, kind in described}
+            self._wire_types[table] = types
+        return types
 
     def learner_progress(
         self,
@@ -909,6 +934,19 @@ def _scope(
 def _utc(value: datetime) -> datetime:
     """DateTime64(3, 'UTC') values; chDB may hand them back without their zone."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[Sequence[Any]]:
+    """Rows pivoted to one sequence per column (itemgetter and zip loop in C): clickhouse-connect's
+    Native writer takes columns as they are, about twice as fast as rows."""
+    if len(names) == 1:
+        return [[row[names[0]] for row in rows]]
+    return list(zip(*map(itemgetter(*names), rows), strict=True))
+
+
+def _wire_type(column_type: str) -> str:
+    """The type a column's values are sent as: LowCardinality unwrapped, wherever it is nested."""
+    return _LOW_CARDINALITY.sub(r"\1", column_type)
 
 
 def _check_table(table: str) -> None:
