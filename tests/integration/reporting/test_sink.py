@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 
 from trellis.common.codec import decode, encode_envelope, encode_roster
-from trellis.common.kafka import create_producer
+from trellis.common.kafka import create_consumer, create_producer
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2, roster_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.rows import ACTIVITY, MASTERY_EVENTS, MASTERY_HISTORY, MASTERY_LATEST
@@ -395,6 +395,36 @@ def test_the_server_store_uses_the_same_sql() -> None:
 
 def roster_record(kind: str, entity: Any) -> roster_pb2.RosterRecord:
     return roster_pb2.RosterRecord(tenant_id=TENANT, **{kind: entity})
+
+
+def test_records_of_a_partition_assigned_back_after_a_rebalance_are_not_lost(
+    settings: Settings, store: ChdbStore, producer: KafkaProducer
+) -> None:
+    """kafka-python keeps the fetch position of a partition that stays with a member across a
+    rebalance: the sink must keep that partition's uncommitted records, not drop them."""
+    # One batch stays open while another member joins the group and leaves again.
+    open_batch = settings.model_copy(
+        update={
+            "reporting": settings.reporting.model_copy(
+                update={"batch_max_rows": 10_000, "batch_max_seconds": 12.0}
+            )
+        }
+    )
+    produce(
+        producer, settings.kafka.topics.name("activity"), [item_attempted(n) for n in range(120)]
+    )
+
+    with Running(open_batch, store) as sink:
+        wait_until(lambda: sink.stats.consumed >= 120, "every record in the open batch")
+        other = create_consumer(open_batch.kafka, open_batch.reporting.consumer_group)
+        try:
+            other.subscribe(sink.topics)
+            wait_until(lambda: bool(other.poll(timeout_ms=200) or other.assignment()), "a join")
+        finally:
+            other.close(autocommit=False)
+        assert sink.stats.flushes == 0, "the rebalance came after the batch was flushed"
+        wait_until(all_committed(open_batch, sink), "offsets committed")
+    assert store.row_counts(TENANT)[ACTIVITY] == 120
 
 
 def test_roster_and_erasure_through_the_broker_and_a_replay_does_not_bring_them_back(

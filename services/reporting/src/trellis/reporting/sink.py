@@ -36,8 +36,12 @@ data and never skips it); a stop request ends the retries, leaving the batch unc
 Threading: `run()` is the loop; `start()` runs it in a daemon thread of the reporting process,
 which owns the chDB store. kafka-python 3 calls the rebalance listener on its IO thread, where
 blocking calls are not allowed: the listener only records what happened, and the sink thread acts
-on it (drops the uncommitted records of revoked partitions, which will be fetched again from the
-committed offsets, and re-reads the stored positions before its next insert).
+on it once the new assignment is known: it drops the uncommitted records of the partitions that
+went to another member (that member reads them from the committed offsets) and re-reads the stored
+positions before its next insert. Records of a partition revoked and assigned back to this member
+are kept: kafka-python keeps such a partition's fetch position across the rebalance, so they would
+not be fetched again. (Were they fetched again, after an eviction, the copies are dropped as
+already seen or stored.)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -165,14 +169,8 @@ class _Batch:
         return dropped
 
 
-def insert_token(table: str, rows: Iterable[Row]) -> str:
+def insert_token(table: str, ranges: Mapping[PartitionKey, tuple[int, int]]) -> str:
     """Deduplication token of one insert: the table and the offset range of each partition."""
-    ranges: dict[PartitionKey, tuple[int, int]] = {}
-    for row in rows:
-        key = (row["source_topic"], row["source_partition"])
-        offset = row["source_offset"]
-        low, high = ranges.get(key, (offset, offset))
-        ranges[key] = (min(low, offset), max(high, offset))
     parts = [
         f"{topic}:{partition}:{low}-{high}"
         for (topic, partition), (low, high) in sorted(ranges.items())
@@ -220,6 +218,8 @@ class ReportingSink:
         # Listener -> sink thread.
         self._lock = threading.Lock()
         self._revoked: set[PartitionKey] = set()
+        self._assigned: set[PartitionKey] = set()
+        self._rebalancing = False  # revoked, the new assignment not known yet
         self._positions_stale = True
         # Highest offset stored per table and partition; loaded lazily after each assignment.
         self._positions: dict[str, dict[PartitionKey, int]] = {}
@@ -229,6 +229,10 @@ class ReportingSink:
         # The batch whose insert runs on the worker, committed by the sink thread when it is done.
         self._inflight: tuple[Future[None], _Batch, float] | None = None
         self._inserter: ThreadPoolExecutor | None = None
+        # Next offsets whose records are stored but whose commit failed (a rebalance, the broker
+        # away): committed with the next batch, or retried while idle.
+        self._uncommitted: dict[PartitionKey, int] = {}
+        self._commit_retry_at = 0.0
         self._failing = False
         self.running = threading.Event()
         self.stats = SinkStats()
@@ -278,6 +282,7 @@ class ReportingSink:
                 try:
                     self._poll_once(consumer)
                     self._reap(consumer, wait=False)
+                    self._retry_commit(consumer)
                     if self._due():
                         self._flush(consumer)
                 except _Stopped:
@@ -345,11 +350,13 @@ class ReportingSink:
     def _note_revoked(self, partitions: set[PartitionKey]) -> None:
         with self._lock:
             self._revoked |= partitions
+            self._assigned = set()  # what counts is the assignment that follows
+            self._rebalancing = True
 
     def _note_assigned(self, partitions: set[PartitionKey]) -> None:
-        # Revoked records stay marked for dropping even if the partition came back: the consumer
-        # fetches it again from the committed offset.
         with self._lock:
+            self._assigned |= partitions
+            self._rebalancing = False
             self._positions_stale = True
 
     # --- consuming ---
@@ -376,10 +383,14 @@ class ReportingSink:
                 self._add(record)
 
     def _apply_revocations(self) -> None:
+        """Drop the records of revoked partitions that the new assignment did not give back."""
         with self._lock:
-            revoked, self._revoked = self._revoked, set()
-        if revoked and len(self._batch):
-            dropped = self._batch.discard(revoked)
+            if self._rebalancing:
+                return
+            lost = self._revoked - self._assigned
+            self._revoked, self._assigned = set(), set()
+        if lost and len(self._batch):
+            dropped = self._batch.discard(lost)
             _log.info("partitions revoked: uncommitted records dropped", rows=dropped)
 
     def _add(self, record: ConsumerRecord) -> None:
@@ -457,7 +468,7 @@ class ReportingSink:
             future.result()
         finally:
             self._inflight = None
-        self._commit(consumer, batch)
+        self._commit(consumer, batch.next_offsets)
         self.stats.flushes += 1
         FLUSH_SECONDS.observe(time.perf_counter() - started)
 
@@ -485,15 +496,13 @@ class ReportingSink:
                 ]
                 self.stats.erased_rows_dropped += len(candidates) - len(kept)
                 candidates = kept
-            rows = _new_rows(candidates, stored)
+            rows, ranges = _new_rows(candidates, stored)
             self.stats.already_stored += len(batch.rows.get(table, ())) - len(rows)
             if not rows:
                 continue
-            self._store.insert(table, rows, insert_token(table, rows))
-            for row in rows:
-                key = (row["source_topic"], row["source_partition"])
-                if row["source_offset"] > stored.get(key, -1):
-                    stored[key] = row["source_offset"]
+            self._store.insert(table, rows, insert_token(table, ranges))
+            for key, (_, high) in ranges.items():
+                stored[key] = max(high, stored.get(key, -1))
             self.stats.inserted[table] += len(rows)
             ROWS_INSERTED.labels(table).inc(len(rows))
             if table == ERASED_LEARNERS:
@@ -507,21 +516,38 @@ class ReportingSink:
             self._store.erase_learners(tenant_id, learner_ids)
             self.stats.erasures += len(learner_ids)
 
-    def _commit(self, consumer: KafkaConsumer, batch: _Batch) -> None:
+    def _commit(self, consumer: KafkaConsumer, next_offsets: Mapping[PartitionKey, int]) -> None:
+        """Commit these stored offsets and those an earlier commit failed to land."""
+        pending = self._uncommitted
+        for key, offset in next_offsets.items():
+            pending[key] = max(offset, pending.get(key, 0))
+        # A partition gone to another member is theirs to commit (they re-read from the last
+        # committed offset; the stored positions drop what is stored already).
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        for key in set(pending) - assigned:
+            del pending[key]
+        if not pending:
+            return
         offsets = {
             TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-            for (topic, partition), offset in batch.next_offsets.items()
-            if (topic, partition) in assigned
+            for (topic, partition), offset in pending.items()
         }
-        if not offsets:
-            return
         try:
             consumer.commit(offsets)
-            self.stats.commits += 1
         except Exception as exc:
-            # The rows are stored and their positions recorded: re-reading them inserts nothing.
-            _log.warning("offset commit failed; the records will be read again", error=str(exc))
+            # The rows are stored: a partition that stays assigned is not fetched again (its
+            # fetch position survives a rebalance), so its offsets must be committed later.
+            _log.warning("offset commit failed; retried later", error=str(exc))
+            self._commit_retry_at = time.monotonic() + _BACKOFF_MAX_S / 10
+            return
+        pending.clear()
+        self.stats.commits += 1
+
+    def _retry_commit(self, consumer: KafkaConsumer) -> None:
+        """While no batch is being inserted, retry a failed commit now and then."""
+        idle = self._inflight is None
+        if self._uncommitted and idle and time.monotonic() >= self._commit_retry_at:
+            self._commit(consumer, {})
 
     def _dlq(self) -> KafkaProducer:
         if self._producer is None:
@@ -563,15 +589,24 @@ class ReportingSink:
         }
 
 
-def _new_rows(rows: Iterable[Row], stored: dict[PartitionKey, int]) -> list[Row]:
-    """Rows above the stored position of their partition, each position once."""
+def _new_rows(
+    rows: Iterable[Row], stored: Mapping[PartitionKey, int]
+) -> tuple[list[Row], dict[PartitionKey, tuple[int, int]]]:
+    """Rows above the stored position of their partition, each position once, and the offset
+    range of each partition among them (one pass: it runs over every row of every batch)."""
     fresh: list[Row] = []
-    seen: set[tuple[str, int, int]] = set()
+    ranges: dict[PartitionKey, tuple[int, int]] = {}
+    seen: set[tuple[PartitionKey, int]] = set()
     for row in rows:
-        topic, partition = row["source_topic"], row["source_partition"]
+        key = (row["source_topic"], row["source_partition"])
         offset = row["source_offset"]
-        if offset <= stored.get((topic, partition), -1) or (topic, partition, offset) in seen:
+        if offset <= stored.get(key, -1) or (key, offset) in seen:
             continue
-        seen.add((topic, partition, offset))
+        seen.add((key, offset))
         fresh.append(row)
-    return fresh
+        span = ranges.get(key)
+        if span is None:
+            ranges[key] = (offset, offset)
+        elif not span[0] <= offset <= span[1]:
+            ranges[key] = (min(span[0], offset), max(span[1], offset))
+    return fresh, ranges
