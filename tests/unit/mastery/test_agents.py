@@ -55,22 +55,22 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sen
     stream = create_stream(make_test_settings("unit"), store="memory://", datadir=tmp_path)
     sent = Sent()
 
-    async def to_mastery(*, key: bytes, value: bytes, headers: object) -> asyncio.Future[None]:
-        assert key == KEY
-        sent.mastery.append(envelope_pb2.Envelope.FromString(value))
-        return stored()
+    mastery = stream.topics.mastery_name
+    deadletter = stream.topics.deadletter_name
 
-    async def to_deadletter(
-        *, key: bytes | None, value: bytes, headers: object
+    async def produce(
+        topic: str, key: bytes | None, value: bytes, *args: object
     ) -> asyncio.Future[None]:
-        sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
+        if topic == mastery:
+            assert key == KEY
+            sent.mastery.append(envelope_pb2.Envelope.FromString(value))
+        else:
+            assert topic == deadletter
+            sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
         return stored()
 
-    # Only the neighbours (the output topics) are mocked; table and agent are Faust's own.
-    with (
-        mock.patch.object(stream.topics.mastery, "send", side_effect=to_mastery),
-        mock.patch.object(stream.topics.deadletter, "send", side_effect=to_deadletter),
-    ):
+    # Only the neighbour (the producer) is mocked; table and agent are Faust's own.
+    with mock.patch.object(stream.app.producer, "send", side_effect=produce):
         async with stream.agent.test_context() as agent:
             yield agent, stream, sent
 

@@ -55,8 +55,8 @@ OUTPUTS = Counter("trellis_mastery_outputs", "Mastery events published, by kind.
 
 _log = get_logger("trellis.mastery.stream")
 
-#: A record to produce: topic, key, value, headers.
-Record = tuple[Any, bytes | None, bytes, Sequence[tuple[str, bytes]]]
+#: A record to produce: topic name, key, value, headers.
+Record = tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]
 
 
 def register_agents(
@@ -124,19 +124,23 @@ def _apply(event: EventT[bytes], topics: Topics, service: MasteryService) -> lis
     records: list[Record] = []
     for output in handled.outputs:
         encoded = encode_envelope(output)
-        records.append((topics.mastery, encoded.key, encoded.value, encoded.headers))
+        records.append((topics.mastery_name, encoded.key, encoded.value, encoded.headers))
         OUTPUTS.labels(output.WhichOneof("payload") or "none").inc()
     return records
 
 
 async def _publish(topics: Topics, records: list[Record]) -> None:
     """Send the records and wait until the broker stored all of them, sending again on failure
-    (ids are deterministic, so a second copy is a duplicate that subscribers drop)."""
+    (ids are deterministic, so a second copy is a duplicate that subscribers drop).
+
+    Straight to the app's producer: `Topic.send` adds Faust's per-message bookkeeping (pending
+    message, future, monitor), which cost as much as the rest of sending."""
+    producer = topics.mastery.app.producer
     while True:
         try:
             sent: list[Awaitable[Any]] = []
             for topic, key, value, headers in records:
-                sent.append(await topic.send(key=key, value=value, headers=headers))
+                sent.append(await producer.send(topic, key, value, None, None, headers))
             await asyncio.gather(*sent)
             return
         except Exception:
@@ -156,7 +160,7 @@ def _dead_letter(topics: Topics, message: Any, error: str) -> Record:
         source_offset=message.offset,
     )
     return (
-        topics.deadletter,
+        topics.deadletter_name,
         letter.original_key or None,
         letter.SerializeToString(),
         headers_for(letter),

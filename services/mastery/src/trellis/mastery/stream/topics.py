@@ -16,6 +16,14 @@ class Topics:
     mastery: TopicT
     deadletter: TopicT
 
+    @property
+    def mastery_name(self) -> str:
+        return self.mastery.get_topic_name()
+
+    @property
+    def deadletter_name(self) -> str:
+        return self.deadletter.get_topic_name()
+
 
 def define_topics(app: faust.App, settings: Settings) -> Topics:
     names = settings.kafka.topics
