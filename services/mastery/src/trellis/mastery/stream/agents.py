@@ -31,7 +31,13 @@ from faust.streams import _current_event
 from faust.types import AgentT, EventT
 from prometheus_client import Counter
 
-from trellis.common.codec import CodecError, decode_envelope, encode_envelope, headers_for
+from trellis.common.codec import (
+    CodecError,
+    Headers,
+    decode_envelope,
+    encode_envelope,
+    headers_for,
+)
 from trellis.common.kafka import dead_letter
 from trellis.common.logging import get_logger
 from trellis.mastery.events import InvalidEvent
@@ -56,7 +62,7 @@ OUTPUTS = Counter("trellis_mastery_outputs", "Mastery events published, by kind.
 _log = get_logger("trellis.mastery.stream")
 
 #: A record to produce: topic name, key, value, headers.
-Record = tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]
+Record = tuple[str, bytes | None, bytes, Headers]
 
 
 def register_agents(
