@@ -5,8 +5,9 @@ Arms (the same simulated learners in each arm: same latent parameters and same p
 drawn from the same seed; only the order of practice differs):
 - `trellis`: before each item the learner's state is that of the mastery service's pure BKT core
   (`trellis.mastery.domain.apply_attempt`, default parameters, fed every simulated answer as the
-  live worker would) and the recommender's pure policy (`trellis.recommender.policy.recommend`,
-  default config, the learner's profile, goal = the goal skill, no `PredictItems`: the policy's
+  live worker would; days since practice counted as the live service counts them, to the latest
+  answer) and the recommender's pure policy (`trellis.recommender.policy.recommend`, default
+  config, the learner's profile, goal = the goal skill, no `PredictItems`: the policy's
   documented estimate) gives the options; the learner takes them as the closed loop does
   (`FollowRecommendations`: the first item option 70% of the time, else another item option;
   without an item option, the fixed sequence).
