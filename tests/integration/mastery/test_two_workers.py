@@ -216,6 +216,7 @@ def test_every_read_is_right_whichever_worker_answers_through_rebalances(
     _until(lambda: reader_a.everything() == log.last_offsets(), "the first worker", [first])
 
     # A second worker joins: the group rebalances while activity keeps coming and both are read.
+    joining = time.monotonic()
     second = start_worker("second")
     reader_b = Reader(second, log)
     readers = [reader_a, reader_b]
@@ -229,6 +230,7 @@ def test_every_read_is_right_whichever_worker_answers_through_rebalances(
         ):
             break  # both answer everything, and each holds some learners: reads are routed
         assert time.monotonic() < deadline, "\n".join(w.output()[-4000:] for w in (first, second))
+    joined = time.monotonic() - joining
     assert {reader_a.owns(s) for s in LEARNERS} == {True, False}
     _until(
         lambda: reader_a.everything() == reader_b.everything() == log.last_offsets(),
@@ -240,12 +242,14 @@ def test_every_read_is_right_whichever_worker_answers_through_rebalances(
     # partitions move to the second, with whatever it had written but not committed.
     first.process.kill()
     first.process.wait(timeout=10)
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    killed = time.monotonic()
+    deadline = killed + SETTLE_TIMEOUT_S
     while not all(reader_b.owns(s) for s in LEARNERS):
         assert time.monotonic() < deadline, second.output()[-4000:]
         log.send(sent)
         sent += 1
         reader_b.everything()
+    took_over = time.monotonic() - killed
     _until(
         lambda: reader_b.everything() == log.last_offsets(),
         "the second worker to reflect everything",
@@ -254,6 +258,8 @@ def test_every_read_is_right_whichever_worker_answers_through_rebalances(
     for reader in readers:
         reader.close()
     print(
+        f"both workers serve {joined:.1f}s after the second started; the second holds every "
+        f"partition {took_over:.1f}s after the first was killed; "
         f"{sent} events; first worker: {reader_a.ok} answers checked, {reader_a.unavailable} "
         f"unavailable; second: {reader_b.ok} checked, {reader_b.unavailable} unavailable"
     )
