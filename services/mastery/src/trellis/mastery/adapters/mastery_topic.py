@@ -33,10 +33,11 @@ class MasteryTopicReader:
 
     async def open(self) -> None:
         """Assign and seek; once this returns, every event published later will be read."""
-        self._consumer = await self._in_thread(self._open)
+        await self._in_thread(self._open)
 
-    def _open(self) -> KafkaConsumer:
+    def _open(self) -> None:
         consumer = create_consumer(self._kafka, None)
+        self._consumer = consumer  # from here on, close() closes it
         tps = {p: TopicPartition(self._topic, p) for p in self._start}
         consumer.assign(list(tps.values()))
         for partition, offset in self._start.items():
@@ -46,7 +47,6 @@ class MasteryTopicReader:
                 consumer.seek(tps[partition], offset)
         for tp in tps.values():
             consumer.position(tp)  # resolves "the end" now, not at the first poll
-        return consumer
 
     async def records(self) -> AsyncIterator[ConsumerRecord]:
         """Records as they come, in order per partition; ends only when closed or cancelled."""
@@ -60,10 +60,14 @@ class MasteryTopicReader:
                     yield record
 
     def close(self) -> None:
-        """Close the consumer after a poll in flight, in its thread; returns at once."""
-        if self._consumer is not None:
-            self._executor.submit(self._consumer.close)
+        """Close the consumer in its thread, after whatever runs there (an open, a poll);
+        returns at once."""
+        self._executor.submit(self._close)
         self._executor.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
 
     async def _in_thread(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
