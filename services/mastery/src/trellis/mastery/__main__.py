@@ -43,9 +43,6 @@ from trellis.mastery.stream.worker import MasteryWorker
 
 #: How long the worker waits for the catalog replica before consuming activity.
 CATALOG_WAIT_S = 30.0
-#: The producer (outputs and changelogs) waits this long to fill a batch: Faust's default, 0,
-#: sends a request per record (measured: 1,133 events/s; 5 ms: see docs/mastery-performance.md).
-PRODUCER_LINGER_S = 0.005
 
 
 def worker(settings: Settings) -> None:
@@ -69,7 +66,6 @@ def worker(settings: Settings) -> None:
     stream = create_stream(
         settings,
         catalog=catalog,
-        producer_linger=PRODUCER_LINGER_S,
         canonical_url=canonical_url(server_settings.host, server_settings.port),
     )
     topics = settings.kafka.topics

@@ -33,6 +33,17 @@ class MasteryStream:
     agent: AgentT[Any]
 
 
+#: The worker's producer (outputs, dead letters, changelogs). Faust's defaults (no linger, 16 KB
+#: batches) send many small requests, and on this machine each send to the broker costs far more
+#: than its bytes; the changelog values (digests, doubles) barely compress, so gzip was CPU for
+#: little. Measured in docs/mastery-performance.md. A caller's own settings win.
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "producer_linger": 0.02,
+    "producer_max_batch_size": 262_144,  # under the broker's 1 MB message.max.bytes
+    "producer_compression_type": None,
+}
+
+
 def create_stream(
     settings: Settings,
     *,
@@ -51,7 +62,7 @@ def create_stream(
         settings,
         store=store,
         datadir=datadir if datadir is not None else settings.mastery.data_dir,
-        **faust_overrides,
+        **{**PRODUCER_SETTINGS, **faust_overrides},
     )
     topics = define_topics(app, settings)
     catalog = catalog if catalog is not None else CatalogView()
