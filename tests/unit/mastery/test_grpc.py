@@ -509,3 +509,28 @@ async def test_subscriptions_refuse_positions_the_topic_does_not_have(
     ]:
         with pytest.raises(InvalidArgument):
             await first_of(servicer, after=[position])
+
+
+async def test_an_owner_refusal_reaches_the_caller_as_it_was(workers: tuple[Node, Node]) -> None:
+    a, _ = workers
+    # An owner that knows no token of this caller: its refusal is not turned into UNAVAILABLE.
+    strict = create_server(
+        MasteryServer(port=0),
+        {"another-token": Principal(tenant_id=TENANT, role="service")},
+        [
+            ServiceBinding(
+                SERVICE_NAME,
+                mastery_pb2_grpc.add_MasteryServiceServicer_to_server,
+                make_servicer(MasteryService(InMemoryLearnerStore()), FakePlacement(partitions=2)),
+            )
+        ],
+    )
+    await strict.start()
+    try:
+        a.placement.owned_by = {1: f"127.0.0.1:{strict.port}"}
+        read = api_pb2.GetLearnerMasteryRequest(tenant_id=TENANT, learner_id=sis_in(1))
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ask(a.address, "GetLearnerMastery", read)
+        assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await strict.stop()
