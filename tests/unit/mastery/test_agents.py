@@ -30,7 +30,8 @@ def attempt(event_id: str) -> envelope_pb2.Envelope:
 
 
 def stored() -> asyncio.Future[None]:
-    """What a topic's `send` returns: the broker's acknowledgement, here at once."""
+    """What the producer's `send` returns: the broker's acknowledgement, here at once unless a
+    test holds it back (`Sent.hold`)."""
     acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     acknowledged.set_result(None)
     return acknowledged
@@ -48,6 +49,11 @@ class Sent:
     def __init__(self) -> None:
         self.mastery: list[envelope_pb2.Envelope] = []
         self.letters: list[envelope_pb2.DeadLetter] = []
+        #: When set, acknowledgements wait for it.
+        self.hold: asyncio.Future[None] | None = None
+
+    def acknowledgement(self) -> asyncio.Future[None]:
+        return stored() if self.hold is None else self.hold
 
 
 @pytest.fixture
@@ -67,7 +73,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sen
         else:
             assert topic == deadletter
             sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
-        return stored()
+        return sent.acknowledgement()
 
     # Only the neighbour (the producer) is mocked; table and agent are Faust's own.
     with mock.patch.object(stream.app.producer, "send", side_effect=produce):
@@ -156,3 +162,34 @@ async def test_an_erasure_deletes_the_table_entry_and_is_announced(
     await put(agent, encoded.value, encoded.key)
     assert stream.tables.learners.get(KEY) is None
     assert len(sent.mastery) == 2
+
+
+async def test_a_batch_writes_each_learner_once_after_its_outputs_are_stored(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, stream, sent = running
+    sent.hold = asyncio.get_running_loop().create_future()
+    with mock.patch.object(
+        stream.tables.learners, "send_changelog", wraps=stream.tables.learners.send_changelog
+    ) as changelog:
+        events = []
+        for n in range(3):
+            encoded = encode_envelope(attempt(f"evt-b{n}"))
+            events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
+        async with asyncio.timeout(5):
+            while len(sent.mastery) < 4:
+                await asyncio.sleep(0.005)
+        # The outputs are out, the broker has not acknowledged them: no state written, no ack.
+        await asyncio.sleep(0.05)
+        assert stream.tables.learners.get(KEY) is None
+        assert changelog.call_count == 0
+        assert not any(e.message.acked for e in events)
+        sent.hold.set_result(None)
+        async with asyncio.timeout(5):
+            while not all(e.message.acked for e in events):
+                await asyncio.sleep(0.005)
+    # The third correct answer crosses the threshold: SkillMastered follows its update.
+    assert [e.WhichOneof("payload") for e in sent.mastery][-1] == "skill_mastered"
+    assert [e.mastery_updated.attempts for e in sent.mastery[:3]] == [1, 2, 3]
+    assert changelog.call_count == 1  # one write for the learner's three events
+    assert stream.store.get(KEY).skills["a"].attempts == 3  # type: ignore[union-attr]
