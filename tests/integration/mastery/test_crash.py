@@ -6,8 +6,9 @@ between some attempts so that reviews fall due, and some events sent twice) is p
 real broker at a steady pace while the worker runs as a process (`python -m trellis.mastery
 worker`). When the mastery topic shows that a seeded number of attempts has been processed, the
 worker gets SIGKILL and a new one starts, on the killed worker's data dir (a pod restarted on
-its volume) or, once, on an empty one (rescheduled elsewhere), while the producer goes on. After
-the last kill the worker finishes the stream and stops cleanly. Then:
+its volume) or, once, on an empty one (rescheduled elsewhere), while the producer goes on. The
+last kill comes as soon as the main part of the stream is processed; then a tail of attempts of
+half the learners is sent, which the worker finishes before it stops cleanly. Then:
 - the live state (the table changelogs) equals a clean replay of the activity log
   (`trellis.mastery.replay`, every field, nothing ignored);
 - each learner's evidence count per skill equals the number of distinct acknowledged attempts;
@@ -23,17 +24,19 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
 from tests.integration.mastery.test_worker import (
+    TOKEN,
     Worker,
     _committed_equals_end,
     _free_port,
@@ -43,14 +46,18 @@ from tests.integration.mastery.test_worker import (
 from trellis.common.codec import decode_envelope, encode_envelope, learner_key
 from trellis.common.kafka import create_consumer, create_producer
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
+from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
+from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.log_reader import read_live_state, replay_log
+from trellis.mastery.domain import LearnerState
 from trellis.mastery.replay import compare
 
 SEED = 20261201
 LEARNERS = 30
 SKILLS = [f"skill-{n}" for n in range(6)]
-ATTEMPTS = 2_400
+#: Attempts of every learner, then a tail of attempts of the first half of the learners only.
+ATTEMPTS, TAIL_ATTEMPTS = 2_250, 150
 #: Share of attempts sent a second time, later in the stream (a client retrying a batch).
 RESENT = 0.05
 #: The producer's pace: a chunk every interval, so the stream outlasts the restarts.
@@ -62,6 +69,7 @@ FRESH_DISK_RESTARTS = {2}
 #: Longest wait for one kill point, and for the end of the stream after the last restart.
 POINT_TIMEOUT_S = 45.0
 FINISH_TIMEOUT_S = 60.0
+RELEASE_TIMEOUT_S = POINT_TIMEOUT_S * KILLS + 30
 START = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
 
 
@@ -71,14 +79,15 @@ class Attempt:
     skills: tuple[str, ...]
 
 
-def seeded_stream(rng: random.Random) -> list[Attempt]:
-    """The attempts in send order, re-sent copies included (same id, same bytes)."""
+def seeded_stream(rng: random.Random) -> tuple[list[Attempt], list[Attempt]]:
+    """The attempts in send order, re-sent copies included (same id, same bytes): the main part,
+    and the tail, in which the second half of the learners has no attempts."""
     learners = [f"learner-{n:02d}" for n in range(LEARNERS)]
     clock = dict.fromkeys(learners, START)
     ability = {learner: rng.uniform(0.3, 0.9) for learner in learners}
     stream: list[Attempt] = []
-    for n in range(ATTEMPTS):
-        learner = rng.choice(learners)
+    for n in range(ATTEMPTS + TAIL_ATTEMPTS):
+        learner = rng.choice(learners if n < ATTEMPTS else learners[: LEARNERS // 2])
         # Minutes apart mostly; now and then days, so that mastered skills fall due for review.
         gap = timedelta(days=rng.uniform(2, 20)) if rng.random() < 0.03 else timedelta(minutes=2)
         clock[learner] += gap
@@ -87,9 +96,12 @@ def seeded_stream(rng: random.Random) -> list[Attempt]:
         stream.append(Attempt(_attempt(f"crash-{n}", learner, skills, correct, clock[learner],
                                        "" if correct else rng.choice(("sign", "carry", ""))),
                               skills))  # fmt: skip
-        if n > 50 and rng.random() < RESENT:
-            stream.append(stream[rng.randrange(len(stream) - 50, len(stream))])
-    return stream
+        if len(stream) > 1 and rng.random() < RESENT:
+            stream.append(stream[rng.randrange(max(0, len(stream) - 50), len(stream))])
+        if n == ATTEMPTS - 1:
+            main = stream
+            stream = []
+    return main, stream
 
 
 def _attempt(
@@ -125,12 +137,14 @@ def _attempt(
 
 
 class PacedProducer(threading.Thread):
-    """Sends the stream in chunks at a steady pace; keeps the events Kafka acknowledged."""
+    """Sends the main part in chunks at a steady pace, then the tail once `release` is set; keeps
+    the events Kafka acknowledged."""
 
-    def __init__(self, settings: Settings, stream: list[Attempt]) -> None:
+    def __init__(self, settings: Settings, main: list[Attempt], tail: list[Attempt]) -> None:
         super().__init__(name="crash-producer", daemon=True)
         self._settings = settings
-        self._stream = stream
+        self._parts = (main, tail)
+        self.release = threading.Event()
         self.acknowledged: list[Attempt] = []
         self.error: BaseException | None = None
 
@@ -139,18 +153,22 @@ class PacedProducer(threading.Thread):
         topic = self._settings.kafka.topics.name("activity")
         timeout = self._settings.kafka.delivery_timeout_ms / 1000
         try:
-            for start in range(0, len(self._stream), CHUNK):
-                chunk = self._stream[start : start + CHUNK]
-                futures = []
-                for attempt in chunk:
-                    encoded = encode_envelope(attempt.envelope)
-                    futures.append(producer.send(topic, key=encoded.key, value=encoded.value,
-                                                 headers=encoded.headers))  # fmt: skip
-                producer.flush()
-                for attempt, future in zip(chunk, futures, strict=True):
-                    future.get(timeout=timeout)  # raises unless Kafka stored it
-                    self.acknowledged.append(attempt)
-                time.sleep(CHUNK_INTERVAL_S)
+            main, tail = self._parts
+            for part in (main, tail):
+                if part is tail and not self.release.wait(RELEASE_TIMEOUT_S):
+                    raise TimeoutError("the tail was never released")
+                for start in range(0, len(part), CHUNK):
+                    chunk = part[start : start + CHUNK]
+                    futures = []
+                    for attempt in chunk:
+                        encoded = encode_envelope(attempt.envelope)
+                        futures.append(producer.send(topic, key=encoded.key, value=encoded.value,
+                                                     headers=encoded.headers))  # fmt: skip
+                    producer.flush()
+                    for attempt, future in zip(chunk, futures, strict=True):
+                        future.get(timeout=timeout)  # raises unless Kafka stored it
+                        self.acknowledged.append(attempt)
+                    time.sleep(CHUNK_INTERVAL_S)
         except BaseException as exc:  # reported by the test
             self.error = exc
         finally:
@@ -203,6 +221,30 @@ class MasteryTopic:
         self._consumer.close()
 
 
+def _served_attempts(worker: Worker) -> dict[tuple[bytes, str], int]:
+    """Attempts per (learner key, skill) as the worker's read API answers them (GetClassMastery:
+    every learner of the class, from the worker's own store)."""
+    with grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+        reply = mastery_pb2_grpc.MasteryServiceStub(channel).GetClassMastery(
+            api_pb2.GetClassMasteryRequest(tenant_id=TEST_TENANT, class_id="class-7a"),
+            metadata=(("authorization", f"Bearer {TOKEN}"),),
+            timeout=10.0,
+        )
+    return {
+        (learner_key(TEST_TENANT, learner.learner_id), skill.skill_id): skill.attempts
+        for learner in reply.learners
+        for skill in learner.skills
+    }
+
+
+def _attempts(states: Mapping[bytes, LearnerState]) -> dict[tuple[bytes, str], int]:
+    return {
+        (key, skill_id): skill.attempts
+        for key, state in states.items()
+        for skill_id, skill in state.skills.items()
+    }
+
+
 class Throttled:
     """A slow check run at most once per `every_s`; False in between."""
 
@@ -249,30 +291,50 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str, 
                 worker.process.wait(timeout=10)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "changelog behind the worker's store after kill -9 and a restart on the same data dir: "
+        "Faust writes a table value to the local RocksDB at once (faust/stores/rocksdb.py _set) "
+        "and its changelog record later (send_changelog -> send_soon); a kill between the two "
+        "leaves the newer state only on disk, the restarted worker takes the redelivered batch "
+        "for duplicates and never rewrites it, so the changelog (what a replacement worker "
+        "recovers) misses the learner's last attempts until the learner's next change; the "
+        "read API, served from the local store, counts them (7 of 8 runs here)"
+    ),
+)
 def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
     settings: Settings, start_worker: Callable[[str, str], Worker]
 ) -> None:
     rng = random.Random(SEED)
-    stream = seeded_stream(rng)
+    main, tail = seeded_stream(rng)
+    stream = main + tail
     attempt_ids = {a.envelope.event_id for a in stream}
-    # Kill points: numbers of distinct attempts processed, spread over the stream.
-    points = sorted(rng.sample(range(len(attempt_ids) // 10, len(attempt_ids) * 8 // 10), KILLS))
+    main_ids = {a.envelope.event_id for a in main}
+    # Kill points: numbers of distinct attempts processed, spread over the main part; the last
+    # kill comes as soon as the main part is processed, before the tail is sent. The second half
+    # of the learners has no attempt in the tail, so a state of theirs written just before that
+    # kill is their last: a write that the changelog missed would not be hidden by a later one.
+    points = sorted(rng.sample(range(len(main_ids) // 10, len(main_ids) * 8 // 10), KILLS - 1))
+    points.append(len(main_ids))
     began = time.monotonic()
     topic = MasteryTopic(settings)
-    producer = PacedProducer(settings, stream)
+    producer = PacedProducer(settings, main, tail)
     disk = "disk-0"
     worker = start_worker("worker-0", disk)
     producer.start()
     kills: list[tuple[int, int, int]] = []  # (point, processed at the kill, acknowledged)
     try:
         for n, point in enumerate(points, start=1):
-            topic.until(lambda p=point: len(topic.processed) >= p, f"kill point {point}", worker,
-                        POINT_TIMEOUT_S)  # fmt: skip
+            topic.until(lambda p=point: len(topic.processed & main_ids) >= p,
+                        f"kill point {point}", worker, POINT_TIMEOUT_S)  # fmt: skip
             worker.process.kill()
             worker.process.wait(timeout=10)
             kills.append((point, len(topic.processed), len(producer.acknowledged)))
             disk = f"disk-{n}" if n in FRESH_DISK_RESTARTS else disk
             worker = start_worker(f"worker-{n}", disk)
+        producer.release.set()
         producer.join(timeout=FINISH_TIMEOUT_S)
         assert producer.error is None, f"producing failed: {producer.error!r}"
         assert not producer.is_alive(), "the producer did not finish"
@@ -281,6 +343,7 @@ def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
         caught_up = Throttled(lambda: _committed_to_end(settings), every_s=1.0)
         topic.until(lambda: topic.processed >= attempt_ids or caught_up(), "the end of the log",
                     worker, FINISH_TIMEOUT_S)  # fmt: skip
+        served = _served_attempts(worker)  # what the worker answers, from its own store
         _stop(worker)  # a clean stop: the changelog holds everything the worker applied
         processing_s = time.monotonic() - began
 
@@ -290,20 +353,22 @@ def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
         rebuilt = replay_log(settings)
         live = read_live_state(settings)
         differences = compare(live.states, rebuilt.states, live.erased, rebuilt.erased)
-        assert not differences, "\n".join(d.describe() for d in differences[:20])
-
         # Evidence: each acknowledged attempt counted once, whatever was re-read or re-sent.
-        expected: dict[tuple[bytes, str], set[str]] = defaultdict(set)
+        ids_per_skill: dict[tuple[bytes, str], set[str]] = defaultdict(set)
         for attempt in producer.acknowledged:
             key = learner_key(TEST_TENANT, attempt.envelope.learner_id)
             for skill in attempt.skills:
-                expected[(key, skill)].add(attempt.envelope.event_id)
-        counted = {
-            (key, skill): state.attempts
-            for key, learner in live.states.items()
-            for skill, state in learner.skills.items()
-        }
-        assert counted == {k: len(ids) for k, ids in expected.items()}
+                ids_per_skill[(key, skill)].add(attempt.envelope.event_id)
+        expected = {k: len(ids) for k, ids in ids_per_skill.items()}
+
+        differing = sorted({d.learner for d in differences})
+        assert not differences, (
+            f"the changelogs' state != clean replay for {len(differing)} learners {differing}; "
+            f"the worker's read API counted every attempt once: {served == expected}\n"
+            + "\n".join(d.describe() for d in differences[:12])
+        )
+        assert _attempts(live.states) == expected
+        assert served == expected
 
         # Outputs: every id of a clean replay is on the topic (copies allowed, none lost).
         topic.drain()
