@@ -123,12 +123,13 @@ def fill(settings: Settings, records: list[Encoded]) -> None:
 
 
 def bare_main(prefix: str, n: int, out: Path, bootstrap: str) -> None:
-    """Decode and count `n` events of the activity topic, then write the timing to `out`."""
+    """Decode and count `n` events of the activity topic, then write the timing to `out`.
+    Its consumer group is named after `out`, so that every run reads from the beginning."""
     import faust
 
     settings = _settings(bootstrap, prefix)
-    work = out.parent / "bare-data"
-    app = create_app(f"{prefix}bare", settings, store="memory://", datadir=work)
+    work = out.parent / f"{out.stem}-data"
+    app = create_app(f"{prefix}{out.stem}", settings, store="memory://", datadir=work)
     topic = app.topic(
         settings.kafka.topics.name("activity"),
         key_type=bytes,
