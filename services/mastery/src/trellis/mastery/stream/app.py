@@ -74,6 +74,9 @@ def create_stream(
         partitions=settings.kafka.topics.partitions,
         erased=tables.erased,
     )
+    # Partitions that change hands may change underneath the store's decoded states.
+    app.on_partitions_revoked.connect(store_adapter.forget_decoded)
+    app.on_partitions_assigned.connect(store_adapter.forget_decoded)
     service = MasteryService(store_adapter, catalog=catalog)
     staged = StagedWrites(store_adapter)
     writer = MasteryService(staged, catalog=catalog)

@@ -25,7 +25,7 @@ from trellis.mastery.adapters.partitioning import partition_of
 from trellis.mastery.adapters.state_codec import decode_state, encode_state
 from trellis.mastery.domain import LearnerState
 
-#: Decoded states kept per worker, keyed like the table, with the bytes they were decoded from.
+#: Decoded states kept per worker, keyed like the table (forgotten on every rebalance).
 DECODED_CACHE_SIZE = 10_000
 
 LEARNERS = "learners"
@@ -75,30 +75,35 @@ class TableLearnerStore:
         self._app = app
         self._table = table
         self._erased = erased
-        self._decoded: dict[bytes, tuple[bytes, LearnerState]] = {}
+        self._decoded: dict[bytes, LearnerState] = {}
         self._source_topic = source_topic
         self._partitions = partitions
 
     def get(self, key: bytes) -> LearnerState | None:
+        cached = self._decoded.get(key)
+        if cached is not None:
+            return cached
         stored = self._table.get(key)
         if stored is None:
             return None
-        cached = self._decoded.get(key)
-        if cached is not None and cached[0] == stored:
-            return cached[1]  # the bytes the table holds are those of the cached state
         state = decode_state(stored)
-        self._remember(key, stored, state)
+        self._remember(key, state)
         return state
 
     def put(self, key: bytes, state: LearnerState) -> None:
-        encoded = encode_state(state)
-        self._table[key] = encoded
-        self._remember(key, encoded, state)
+        self._table[key] = encode_state(state)
+        self._remember(key, state)
 
-    def _remember(self, key: bytes, encoded: bytes, state: LearnerState) -> None:
-        # Decoding is most of the cost of a read; the table stays the truth (checked by bytes).
+    def forget_decoded(self, *_: object, **__: object) -> None:
+        """Drop every decoded state (a Faust signal handler: on each rebalance, before table
+        recovery or standby updates can change the table of a partition that becomes ours)."""
+        self._decoded.clear()
+
+    def _remember(self, key: bytes, state: LearnerState) -> None:
+        # Decoding is most of the cost of a read, reading RocksDB much of the rest. Between two
+        # rebalances only this store writes the active partitions, so the cache is their truth.
         self._decoded.pop(key, None)
-        self._decoded[key] = (encoded, state)
+        self._decoded[key] = state
         if len(self._decoded) > DECODED_CACHE_SIZE:
             del self._decoded[next(iter(self._decoded))]  # the least recently stored
 
