@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
+from kafka.errors import CommitFailedError
 
 from trellis.common.codec import decode, encode_envelope, encode_roster
 from trellis.common.kafka import create_consumer, create_producer
@@ -276,7 +277,7 @@ def test_a_crash_between_insert_and_commit_stores_nothing_twice(
 
     # A sink whose commits never reach Kafka: as if it died right after every insert.
     crashing = ReportingSink(sink_settings, store)
-    crashing._commit = lambda consumer, batch: None  # type: ignore[method-assign]
+    crashing._commit = lambda consumer, next_offsets: None  # type: ignore[method-assign]
     crashing.start()
     wait_until(lambda: counts(store)[MASTERY_HISTORY] == 60, "the first run's rows")
     assert crashing.stop(timeout=30)
@@ -425,6 +426,41 @@ def test_records_of_a_partition_assigned_back_after_a_rebalance_are_not_lost(
         assert sink.stats.flushes == 0, "the rebalance came after the batch was flushed"
         wait_until(all_committed(open_batch, sink), "offsets committed")
     assert store.row_counts(TENANT)[ACTIVITY] == 120
+
+
+def test_offsets_whose_commit_failed_are_committed_later(
+    sink_settings: Settings, store: ChdbStore, producer: KafkaProducer
+) -> None:
+    """A refused commit (as during a rebalance) is retried: the records stay assigned and are not
+    fetched again, so no later read would commit them."""
+    refusals = [1]
+
+    def consumer_refusing_one_commit() -> KafkaConsumer:
+        consumer = create_consumer(sink_settings.kafka, sink_settings.reporting.consumer_group)
+        commit = consumer.commit
+
+        def refuse_once(offsets: Any = None) -> None:
+            if refusals[0]:
+                refusals[0] -= 1
+                raise CommitFailedError("refused once")
+            commit(offsets)
+
+        consumer.commit = refuse_once
+        return consumer
+
+    produce(
+        producer,
+        sink_settings.kafka.topics.name("activity"),
+        [item_attempted(n) for n in range(30)],
+    )
+    sink = ReportingSink(sink_settings, store, consumer_factory=consumer_refusing_one_commit)
+    sink.start()
+    try:
+        wait_until(all_committed(sink_settings, sink), "offsets committed after the refusal")
+    finally:
+        assert sink.stop(timeout=30)
+    assert refusals == [0]
+    assert store.row_counts(TENANT)[ACTIVITY] == 30
 
 
 def test_roster_and_erasure_through_the_broker_and_a_replay_does_not_bring_them_back(
