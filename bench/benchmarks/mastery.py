@@ -81,31 +81,33 @@ def _settings(bootstrap: str, prefix: str) -> Settings:
 def make_events(n: int, run: str) -> list[Encoded]:
     """Attempts in the stored form ingest writes (pseudonymous ids, both timestamps)."""
     start = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
-    out = []
-    for i in range(n):
-        learner = f"pseudo-{i % LEARNERS:04d}"
-        event = envelope_pb2.Envelope(
-            event_id=f"{run}-{i}",
-            tenant_id=TENANT,
-            learner_id=learner,
-            school_id="sch1",
-            class_id=f"c{i % LEARNERS // 25}",
-            pseudonym_key_version=1,
-        )
-        when = start + timedelta(seconds=i)
-        event.occurred_at.FromDatetime(when)
-        event.ingested_at.FromDatetime(when)
-        event.source.system = "bench"
-        attempt = event.item_attempted
-        attempt.item_id = f"item-{i % 200}"
-        attempt.skill_ids.append(f"skill-{(i // LEARNERS) % SKILLS}")
-        attempt.correct = (i * 7919) % 10 < 7
-        attempt.attempt_number = 1
-        attempt.duration_seconds = 20.0
-        encoded = encode_envelope(event)
-        assert encoded.key == learner_key(TENANT, learner)
-        out.append(encoded)
-    return out
+    return [make_event(i, run, start + timedelta(seconds=i)) for i in range(n)]
+
+
+def make_event(i: int, run: str, when: datetime) -> Encoded:
+    """Attempt number `i` of run `run`: learner i mod LEARNERS, a skill that changes every
+    LEARNERS events, 70 % correct; occurred and ingested at `when`."""
+    learner = f"pseudo-{i % LEARNERS:04d}"
+    event = envelope_pb2.Envelope(
+        event_id=f"{run}-{i}",
+        tenant_id=TENANT,
+        learner_id=learner,
+        school_id="sch1",
+        class_id=f"c{i % LEARNERS // 25}",
+        pseudonym_key_version=1,
+    )
+    event.occurred_at.FromDatetime(when)
+    event.ingested_at.FromDatetime(when)
+    event.source.system = "bench"
+    attempt = event.item_attempted
+    attempt.item_id = f"item-{i % 200}"
+    attempt.skill_ids.append(f"skill-{(i // LEARNERS) % SKILLS}")
+    attempt.correct = (i * 7919) % 10 < 7
+    attempt.attempt_number = 1
+    attempt.duration_seconds = 20.0
+    encoded = encode_envelope(event)
+    assert encoded.key == learner_key(TENANT, learner)
+    return encoded
 
 
 def fill(settings: Settings, records: list[Encoded]) -> None:

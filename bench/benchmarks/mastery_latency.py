@@ -1,0 +1,181 @@
+"""Mastery worker latency: from an attempt's ingest to its `MasteryUpdated`, at offered rates.
+
+One `python -m trellis.mastery worker` process (as in `mastery.py`) on fresh topics; this process
+offers attempts of `mastery.LEARNERS` learners to the activity topic open loop, at each of
+`RATES` events/s in turn for `seconds` (quick 10 s, full 30 s), with a kafka-python producer
+(what ingest uses). An attempt's ingest time is its due time in the schedule, written as the
+record's timestamp, so a producer that falls behind shows as latency, not as a lower rate. Its
+`MasteryUpdated` time is the timestamp the worker's producer gave the output record. Latency =
+the second minus the first, per attempt; p50 and p99 per rate. CPU: the worker's and this
+process's (producer) user + system time over the phase, in % of one core. The next rate starts
+once every output of the phase was read (or `DRAIN_S` passed: then the missing ones count as
+lost and the phase as failed).
+
+Ingest itself is not in the loop: on this machine it stores at most about 3,500 events/s (see
+bench/README.md "Load generator"), below the 5,000 to offer. Target: p99 < 250 ms at 5,000.
+
+Run alone: `.venv/bin/python -m bench.benchmarks.mastery_latency [--full]` (127.0.0.1:9092).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kafka import TopicPartition
+
+from bench.benchmarks.mastery import (
+    PARTITIONS,
+    REPO,
+    WAIT_S,
+    _settings,
+    _stop,
+    _worker_env,
+    make_event,
+)
+from bench.framework import BenchContext, BenchResult
+from trellis.common.kafka import create_consumer, create_producer, ensure_topics
+from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.settings import Settings
+
+RATES = (1_000, 2_000, 5_000)
+DRAIN_S = 60.0
+
+
+class Outputs:
+    """Reads `MasteryUpdated` records of the mastery topic: cause event id -> timestamp (ms)."""
+
+    def __init__(self, settings: Settings) -> None:
+        topic = settings.kafka.topics.name("mastery")
+        self.consumer = create_consumer(settings.kafka, None)
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_beginning()
+        self.at_ms: dict[str, int] = {}
+
+    def read(self, timeout_ms: int = 200) -> None:
+        for records in self.consumer.poll(timeout_ms=timeout_ms, max_records=10_000).values():
+            for record in records:
+                envelope = envelope_pb2.Envelope.FromString(record.value)
+                if envelope.WhichOneof("payload") == "mastery_updated":
+                    cause = envelope.mastery_updated.cause_event_id
+                    self.at_ms.setdefault(cause, record.timestamp)
+
+    def wait_for(self, causes: list[str], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not all(c in self.at_ms for c in causes):
+            if time.monotonic() > deadline:
+                return False
+            self.read()
+        return True
+
+
+def _offer(producer: Any, topic: str, run: str, rate: int, seconds: float) -> dict[str, int]:
+    """Send rate x seconds attempts open loop; returns event id -> due time (ms)."""
+    due_ms: dict[str, int] = {}
+    start = time.time()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        ahead = due - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
+        when = datetime.fromtimestamp(due, UTC)
+        record = make_event(i, run, when)
+        stamp = int(due * 1000)
+        producer.send(
+            topic, key=record.key, value=record.value, headers=record.headers, timestamp_ms=stamp
+        )
+        due_ms[f"{run}-{i}"] = stamp
+    producer.flush()
+    return due_ms
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def run(ctx: BenchContext) -> list[BenchResult]:
+    seconds = 10.0 if ctx.quick else 30.0
+    prefix = f"bench-mastery-latency-{uuid.uuid4().hex[:8]}."
+    settings = _settings(ctx.bootstrap_servers, prefix)
+    ensure_topics(settings.kafka)
+    activity = settings.kafka.topics.name("activity")
+    producer = create_producer(settings.kafka)
+    outputs = Outputs(settings)
+    with (ctx.work_dir / "worker-latency.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "trellis.mastery", "worker"],
+            env=_worker_env(settings, ctx.work_dir / "worker-latency-data"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    phases: list[dict[str, Any]] = []
+    try:
+        # Warm-up: the worker has joined the group and answers before anything is timed.
+        warm = _offer(producer, activity, "warm", 50, 1.0)
+        if not outputs.wait_for(list(warm), WAIT_S):
+            raise TimeoutError("mastery worker did not answer the warm-up attempts")
+        worker_ps, me = psutil.Process(worker.pid), psutil.Process()
+        for rate in RATES:
+            run_id = f"r{rate}"
+            cpu_worker, cpu_me, started = _cpu(worker_ps), _cpu(me), time.monotonic()
+            due_ms = _offer(producer, activity, run_id, rate, seconds)
+            offered_s = time.monotonic() - started
+            complete = outputs.wait_for(list(due_ms), DRAIN_S)
+            wall = time.monotonic() - started
+            latencies = [outputs.at_ms[e] - d for e, d in due_ms.items() if e in outputs.at_ms]
+            phase = {
+                "offered_per_s": rate,
+                "achieved_offer_per_s": round(len(due_ms) / offered_s),
+                "events": len(due_ms),
+                "answered": len(latencies),
+                "p50_ms": _percentile(latencies, 0.50),
+                "p99_ms": _percentile(latencies, 0.99),
+                "max_ms": max(latencies),
+                "worker_cpu_pct": round(100 * (_cpu(worker_ps) - cpu_worker) / wall),
+                "producer_cpu_pct": round(100 * (_cpu(me) - cpu_me) / wall),
+                "complete": complete,
+            }
+            phases.append(phase)
+            print(f"  {json.dumps(phase)}", flush=True)
+    finally:
+        producer.close()
+        outputs.consumer.close()
+        _stop(worker)
+    at_5000 = next(p for p in phases if p["offered_per_s"] == 5_000)
+    return [
+        BenchResult(
+            name="mastery.latency_p99_ms_at_5000",
+            unit="ms",
+            value=float(at_5000["p99_ms"]),
+            target="p99 < 250 ms at 5,000 events/s offered",
+            passed=at_5000["complete"] and at_5000["p99_ms"] < 250,
+            figures={"seconds_per_rate": seconds, "phases": phases},
+        )
+    ]
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(dir="/tmp") as work:
+        context = BenchContext(
+            quick="--full" not in sys.argv,
+            bootstrap_servers="127.0.0.1:9092",
+            work_dir=Path(work),
+        )
+        for result in run(context):
+            print(json.dumps(result.to_json(), indent=2))
