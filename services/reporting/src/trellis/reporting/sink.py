@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Histogram
 
@@ -233,6 +234,7 @@ class ReportingSink:
         # away): committed with the next batch, or retried while idle.
         self._uncommitted: dict[PartitionKey, int] = {}
         self._commit_retry_at = 0.0
+        self._rebalancing_since: float | None = None  # commits refused as rebalancing since
         self._failing = False
         self.running = threading.Event()
         self.stats = SinkStats()
@@ -539,9 +541,25 @@ class ReportingSink:
             # fetch position survives a rebalance), so its offsets must be committed later.
             _log.warning("offset commit failed; retried later", error=str(exc))
             self._commit_retry_at = time.monotonic() + _BACKOFF_MAX_S / 10
+            if isinstance(exc, RebalanceInProgressError):
+                self._unstick_rebalance(consumer)
             return
         pending.clear()
+        self._rebalancing_since = None
         self.stats.commits += 1
+
+    def _unstick_rebalance(self, consumer: KafkaConsumer) -> None:
+        """Work around a kafka-python 3.0.12 bug: when a rebalance started by a metadata change
+        (topics just created) is in its SyncGroup round trip as a poll's timeout expires, the join
+        is never completed and the member stays rebalancing for good (commits refused, nothing
+        fetched). After two session timeouts of that, ask for a fresh join."""
+        now = time.monotonic()
+        if self._rebalancing_since is None:
+            self._rebalancing_since = now
+        elif now - self._rebalancing_since > 2 * self._kafka.session_timeout_ms / 1000:
+            _log.warning("rebalance not completing; joining the group again")
+            consumer._coordinator.request_rejoin()
+            self._rebalancing_since = None
 
     def _retry_commit(self, consumer: KafkaConsumer) -> None:
         """While no batch is being inserted, retry a failed commit now and then."""
