@@ -11,8 +11,9 @@ Who may call what (DESIGN.md §3a), always within the caller's tenant:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -88,14 +89,11 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         if not request.learner_id:
             raise InvalidArgument([("learner_id", "must not be empty")])
         authorize_learner(principal, request.learner_id)
-        try:
-            progress = await self._service.learner_progress(
+        progress = await _answer(
+            self._service.learner_progress(
                 request.tenant_id, request.learner_id, scope_of(principal)
             )
-        except UnknownTenantKey as exc:
-            raise NotFound("no pseudonymization key for this tenant") from exc
-        except StoreError as exc:
-            raise Unavailable("the reporting store is unavailable") from exc
+        )
         return reporting_pb2.LearnerProgress(
             learner_id=progress.learner_id, skills=[_skill(s) for s in progress.skills]
         )
@@ -111,18 +109,15 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         if not request.class_id:
             raise InvalidArgument([("class_id", "must not be empty")])
         authorize_class(principal, request.class_id)
-        try:
-            page = await self._service.class_heatmap(
+        page = await _answer(
+            self._service.class_heatmap(
                 request.tenant_id,
                 request.class_id,
                 request.page_size,
                 request.page_token,
                 scope_of(principal),
             )
-        except BadPageToken as exc:
-            raise InvalidArgument([("page_token", str(exc))]) from exc
-        except StoreError as exc:
-            raise Unavailable("the reporting store is unavailable") from exc
+        )
         return reporting_pb2.ClassHeatmap(
             class_id=request.class_id,
             cells=[
@@ -145,10 +140,7 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         principal = current_principal()
         require_role(principal, *ADMINS)
         authorize_tenant(principal, request.tenant_id)
-        try:
-            counts = await self._service.store_stats(request.tenant_id)
-        except StoreError as exc:
-            raise Unavailable("the reporting store is unavailable") from exc
+        counts = await _answer(self._service.store_stats(request.tenant_id))
         return reporting_pb2.StoreStats(
             tables=[
                 reporting_pb2.TableRows(table=table, rows=rows)
@@ -222,18 +214,19 @@ def _period(
     return begin, end
 
 
-class _Reports:
-    """Error mapping shared by the report methods."""
+_T = TypeVar("_T")
 
-    @staticmethod
-    def fail(exc: Exception) -> Exception:
-        if isinstance(exc, BadPageToken):
-            return InvalidArgument([("page_token", str(exc))])
-        if isinstance(exc, UnknownTenantKey):
-            return NotFound("no pseudonymization key for this tenant")
-        if isinstance(exc, StoreError):
-            return Unavailable("the reporting store is unavailable")
-        return exc
+
+async def _answer(call: Awaitable[_T]) -> _T:
+    """A report use case's answer, its failures as gRPC statuses."""
+    try:
+        return await call
+    except BadPageToken as exc:
+        raise InvalidArgument([("page_token", str(exc))]) from exc
+    except UnknownTenantKey as exc:
+        raise NotFound("no pseudonymization key for this tenant") from exc
+    except StoreError as exc:
+        raise Unavailable("the reporting store is unavailable") from exc
 
 
 class ReportingServicer(_CoreServicer):
@@ -246,8 +239,8 @@ class ReportingServicer(_CoreServicer):
     ) -> reporting_pb2.NeedsSupport:
         principal = current_principal()
         target = authorize_target(principal, request.target)
-        try:
-            page = await self._service.needs_support(
+        page = await _answer(
+            self._service.needs_support(
                 target,
                 _when(request.as_of, datetime.now(UTC)),
                 request.page_size,
@@ -255,8 +248,7 @@ class ReportingServicer(_CoreServicer):
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.NeedsSupport(
             learners=[
                 reporting_pb2.LearnerNeeds(
@@ -283,8 +275,8 @@ class ReportingServicer(_CoreServicer):
     ) -> reporting_pb2.ReadyToAccelerate:
         principal = current_principal()
         target = authorize_target(principal, request.target)
-        try:
-            page = await self._service.ready_to_accelerate(
+        page = await _answer(
+            self._service.ready_to_accelerate(
                 target,
                 _when(request.as_of, datetime.now(UTC)),
                 request.page_size,
@@ -292,8 +284,7 @@ class ReportingServicer(_CoreServicer):
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.ReadyToAccelerate(
             learners=[
                 reporting_pb2.ReadyLearner(
@@ -313,16 +304,15 @@ class ReportingServicer(_CoreServicer):
     ) -> reporting_pb2.SkillGaps:
         principal = current_principal()
         target = authorize_target(principal, request.target)
-        try:
-            page = await self._service.skill_gaps(
+        page = await _answer(
+            self._service.skill_gaps(
                 target,
                 request.page_size,
                 request.page_token,
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.SkillGaps(
             skills=[
                 reporting_pb2.SkillGap(
@@ -352,8 +342,8 @@ class ReportingServicer(_CoreServicer):
         until = _when(request.until, _midnight(tomorrow))
         if until.date() <= since.date():
             raise InvalidArgument([("until", "must be a later day than since")])
-        try:
-            page = await self._service.engagement(
+        page = await _answer(
+            self._service.engagement(
                 target,
                 since.date(),
                 until.date(),
@@ -363,8 +353,7 @@ class ReportingServicer(_CoreServicer):
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError, UnknownTenantKey) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.Engagement(
             days=[
                 reporting_pb2.EngagementDay(
@@ -393,8 +382,8 @@ class ReportingServicer(_CoreServicer):
         since, until = _period(
             request.since, request.until, now, self._service.settings.recent_days
         )
-        try:
-            page = await self._service.error_breakdown(
+        page = await _answer(
+            self._service.error_breakdown(
                 target,
                 since,
                 until,
@@ -404,8 +393,7 @@ class ReportingServicer(_CoreServicer):
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.ErrorBreakdown(
             errors=[
                 reporting_pb2.ErrorCount(
@@ -428,8 +416,8 @@ class ReportingServicer(_CoreServicer):
         target = authorize_target(principal, request.target)
         now = datetime.now(UTC)
         since, until = _period(request.since, request.until, now, 30)
-        try:
-            page = await self._service.growth(
+        page = await _answer(
+            self._service.growth(
                 target,
                 since,
                 until,
@@ -438,8 +426,7 @@ class ReportingServicer(_CoreServicer):
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.GrowthReport(
             rows=[
                 reporting_pb2.Growth(
@@ -467,8 +454,8 @@ class ReportingServicer(_CoreServicer):
         authorize_learner(principal, request.learner_id)
         now = datetime.now(UTC)
         since, until = _period(request.since, request.until, now, 30)
-        try:
-            learner_id, page = await self._service.timeline(
+        learner_id, page = await _answer(
+            self._service.timeline(
                 request.tenant_id,
                 request.learner_id,
                 since,
@@ -478,8 +465,7 @@ class ReportingServicer(_CoreServicer):
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError, UnknownTenantKey) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         entries = []
         for e in page.items:
             entry = reporting_pb2.TimelineEntry(
@@ -509,12 +495,11 @@ class ReportingServicer(_CoreServicer):
         if not request.learner_id:
             raise InvalidArgument([("learner_id", "must not be empty")])
         authorize_learner(principal, request.learner_id)
-        try:
-            view = await self._service.learner_view(
+        view = await _answer(
+            self._service.learner_view(
                 request.tenant_id, request.learner_id, scope_of(principal), _remaining(context)
             )
-        except (StoreError, UnknownTenantKey) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         return reporting_pb2.LearnerView(
             learner_id=view.learner_id,
             skills=[_skill(s) for s in view.skills],
@@ -539,16 +524,15 @@ class ReportingServicer(_CoreServicer):
     ) -> reporting_pb2.ClassGoals:
         principal = current_principal()
         target = authorize_target(principal, request.target)
-        try:
-            page = await self._service.class_goals(
+        page = await _answer(
+            self._service.class_goals(
                 target,
                 request.page_size,
                 request.page_token,
                 scope_of(principal),
                 _remaining(context),
             )
-        except (BadPageToken, StoreError) as exc:
-            raise _Reports.fail(exc) from exc
+        )
         learners = []
         for row in page.items:
             reflections = []
@@ -591,16 +575,15 @@ class ReportingServicer(_CoreServicer):
         dimension = _DIMENSIONS.get(request.dimension)
         if dimension is None:
             raise InvalidArgument([("dimension", "must be school, grade or subgroup")])
-        try:
-            rollup = await self._service.district_rollup(
+        rollup = await _answer(
+            self._service.district_rollup(
                 request.tenant_id,
                 dimension,
                 request.skill_id,
                 scope_of(principal),
                 _remaining(context),
             )
-        except StoreError as exc:
-            raise _Reports.fail(exc) from exc
+        )
 
         def cell(group: Group) -> reporting_pb2.RollupCell:
             return reporting_pb2.RollupCell(
