@@ -1,6 +1,8 @@
 """A small BKT data generator with known parameters, for testing `fit` and `evaluate` until the
 simulator is available: learners practice skills in turn; each answer follows BKT, and, when
-`item_spread` > 0, items shift the log-odds of a correct answer by minus their difficulty."""
+`item_spread` > 0, items shift the log-odds of a correct answer by minus their difficulty. With
+`gap_days` > 0, each round of practice is followed by 0 to `gap_days` days without practice, over
+which a known skill is forgotten with probability 1 - (1 - forget) ** days."""
 
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ class TrueSkill:
     learn: float
     guess: float
     slip: float
+    forget: float  # per day; acts only with `gap_days`
 
 
 SKILLS = {
-    "s0": TrueSkill(0.2, 0.15, 0.2, 0.1),
-    "s1": TrueSkill(0.5, 0.05, 0.25, 0.15),
-    "s2": TrueSkill(0.1, 0.25, 0.15, 0.05),
+    "s0": TrueSkill(0.2, 0.15, 0.2, 0.1, 0.0),
+    "s1": TrueSkill(0.5, 0.05, 0.25, 0.15, 0.02),
+    "s2": TrueSkill(0.1, 0.25, 0.15, 0.05, 0.1),
 }
 
 
@@ -48,6 +51,7 @@ def generate(
     items_per_skill: int = 10,
     first_user: int = 0,
     item_seed: int = 0,
+    gap_days: int = 0,
 ) -> list[dict[str, str]]:
     rng = np.random.default_rng(seed)
     difficulty = difficulties(item_spread, items_per_skill, item_seed)
@@ -74,6 +78,12 @@ def generate(
                 )
                 if not known[s] and rng.random() < k.learn:
                     known[s] = True
+            if gap_days:
+                days = int(rng.integers(gap_days + 1))
+                clock += days * 86_400
+                for s, k in SKILLS.items():
+                    if known[s] and rng.random() < 1.0 - (1.0 - k.forget) ** days:
+                        known[s] = False
     return rows
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from tests.unit.mastery.synthetic import SKILLS, difficulties, generate, write
-from trellis.mastery.dataset import DatasetError, attempts_from_rows, read_attempts
-from trellis.mastery.domain import EMPTY, Attempt, BktParameters, apply_attempt
+from trellis.mastery.dataset import Attempts, DatasetError, attempts_from_rows, read_attempts
+from trellis.mastery.domain import EMPTY, Attempt, BktParameters, apply_attempt, recall
 from trellis.mastery.fitting import (
+    MAX_FORGET,
     SkillArrays,
     bkt_predictions,
     fit_bkt,
@@ -24,6 +25,7 @@ from trellis.mastery.model_parameters import from_json, to_json
 from trellis.mastery.prediction import Calibration, ModelSet
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
+DAY = 86_400
 
 
 def rows(*records: tuple[str, str, int, int, str]) -> list[dict[str, str]]:
@@ -63,32 +65,67 @@ def test_files_without_the_required_columns_or_with_bad_values_are_refused(
 
 
 def test_forward_filtering_agrees_with_the_streams_model() -> None:
-    params = BktParameters(prior=0.25, learn=0.12, guess=0.22, slip=0.08)
+    params = BktParameters(prior=0.25, learn=0.12, guess=0.22, slip=0.08, forget=0.1)
     outcomes = [0, 1, 1, 0, 1, 1, 1]
-    data = attempts_from_rows(rows(*((("u", "i", t, c, "a")) for t, c in enumerate(outcomes))))
+    # Seconds apart within a session, then gaps of 2, 3.5 and 3.5 days (forget is per day).
+    times = [0, 60, 2 * DAY, 2 * DAY + 60, int(5.5 * DAY), 9 * DAY, 9 * DAY + 30]
+    records = (("u", "i", t, c, "a") for t, c in zip(times, outcomes, strict=True))
+    data = attempts_from_rows(rows(*records))
     arrays = SkillArrays.filled(1, params)
     predicted = bkt_predictions(data, arrays)
 
     state = EMPTY
     expected = []
-    for n, c in enumerate(outcomes):
-        p = state.skill("a", params).p_mastered
+    for n, (t, c) in enumerate(zip(times, outcomes, strict=True)):
+        now = T0 + timedelta(seconds=t)
+        p = recall(state.skill("a", params), params, now)
         expected.append(p * (1 - params.slip) + (1 - p) * params.guess)
-        state, _ = apply_attempt(state, Attempt(f"e{n}", ("a",), float(c)), lambda _: params, T0)
+        state, _ = apply_attempt(state, Attempt(f"e{n}", ("a",), float(c)), lambda _: params, now)
     assert predicted.tolist() == pytest.approx(expected, abs=1e-12)
     assert predicted[0] == pytest.approx(0.25 * 0.92 + 0.75 * 0.22, abs=1e-15)
 
 
-def test_em_recovers_known_parameters() -> None:
-    data = attempts_from_rows(generate(learners=1500, attempts_per_skill=15, seed=3))
-    params, history = fit_bkt(data)
-    assert all(b >= a - 1e-6 for a, b in itertools.pairwise(history))  # EM ascends
+def assert_recovered(data: Attempts, params: SkillArrays) -> None:
     for name, true in SKILLS.items():
         i = data.skills.index(name)
         assert params.prior[i] == pytest.approx(true.prior, abs=0.05)
         assert params.learn[i] == pytest.approx(true.learn, abs=0.04)
         assert params.guess[i] == pytest.approx(true.guess, abs=0.04)
         assert params.slip[i] == pytest.approx(true.slip, abs=0.04)
+
+
+def test_em_recovers_known_parameters() -> None:
+    # Attempts one second apart: no gap of days, so nothing to forget over.
+    data = attempts_from_rows(generate(learners=1500, attempts_per_skill=15, seed=3))
+    params, history = fit_bkt(data)
+    assert all(b >= a - 1e-6 for a, b in itertools.pairwise(history))  # EM ascends
+    assert_recovered(data, params)
+    assert params.forget.max() < 1e-3
+
+
+@pytest.mark.parametrize("seed", [3, 13])
+def test_em_recovers_forgetting_per_day_over_gaps(seed: int) -> None:
+    # 0 to 3 days between rounds; true forget per day: s0 0, s1 0.02, s2 0.1.
+    data = attempts_from_rows(generate(1500, 15, seed=seed, gap_days=3))
+    params, history = fit_bkt(data)
+    assert all(b >= a - 1e-6 for a, b in itertools.pairwise(history))
+    assert_recovered(data, params)
+    for name, true in SKILLS.items():
+        assert params.forget[data.skills.index(name)] == pytest.approx(true.forget, abs=0.02)
+    assert params.forget[data.skills.index("s0")] < 0.005
+    assert params.forget[data.skills.index("s1")] == pytest.approx(0.02, abs=0.005)
+
+
+def test_forget_stays_within_its_bound() -> None:
+    # Right three times on a day, wrong three times the next: the fit stops at MAX_FORGET.
+    two_days = [1, 1, 1, 0, 0, 0]
+    records = [
+        (f"u{u}", "i", (n // 3) * DAY + n, c, "a")
+        for u in range(200)
+        for n, c in enumerate(two_days)
+    ]
+    params, _ = fit_bkt(attempts_from_rows(rows(*records)))
+    assert params.forget[0] == pytest.approx(MAX_FORGET)
 
 
 def test_calibration_is_the_identity_on_pure_bkt_data_and_finds_item_difficulties() -> None:
@@ -107,15 +144,16 @@ def test_calibration_is_the_identity_on_pure_bkt_data_and_finds_item_difficultie
 
 
 def test_the_stream_predictor_agrees_with_the_offline_one() -> None:
-    train = attempts_from_rows(generate(300, 10, seed=6, item_spread=1.0))
+    train = attempts_from_rows(generate(300, 10, seed=6, item_spread=1.0, gap_days=3))
     model = fit_model(train, "fit-x").model
-    test_rows = generate(1, 6, seed=7, item_spread=1.0, first_user=900)
+    assert model.skills["s2"].forget > 0.05
+    test_rows = generate(1, 6, seed=7, item_spread=1.0, first_user=900, gap_days=3)
     offline, _ = predict_attempts(model, attempts_from_rows(test_rows))
 
     state = EMPTY
     online = []
     for n, r in enumerate(test_rows):
-        now = T0 + timedelta(minutes=n)
+        now = T0 + timedelta(seconds=int(r["timestamp"]))
         online.append(model.predict(state, r["item_id"], [r["skill_id"]], now))
         attempt = Attempt(f"e{n}", (r["skill_id"],), float(r["correct"]))
         state, _ = apply_attempt(state, attempt, model.params_for_skill, now)

@@ -1,7 +1,7 @@
 """`ModelParameters` (catalog contract) <-> `ModelSet` (the model), and its JSON form.
 
-Per-skill `forget` is per day without practice (as in `trellis.mastery.domain`); the fit leaves
-it at 0 for now. JSON is protobuf's canonical mapping (`json_format`), so the file written by
+Per-skill `forget` is per day without practice (as in `trellis.mastery.domain`); the fit
+estimates it. JSON is protobuf's canonical mapping (`json_format`), so the file written by
 `fit` is exactly what an `UpsertCatalog` call would carry.
 """
 
