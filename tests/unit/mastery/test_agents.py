@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from unittest import mock
 
 import pytest
@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import make_test_settings
 from trellis.common.codec import encode_envelope, learner_key
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
+from trellis.mastery.adapters.state_codec import decode_state
 from trellis.mastery.stream.app import MasteryStream, create_stream
 
 KEY = learner_key("district-a", "pseudo-1")
@@ -29,11 +30,11 @@ def attempt(event_id: str) -> envelope_pb2.Envelope:
     return envelope
 
 
-def stored() -> asyncio.Future[None]:
+def stored(metadata: object = None) -> asyncio.Future[object]:
     """What the producer's `send` returns: the broker's acknowledgement, here at once unless a
     test holds it back (`Sent.hold`)."""
-    acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    acknowledged.set_result(None)
+    acknowledged: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    acknowledged.set_result(metadata)
     return acknowledged
 
 
@@ -45,14 +46,22 @@ async def put(agent: Any, value: bytes, key: bytes, headers: Any = None) -> None
             await asyncio.sleep(0.005)
 
 
+class RecordMetadata(NamedTuple):
+    topic: str
+    partition: int | None
+    offset: int
+
+
 class Sent:
     def __init__(self) -> None:
         self.mastery: list[envelope_pb2.Envelope] = []
         self.letters: list[envelope_pb2.DeadLetter] = []
-        #: When set, acknowledgements wait for it.
-        self.hold: asyncio.Future[None] | None = None
+        #: Changelog records of the tables: topic, key, value (None: a tombstone).
+        self.changelog: list[tuple[str, bytes, bytes | None]] = []
+        #: When set, acknowledgements of outputs and letters wait for it.
+        self.hold: asyncio.Future[object] | None = None
 
-    def acknowledgement(self) -> asyncio.Future[None]:
+    def acknowledgement(self) -> asyncio.Future[object]:
         return stored() if self.hold is None else self.hold
 
 
@@ -63,15 +72,23 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sen
 
     mastery = stream.topics.mastery_name
     deadletter = stream.topics.deadletter_name
+    changelogs = {
+        t.changelog_topic.get_topic_name() for t in (stream.tables.learners, stream.tables.erased)
+    }
 
     async def produce(
-        topic: str, key: bytes | None, value: bytes, *args: object
-    ) -> asyncio.Future[None]:
+        topic: str, key: bytes | None, value: bytes | None, partition: int | None, *args: object
+    ) -> asyncio.Future[object]:
+        if topic in changelogs:
+            assert key is not None
+            sent.changelog.append((topic, key, value))
+            return stored(RecordMetadata(topic, partition, len(sent.changelog) - 1))
         if topic == mastery:
             assert key == KEY
+            assert value is not None
             sent.mastery.append(envelope_pb2.Envelope.FromString(value))
         else:
-            assert topic == deadletter
+            assert topic == deadletter and value is not None
             sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
         return sent.acknowledgement()
 
@@ -147,13 +164,15 @@ async def test_an_erasure_deletes_the_table_entry_and_is_announced(
     request.learner_erasure_requested.reason = "parent request"
     request.occurred_at.FromSeconds(1_790_000_060)
     erase = encode_envelope(request)
-    with mock.patch.object(
-        stream.tables.learners, "send_changelog", wraps=stream.tables.learners.send_changelog
-    ) as changelog:
-        await put(agent, erase.value, erase.key)
-    # Faust writes a tombstone (value None) for the deleted key.
-    [call] = changelog.call_args_list
-    assert call.args[1:] == (KEY,) and call.kwargs["value"] is None
+    written = len(sent.changelog)
+    await put(agent, erase.value, erase.key)
+    # A tombstone (value None) for the learner's state, and the erased marker (time only).
+    learners = stream.tables.learners.changelog_topic.get_topic_name()
+    erased = stream.tables.erased.changelog_topic.get_topic_name()
+    assert sent.changelog[written:] == [
+        (learners, KEY, None),
+        (erased, KEY, b"2026-09-21T14:14:20+00:00"),  # 1_790_000_060
+    ]
     assert stream.tables.learners.get(KEY) is None
     assert stream.store.erased_at(KEY) is not None
     assert stream.store.erased_at(KEY).timestamp() == 1_790_000_060  # type: ignore[union-attr]
@@ -169,27 +188,26 @@ async def test_a_batch_writes_each_learner_once_after_its_outputs_are_stored(
 ) -> None:
     agent, stream, sent = running
     sent.hold = asyncio.get_running_loop().create_future()
-    with mock.patch.object(
-        stream.tables.learners, "send_changelog", wraps=stream.tables.learners.send_changelog
-    ) as changelog:
-        events = []
-        for n in range(3):
-            encoded = encode_envelope(attempt(f"evt-b{n}"))
-            events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
-        async with asyncio.timeout(5):
-            while len(sent.mastery) < 4:
-                await asyncio.sleep(0.005)
-        # The outputs are out, the broker has not acknowledged them: no state written, no ack.
-        await asyncio.sleep(0.05)
-        assert stream.tables.learners.get(KEY) is None
-        assert changelog.call_count == 0
-        assert not any(e.message.acked for e in events)
-        sent.hold.set_result(None)
-        async with asyncio.timeout(5):
-            while not all(e.message.acked for e in events):
-                await asyncio.sleep(0.005)
+    events = []
+    for n in range(3):
+        encoded = encode_envelope(attempt(f"evt-b{n}"))
+        events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
+    async with asyncio.timeout(5):
+        while len(sent.mastery) < 4:
+            await asyncio.sleep(0.005)
+    # The outputs are out, the broker has not acknowledged them: no state written, no ack.
+    await asyncio.sleep(0.05)
+    assert stream.tables.learners.get(KEY) is None
+    assert sent.changelog == []
+    assert not any(e.message.acked for e in events)
+    sent.hold.set_result(None)
+    async with asyncio.timeout(5):
+        while not all(e.message.acked for e in events):
+            await asyncio.sleep(0.005)
     # The third correct answer crosses the threshold: SkillMastered follows its update.
     assert [e.WhichOneof("payload") for e in sent.mastery][-1] == "skill_mastered"
     assert [e.mastery_updated.attempts for e in sent.mastery[:3]] == [1, 2, 3]
-    assert changelog.call_count == 1  # one write for the learner's three events
-    assert stream.store.get(KEY).skills["a"].attempts == 3  # type: ignore[union-attr]
+    # One changelog record for the learner's three events, and the table holds the same bytes.
+    [(_, key, value)] = sent.changelog
+    assert key == KEY and value is not None and stream.tables.learners.get(KEY) == value
+    assert decode_state(value).skills["a"].attempts == 3

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -100,8 +100,10 @@ async def handle_batch(
         last_of_key[key] = event
         with acting_for(event):
             records += _apply(event, topics, service)
-    await _publish(topics, records)
-    staged.flush(lambda key: acting_for(last_of_key[key]))
+    await _until_stored(lambda: _publish(topics, records), "outputs", len(records))
+    await _until_stored(
+        lambda: staged.flush(lambda key: acting_for(last_of_key[key])), "states", len(last_of_key)
+    )
 
 
 @contextmanager
@@ -139,21 +141,25 @@ def _apply(event: EventT[bytes], topics: Topics, service: MasteryService) -> lis
 
 
 async def _publish(topics: Topics, records: list[Record]) -> None:
-    """Send the records and wait until the broker stored all of them, sending again on failure
-    (ids are deterministic, so a second copy is a duplicate that subscribers drop).
-
-    Straight to the app's producer: `Topic.send` adds Faust's per-message bookkeeping (pending
-    message, future, monitor), which cost as much as the rest of sending."""
+    """Send the records and wait until the broker stored all of them. Straight to the app's
+    producer: `Topic.send` adds Faust's per-message bookkeeping (pending message, future,
+    monitor), which cost as much as the rest of sending."""
     producer = topics.mastery.app.producer
+    sent: list[Awaitable[Any]] = []
+    for topic, key, value, headers in records:
+        sent.append(await producer.send(topic, key, value, None, None, headers))
+    await asyncio.gather(*sent)
+
+
+async def _until_stored(step: Callable[[], Awaitable[None]], what: str, count: int) -> None:
+    """Run `step` until it succeeds: the broker did not store its records, so send them again
+    (ids are deterministic, so a second copy is a duplicate that subscribers drop)."""
     while True:
         try:
-            sent: list[Awaitable[Any]] = []
-            for topic, key, value, headers in records:
-                sent.append(await producer.send(topic, key, value, None, None, headers))
-            await asyncio.gather(*sent)
+            await step()
             return
         except Exception:
-            _log.exception("batch not stored by the broker: sending again", records=len(records))
+            _log.exception("batch not stored by the broker: sending again", what=what, n=count)
             await asyncio.sleep(RESEND_PAUSE_S)
 
 

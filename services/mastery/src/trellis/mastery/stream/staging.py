@@ -16,13 +16,13 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 
 from trellis.mastery.domain import LearnerState
-from trellis.mastery.service import LearnerStore
+from trellis.mastery.stream.tables import TableLearnerStore
 
 
 class StagedWrites:
     """A `LearnerStore` that reads through to `store` and keeps its writes until `flush`."""
 
-    def __init__(self, store: LearnerStore) -> None:
+    def __init__(self, store: TableLearnerStore) -> None:
         self._store = store
         # Per changed key: the state to write (None: none, the key was erased and not rewritten).
         self._states: dict[bytes, LearnerState | None] = {}
@@ -54,15 +54,11 @@ class StagedWrites:
     def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
         return self._store.learners(tenant_id)
 
-    def flush(self, acting_for: Callable[[bytes], AbstractContextManager[object]]) -> None:
-        """Write every change to the store, each key inside `acting_for(key)` (the table needs
-        an event of the key's partition as the current one), and start the next batch."""
-        for key, state in self._states.items():
-            with acting_for(key):
-                erased_at = self._erased.get(key)
-                if erased_at is not None:
-                    self._store.erase(key, erased_at)
-                if state is not None:
-                    self._store.put(key, state)
+    async def flush(self, acting_for: Callable[[bytes], AbstractContextManager[object]]) -> None:
+        """Write every change to the table (changelog records stored before the local store,
+        see `TableLearnerStore.write_stored_first`), each key inside `acting_for(key)` (the
+        table needs an event of the key's partition as the current one); then start the next
+        batch."""
+        await self._store.write_stored_first(self._states, self._erased, acting_for)
         self._states.clear()
         self._erased.clear()

@@ -12,12 +12,15 @@ changelog sees it (mutating a stored value in place would not reach the changelo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import faust
-from faust.types import TP, TableT
+from faust.types import TP, StoreT, TableT
 
 from trellis.common.codec import learner_key
 from trellis.common.settings import Settings
@@ -94,6 +97,74 @@ class TableLearnerStore:
         self._table[key] = encode_state(state)
         self._remember(key, state)
 
+    async def write_stored_first(
+        self,
+        states: Mapping[bytes, LearnerState | None],
+        erased: Mapping[bytes, datetime],
+        acting_for: Callable[[bytes], AbstractContextManager[object]],
+    ) -> None:
+        """Write a batch's changes: for each key of `states`, its erasure first if `erased`
+        has it (a tombstone and the erased marker), then its new state unless None.
+
+        In this order: the changelog records, awaited until the broker stored them; the local
+        store; the persisted changelog offsets. (Faust's own `table[key] = value` writes the
+        local store first and its changelog record later: a kill -9 between the two left a
+        state on disk that the changelog never got, and a restart on that disk took the
+        redelivered events for duplicates.) A kill before the local write is repaired by table
+        recovery, which replays the changelog from the persisted offset on. Each key is written
+        inside `acting_for(key)`: the partition comes from Faust's current event."""
+        changes: list[tuple[TableT[bytes, bytes], bytes, bytes | None]] = []
+        for key, state in states.items():
+            at = erased.get(key)
+            if at is not None:
+                if self._erased is None:
+                    raise RuntimeError("this store has no erased-marker table")
+                changes += [(self._table, key, None), (self._erased, key, at.isoformat().encode())]
+            if state is not None:
+                changes.append((self._table, key, encode_state(state)))
+        if not changes:
+            return
+        # Reads see the new states at once (their outputs are stored; after a crash the same
+        # events give them again), not one changelog round trip after the outputs.
+        self._show(states, acting_for)
+        sent = []
+        for table, key, value in changes:
+            with acting_for(key):
+                partition = table.partition_for_key(key)
+            topic = table.changelog_topic.get_topic_name()
+            sent.append(await self._app.producer.send(topic, key, value, partition, None, None))
+        stored = await asyncio.gather(*sent)
+        persisted: dict[tuple[TableT[bytes, bytes], TP], int] = {}
+        for (table, key, value), record in zip(changes, stored, strict=True):
+            with acting_for(key):
+                if value is not None:
+                    table.data[key] = value
+                    self._app.sensors.on_table_set(table, key, value)
+                elif key in table.data:
+                    del table.data[key]
+                    self._app.sensors.on_table_del(table, key)
+            where = (table, TP(record.topic, record.partition))
+            persisted[where] = max(persisted.get(where, -1), record.offset)
+        self._show(states, acting_for)  # again: a read in between may have cached the disk's
+        for (table, tp), offset in persisted.items():
+            cast(StoreT[bytes, bytes], table.data).set_persisted_offset(tp, offset)
+
+    def _show(
+        self,
+        states: Mapping[bytes, LearnerState | None],
+        acting_for: Callable[[bytes], AbstractContextManager[object]],
+    ) -> None:
+        """Make `states` what reads get, and tell the sensors (the read API's applied offsets
+        follow table writes) with the key's event as the current one."""
+        for key, state in states.items():
+            self._decoded.pop(key, None)
+            with acting_for(key):
+                if state is not None:
+                    self._remember(key, state)
+                    self._app.sensors.on_table_set(self._table, key, state)
+                else:
+                    self._app.sensors.on_table_del(self._table, key)
+
     def forget_decoded(self, *_: object, **__: object) -> None:
         """Drop every decoded state (a Faust signal handler: on each rebalance, before table
         recovery or standby updates can change the table of a partition that becomes ours)."""
@@ -108,11 +179,18 @@ class TableLearnerStore:
             del self._decoded[next(iter(self._decoded))]  # the least recently stored
 
     def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
-        """The tenant's states in this worker's active partitions (a scan of the local store)."""
+        """The tenant's states in this worker's active partitions (a scan of the local store,
+        each state as `get` gives it: the decoded one when held, which may be newer than the
+        disk while a batch's changelog records are on their way)."""
         prefix = learner_key(tenant_id, "")
+        scanned = set()
         for key, stored in list(self._table.items()):
             if stored is not None and key.startswith(prefix):
-                yield key, decode_state(stored)
+                scanned.add(key)
+                yield key, self._decoded.get(key) or decode_state(stored)
+        for key, state in list(self._decoded.items()):
+            if key.startswith(prefix) and key not in scanned:
+                yield key, state
 
     def erase(self, key: bytes, erased_at: datetime) -> None:
         if self._erased is None:
