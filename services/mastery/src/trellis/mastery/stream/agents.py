@@ -8,7 +8,8 @@ up to `BATCH_MAX` events, waiting at most `BATCH_WITHIN_S` for them. Per batch, 
    event becomes a dead letter (original bytes, error, source topic/partition/offset);
 2. every output and dead letter is sent, and the broker's acknowledgement of all of them awaited
    (resent until it comes: a batch is never half stored and never skipped);
-3. each changed learner is written once to the table (RocksDB and its changelog);
+3. each changed learner is written once to the table: its changelog record, awaited until the
+   broker stored it, then RocksDB (`TableLearnerStore.write_stored_first`);
 4. the batch's events are acked: Faust commits their offsets later, after flushing the producer.
 So offsets are committed only after outputs and state are stored. A crash before step 3 applies
 the events again from the old state (same outputs, same deterministic ids); after it, they are
