@@ -291,19 +291,6 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str, 
                 worker.process.wait(timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "changelog behind the worker's store after kill -9 and a restart on the same data dir: "
-        "Faust writes a table value to the local RocksDB at once (faust/stores/rocksdb.py _set) "
-        "and its changelog record later (send_changelog -> send_soon); a kill between the two "
-        "leaves the newer state only on disk, the restarted worker takes the redelivered batch "
-        "for duplicates and never rewrites it, so the changelog (what a replacement worker "
-        "recovers) misses the learner's last attempts until the learner's next change; the "
-        "read API, served from the local store, counts them (7 of 8 runs here)"
-    ),
-)
 def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
     settings: Settings, start_worker: Callable[[str, str], Worker]
 ) -> None:
