@@ -11,9 +11,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from trellis.common.kafka import ensure_topics
 from trellis.common.settings import Settings
+
+# Shared, loaded CI machines: a property test's example must not fail for taking long.
+hypothesis_settings.register_profile(
+    "trellis", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("trellis")
 
 TEST_TENANT = "district-test"
 TEST_PSEUDONYM_KEY = "test-pseudonym-key-not-secret"
