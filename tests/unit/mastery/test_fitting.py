@@ -178,7 +178,9 @@ def test_prediction_by_hand() -> None:
 
 
 def test_parameter_sets_round_trip_through_json() -> None:
-    model = fit_model(attempts_from_rows(generate(50, 5, seed=8, item_spread=0.5)), "fit-1").model
+    data = attempts_from_rows(generate(50, 5, seed=8, item_spread=0.5, gap_days=3))
+    model = fit_model(data, "fit-1").model
+    assert all(p.forget > 0 for p in model.skills.values())  # fitted forget survives too
     again = from_json(to_json(model))
     assert again == model
     assert '"weightBkt"' in to_json(model)
