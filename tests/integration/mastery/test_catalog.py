@@ -8,14 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import TEST_TENANT
-from tests.integration.mastery.test_worker import (
-    SIS_ID,
-    Collector,
-    Worker,
-    _attempt,
-    _wait_until_serving,
-    start_worker,  # noqa: F401 - fixture
-)
+from tests.integration.mastery.test_worker import SIS_ID, Collector, _attempt
+from tests.integration.mastery.workers import Worker, wait_until_serving
 from trellis.common.codec import encode_catalog, encode_envelope
 from trellis.common.kafka import create_producer
 from trellis.common.pb.events.v1 import catalog_pb2
@@ -25,7 +19,7 @@ from trellis.common.settings import Settings
 
 def test_attempts_join_the_catalog_and_use_the_published_parameter_set(
     settings: Settings,
-    start_worker: Callable[[str], Worker],  # noqa: F811 - the fixture imported above
+    start_worker: Callable[[str], Worker],
 ) -> None:
     producer = create_producer(settings.kafka)
     catalog_topic = settings.kafka.topics.name("catalog")
@@ -52,7 +46,7 @@ def test_attempts_join_the_catalog_and_use_the_published_parameter_set(
     producer.flush()
 
     worker = start_worker("catalog")
-    _wait_until_serving(worker)
+    wait_until_serving(worker)
     learner = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, SIS_ID)
     collector = Collector(settings)
     try:

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,14 +35,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
-from tests.integration.mastery.test_worker import (
-    TOKEN,
-    Worker,
-    _committed_equals_end,
-    _free_port,
-    _stop,
-    _worker_env,
-)
+from tests.integration.mastery.test_worker import _committed_equals_end, _stop
+from tests.integration.mastery.workers import TOKEN, Worker, worker_env
 from trellis.common.codec import decode_envelope, encode_envelope, learner_key
 from trellis.common.kafka import create_consumer, create_producer
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
@@ -263,34 +257,6 @@ def _committed_to_end(settings: Settings) -> bool:
     return bool(offsets) and all(committed == end for committed, end in offsets.values())
 
 
-@pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str, str], Worker]]:
-    """Starts `python -m trellis.mastery worker` on the data dir named `disk`; kills what is left
-    at the end."""
-    started: list[Worker] = []
-
-    def start(name: str, disk: str) -> Worker:
-        port = _free_port()
-        log = tmp_path / f"{name}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "trellis.mastery", "worker"],
-                env=_worker_env(settings, tmp_path / disk, port, _free_port()),
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(Worker(process, log, port))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for worker in started:
-            if worker.process.poll() is None:
-                worker.process.kill()
-                worker.process.wait(timeout=10)
-
-
 def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
     settings: Settings, start_worker: Callable[[str, str], Worker]
 ) -> None:
@@ -366,7 +332,7 @@ def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
         # The command gives the same verdict.
         command = subprocess.run(
             [sys.executable, "-m", "trellis.mastery", "replay", "--json"],
-            env=_worker_env(settings, Path("unused"), 0, 0),
+            env=worker_env(settings, Path("unused"), 0, 0),
             capture_output=True,
             timeout=60,
         )

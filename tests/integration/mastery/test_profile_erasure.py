@@ -22,14 +22,11 @@ from tests.conftest import TEST_TENANT
 from tests.integration.mastery.test_worker import (
     AFTER_ONE_CORRECT,
     SIS_ID,
-    TOKEN,
     Collector,
-    Worker,
     _attempt,
     _stop,
-    _wait_until_serving,
-    start_worker,  # noqa: F401 - fixture
 )
+from tests.integration.mastery.workers import TOKEN, Worker, wait_until_serving
 from trellis.common.codec import encode_envelope, learner_key
 from trellis.common.faust_app import changelog_topic_name
 from trellis.common.kafka import create_consumer, create_producer
@@ -111,10 +108,10 @@ def _changelog(settings: Settings, key: bytes) -> list[bytes | None]:
 
 def test_profile_reads_then_erasure_is_final_across_a_restart(
     settings: Settings,
-    start_worker: Callable[[str], Worker],  # noqa: F811 - the fixture imported above
+    start_worker: Callable[[str], Worker],
 ) -> None:
     worker = start_worker("first")
-    _wait_until_serving(worker)
+    wait_until_serving(worker)
     learner = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, SIS_ID)
     key = learner_key(TEST_TENANT, learner)
     activity = settings.kafka.topics.name("activity")
@@ -183,7 +180,7 @@ def test_profile_reads_then_erasure_is_final_across_a_restart(
 
     _stop(worker)
     replacement = start_worker("replacement")
-    _wait_until_serving(replacement)
+    wait_until_serving(replacement)
     producer = create_producer(settings.kafka)
     collector = Collector(settings)
     try:

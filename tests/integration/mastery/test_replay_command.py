@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from tests.conftest import TEST_TENANT
-from tests.integration.mastery.test_worker import _attempt, _worker_env
+from tests.integration.mastery.test_worker import _attempt
+from tests.integration.mastery.workers import worker_env
 from trellis.common.codec import encode_envelope
 from trellis.common.faust_app import changelog_topic_name
 from trellis.common.kafka import create_producer
@@ -27,7 +28,7 @@ from trellis.mastery.stream.tables import LEARNERS
 def _replay(settings: Settings) -> tuple[int, dict[str, object]]:
     done = subprocess.run(
         [sys.executable, "-m", "trellis.mastery", "replay", "--json"],
-        env=_worker_env(settings, Path("unused"), 0, 0),
+        env=worker_env(settings, Path("unused"), 0, 0),
         capture_output=True,
         timeout=60,
     )

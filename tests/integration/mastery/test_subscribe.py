@@ -15,11 +15,7 @@ import grpc
 
 from tests.conftest import TEST_TENANT
 from tests.integration.mastery.test_two_workers import AUTH, Log
-from tests.integration.mastery.test_worker import (  # noqa: F401 (start_worker: a fixture)
-    Worker,
-    _wait_until_serving,
-    start_worker,
-)
+from tests.integration.mastery.workers import Worker, wait_until_serving
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
@@ -66,10 +62,10 @@ def _in_partition_order(items: list[api_pb2.MasteryEventAt]) -> None:
 
 def test_subscriptions_filter_resume_and_follow_live(
     settings: Settings,
-    start_worker: Callable[[str], Worker],  # noqa: F811 (the fixture imported above)
+    start_worker: Callable[[str], Worker],
 ) -> None:
     worker = start_worker("subscribed")
-    _wait_until_serving(worker)
+    wait_until_serving(worker)
     log = Log(settings, Pseudonymizer(settings.pseudonym.all_keys()))
     for n in range(24):
         log.send(n)

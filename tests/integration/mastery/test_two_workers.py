@@ -19,12 +19,7 @@ import grpc
 import pytest
 
 from tests.conftest import TEST_TENANT
-from tests.integration.mastery.test_worker import (  # noqa: F401 (start_worker: a fixture)
-    TOKEN,
-    Worker,
-    _wait_until_serving,
-    start_worker,
-)
+from tests.integration.mastery.workers import TOKEN, Worker, wait_until_serving
 from trellis.common.codec import encode_envelope, learner_key
 from trellis.common.kafka import create_producer
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
@@ -203,11 +198,11 @@ def _until(done: Callable[[], bool], what: str, workers: list[Worker]) -> None:
 
 def test_every_read_is_right_whichever_worker_answers_through_rebalances(
     settings: Settings,
-    start_worker: Callable[[str], Worker],  # noqa: F811 (the fixture imported above)
+    start_worker: Callable[[str], Worker],
 ) -> None:
     log = Log(settings, Pseudonymizer(settings.pseudonym.all_keys()))
     first = start_worker("first")
-    _wait_until_serving(first)
+    wait_until_serving(first)
     sent = 0
     for _ in range(40):
         log.send(sent)

@@ -8,25 +8,20 @@ rebuilds the state from the changelog alone.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import TopicPartition
 
-from tests.conftest import TEST_PSEUDONYM_KEY, TEST_TENANT
+from tests.conftest import TEST_TENANT
+from tests.integration.mastery.workers import TOKEN, Worker, wait_until_serving
 from trellis.common.codec import decode_envelope, encode_envelope, learner_key
 from trellis.common.kafka import create_consumer, create_producer
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2
@@ -36,102 +31,12 @@ from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
 from trellis.mastery.events import output_event_id
 
-TOKEN = "mastery-test-token"
 SIS_ID = "sis-4711"
-STARTUP_TIMEOUT_S = 40.0
 STOP_GRACE_S = 15.0
 AFTER_ONE_CORRECT = 0.6926829268  # 142/205, see tests/unit/mastery/test_domain.py
 # then wrong: posterior = (142/205)*0.1 / ((142/205)*0.1 + (63/205)*0.8) = 71/323;
 #   after = 71/323 + (252/323)*0.1 = 481/1615 = 0.297832817...
 AFTER_CORRECT_THEN_WRONG = 0.2978328173
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _worker_env(settings: Settings, data_dir: Path, port: int, metrics_port: int) -> dict[str, str]:
-    kafka = settings.kafka
-    mastery = settings.mastery
-    return {
-        **os.environ,
-        "TRELLIS_LOG_LEVEL": "INFO",
-        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "TRELLIS_KAFKA__TOPICS__PREFIX": kafka.topics.prefix,
-        "TRELLIS_KAFKA__TOPICS__PARTITIONS": str(kafka.topics.partitions),
-        "TRELLIS_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
-        "TRELLIS_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
-        "TRELLIS_KAFKA__REQUEST_TIMEOUT_MS": str(kafka.request_timeout_ms),
-        "TRELLIS_KAFKA__DELIVERY_TIMEOUT_MS": str(kafka.delivery_timeout_ms),
-        "TRELLIS_MASTERY__CONSUMER_GROUP": mastery.consumer_group,
-        "TRELLIS_MASTERY__BROKER_SESSION_TIMEOUT_S": str(mastery.broker_session_timeout_s),
-        "TRELLIS_MASTERY__BROKER_HEARTBEAT_INTERVAL_S": str(mastery.broker_heartbeat_interval_s),
-        "TRELLIS_MASTERY__DATA_DIR": str(data_dir),
-        "TRELLIS_SERVICES__MASTERY__PORT": str(port),
-        "TRELLIS_SERVICES__MASTERY__METRICS_PORT": str(metrics_port),
-        "TRELLIS_SERVICES__MASTERY__GRACE_SECONDS": "2",
-        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TEST_TENANT: {"1": TEST_PSEUDONYM_KEY}}),
-        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TEST_TENANT, "role": "service"}}),
-    }
-
-
-class Worker:
-    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
-        self.process = process
-        self.log = log
-        self.port = port
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-20_000:]
-
-
-@pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str], Worker]]:
-    """Starts `python -m trellis.mastery worker` with its own data dir; kills what is left."""
-    started: list[Worker] = []
-
-    def start(name: str) -> Worker:
-        port = _free_port()
-        log = tmp_path / f"{name}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "trellis.mastery", "worker"],
-                env=_worker_env(settings, tmp_path / name, port, _free_port()),
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(Worker(process, log, port))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for worker in started:
-            if worker.process.poll() is None:
-                worker.process.kill()
-                worker.process.wait(timeout=10)
-
-
-def _wait_until_serving(worker: Worker) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert worker.process.poll() is None, f"worker exited early:\n{worker.output()}"
-            try:
-                status = health.Check(
-                    health_pb2.HealthCheckRequest(service="trellis.mastery.v1.MasteryService"),
-                    timeout=1.0,
-                ).status
-            except grpc.RpcError:
-                status = None
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            time.sleep(0.2)
-    pytest.fail(f"worker not SERVING within {STARTUP_TIMEOUT_S}s:\n{worker.output()}")
 
 
 def _attempt(event_id: str, learner_id: str, correct: bool) -> envelope_pb2.Envelope:
@@ -241,7 +146,7 @@ def test_worker_applies_dedupes_dead_letters_and_stops_cleanly(
 ) -> None:
     worker = start_worker("first")
     started = time.monotonic()
-    _wait_until_serving(worker)
+    wait_until_serving(worker)
     ready_after = time.monotonic() - started
 
     learner = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, SIS_ID)
@@ -317,7 +222,7 @@ def test_worker_applies_dedupes_dead_letters_and_stops_cleanly(
     # A replacement worker on an empty disk rebuilds the table from its changelog before it
     # reports SERVING, and answers as the first one did.
     replacement = start_worker("replacement")
-    _wait_until_serving(replacement)
+    wait_until_serving(replacement)
     [skill] = _read_mastery(replacement).skills
     assert skill.attempts == 2
     assert skill.p_mastered == pytest.approx(AFTER_CORRECT_THEN_WRONG)
