@@ -31,10 +31,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
+from tests.integration.mastery.envelopes import learner_event
 from tests.integration.mastery.test_worker import _committed_equals_end, _stop
 from tests.integration.mastery.workers import TOKEN, Worker, worker_env
 from trellis.common.codec import decode_envelope, encode_envelope, learner_key
@@ -106,20 +106,10 @@ def _attempt(
     when: datetime,
     error_tag: str,
 ) -> envelope_pb2.Envelope:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return envelope_pb2.Envelope(
-        event_id=event_id,
-        tenant_id=TEST_TENANT,
-        school_id="school-1",
-        class_id="class-7a",
-        learner_id=learner,
-        pseudonym_key_version=1,
-        occurred_at=stamp,
-        ingested_at=stamp,
-        source=envelope_pb2.Source(
-            system="practice-app", actor=envelope_pb2.Source.Actor.ACTOR_LEARNER
-        ),
+    return learner_event(
+        event_id,
+        learner,
+        when,
         item_attempted=activity_pb2.ItemAttempted(
             item_id=f"item-{'-'.join(skills)}",
             skill_ids=skills,

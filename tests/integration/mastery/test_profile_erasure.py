@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
+from tests.integration.mastery.envelopes import learner_event
 from tests.integration.mastery.test_worker import (
     AFTER_ONE_CORRECT,
     SIS_ID,
@@ -39,24 +39,6 @@ from trellis.mastery.events import output_event_id
 from trellis.mastery.stream.tables import LEARNERS
 
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
-
-
-def _event(event_id: str, learner_id: str, when: datetime) -> envelope_pb2.Envelope:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return envelope_pb2.Envelope(
-        event_id=event_id,
-        tenant_id=TEST_TENANT,
-        school_id="school-1",
-        class_id="class-7a",
-        learner_id=learner_id,
-        pseudonym_key_version=1,
-        occurred_at=stamp,
-        ingested_at=stamp,
-        source=envelope_pb2.Source(
-            system="practice-app", actor=envelope_pb2.Source.Actor.ACTOR_LEARNER
-        ),
-    )
 
 
 def _stub(worker: Worker) -> tuple[grpc.Channel, mastery_pb2_grpc.MasteryServiceStub]:
@@ -126,16 +108,16 @@ def test_profile_reads_then_erasure_is_final_across_a_restart(
         producer.flush()
 
     try:
-        goal = _event("goal-1", learner, t0)
+        goal = learner_event("goal-1", learner, t0)
         goal.goal_set.CopyFrom(activity_pb2.GoalSet(goal_id="g1", skill_id="fractions.add"))
-        interests = _event("interests-1", learner, t0)
+        interests = learner_event("interests-1", learner, t0)
         interests.interest_declared.tags.extend(["space", "music"])
-        pin = _event("pin-1", learner, t0)
+        pin = learner_event("pin-1", learner, t0)
         pin.class_id = "class-7b"
         pin.activity_assigned.CopyFrom(
             activity_pb2.ActivityAssigned(activity_id="item-9", activity_kind="item")
         )
-        accommodations = _event("acc-1", learner, t0)
+        accommodations = learner_event("acc-1", learner, t0)
         accommodations.accommodation_set.accommodations.append("extended_time")
         old_attempt = _attempt("attempt-1", learner, correct=True)  # 2026-09-01 08:30
         send(goal, interests, pin, accommodations, old_attempt)
@@ -151,7 +133,7 @@ def test_profile_reads_then_erasure_is_final_across_a_restart(
         assert member.learner_id == learner
         assert member.skills[0].p_mastered == pytest.approx(AFTER_ONE_CORRECT)
 
-        erasure = _event("erase-1", learner, datetime(2026, 9, 1, 9, 0, tzinfo=UTC))
+        erasure = learner_event("erase-1", learner, datetime(2026, 9, 1, 9, 0, tzinfo=UTC))
         erasure.learner_erasure_requested.reason = "parent request"
         # Then the erased learner's old attempt re-sent, and a new attempt after the request.
         new_attempt = _attempt("attempt-2", learner, correct=True)

@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
+from tests.integration.mastery.envelopes import learner_event
 from tests.integration.mastery.workers import TOKEN, Worker, wait_until_serving
 from trellis.common.codec import decode_envelope, encode_envelope, learner_key
 from trellis.common.kafka import create_consumer, create_producer
@@ -40,20 +40,10 @@ AFTER_CORRECT_THEN_WRONG = 0.2978328173
 
 
 def _attempt(event_id: str, learner_id: str, correct: bool) -> envelope_pb2.Envelope:
-    when = Timestamp()
-    when.FromDatetime(datetime(2026, 9, 1, 8, 30, tzinfo=UTC))
-    return envelope_pb2.Envelope(
-        event_id=event_id,
-        tenant_id=TEST_TENANT,
-        school_id="school-1",
-        class_id="class-7a",
-        learner_id=learner_id,
-        pseudonym_key_version=1,
-        occurred_at=when,
-        ingested_at=when,
-        source=envelope_pb2.Source(
-            system="practice-app", actor=envelope_pb2.Source.Actor.ACTOR_LEARNER
-        ),
+    return learner_event(
+        event_id,
+        learner_id,
+        datetime(2026, 9, 1, 8, 30, tzinfo=UTC),
         item_attempted=activity_pb2.ItemAttempted(
             item_id="item-1", skill_ids=["fractions.add"], correct=correct, attempt_number=1
         ),
