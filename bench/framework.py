@@ -9,9 +9,16 @@ only, are bounded in count and time, and stop by themselves.
 
 from __future__ import annotations
 
+import json
+import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: The broker a module run by hand uses: the dev broker of `make up` / `deploy/local/kafka.sh`.
+DEV_BROKER = "127.0.0.1:9092"
 
 
 @dataclass(frozen=True)
@@ -41,3 +48,18 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio}
+
+
+def run_standalone(
+    run: Callable[[BenchContext], list[BenchResult]], work_dir: Path | None = None
+) -> None:
+    """`python -m bench.benchmarks.<module> [--full]`: one module against the dev broker, in a
+    temporary work dir unless `work_dir` is given; prints each result as JSON."""
+    with tempfile.TemporaryDirectory() as scratch:
+        context = BenchContext(
+            quick="--full" not in sys.argv,
+            bootstrap_servers=DEV_BROKER,
+            work_dir=work_dir or Path(scratch),
+        )
+        for result in run(context):
+            print(json.dumps(result.to_json(), indent=2))

@@ -21,7 +21,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
-from bench.framework import BenchContext, BenchResult
+from bench.framework import BenchContext, BenchResult, run_standalone
 from trellis.common.codec import Encoded, encode_envelope
 from trellis.common.kafka import create_producer, ensure_topics
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
@@ -292,9 +291,4 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as work:
-        context = BenchContext(
-            quick="--full" not in sys.argv, bootstrap_servers="127.0.0.1:9092", work_dir=Path(work)
-        )
-        for result in run(context):
-            print(json.dumps(result.to_json(), indent=2))
+    run_standalone(run)

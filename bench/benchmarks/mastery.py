@@ -27,7 +27,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from bench.framework import BenchContext, BenchResult
+from bench.framework import BenchContext, BenchResult, run_standalone
 from trellis.common.codec import Encoded, decode_envelope, encode_envelope, learner_key
 from trellis.common.faust_app import create_app
 from trellis.common.kafka import create_consumer, create_producer, ensure_topics
@@ -315,11 +314,4 @@ if __name__ == "__main__":
             os.environ.get("BENCH_BOOTSTRAP", "127.0.0.1:9092"),
         )
     else:
-        with tempfile.TemporaryDirectory(dir="/tmp") as work:
-            context = BenchContext(
-                quick="--full" not in sys.argv,
-                bootstrap_servers="127.0.0.1:9092",
-                work_dir=Path(work),
-            )
-            for result in run(context):
-                print(json.dumps(result.to_json(), indent=2))
+        run_standalone(run)

@@ -22,11 +22,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -41,7 +39,7 @@ from bench.benchmarks.mastery import (
     _worker_env,
     make_event,
 )
-from bench.framework import BenchContext, BenchResult
+from bench.framework import BenchContext, BenchResult, run_standalone
 from trellis.common.kafka import create_consumer, create_producer, ensure_topics
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.settings import Settings
@@ -171,11 +169,4 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(dir="/tmp") as work:
-        context = BenchContext(
-            quick="--full" not in sys.argv,
-            bootstrap_servers="127.0.0.1:9092",
-            work_dir=Path(work),
-        )
-        for result in run(context):
-            print(json.dumps(result.to_json(), indent=2))
+    run_standalone(run)

@@ -30,7 +30,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +43,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
-from bench.framework import BenchContext, BenchResult
+from bench.framework import BenchContext, BenchResult, run_standalone
 from trellis.common.codec import encode_catalog
 from trellis.common.kafka import create_producer, ensure_topics
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -512,9 +511,4 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as work:
-        context = BenchContext(
-            quick="--full" not in sys.argv, bootstrap_servers="127.0.0.1:9092", work_dir=Path(work)
-        )
-        for result in run(context):
-            print(json.dumps(result.to_json(), indent=2))
+    run_standalone(run)

@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.framework import BenchContext, BenchResult
+from bench.framework import BenchContext, BenchResult, run_standalone
 from trellis.reporting.store.base import Target
 from trellis.reporting.store.chdb import ChdbStore
 
@@ -222,14 +222,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    work = root / ".local" / "bench" / "reporting_queries"
-    work.mkdir(parents=True, exist_ok=True)
-    context = BenchContext(
-        quick="--full" not in sys.argv, bootstrap_servers="127.0.0.1:9092", work_dir=work
-    )
-    for result in run(context):
-        print(json.dumps(result.to_json(), indent=2))
+    # Kept between runs: generating 10 million rows takes over a minute.
+    cache = Path(__file__).resolve().parents[2] / ".local" / "bench" / "reporting_queries"
+    cache.mkdir(parents=True, exist_ok=True)
+    run_standalone(run, cache)

@@ -32,7 +32,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.framework import BenchContext, BenchResult
+from bench.framework import BenchContext, BenchResult, run_standalone
 from trellis.common.codec import decode_envelope, encode_envelope
 from trellis.common.kafka import create_consumer, create_producer, ensure_topics
 from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
@@ -337,13 +337,4 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as work:
-        context = BenchContext(
-            quick="--full" not in sys.argv, bootstrap_servers="127.0.0.1:9092", work_dir=Path(work)
-        )
-        for result in run(context):
-            print(json.dumps(result.to_json(), indent=2))
+    run_standalone(run)
