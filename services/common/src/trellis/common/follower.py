@@ -20,6 +20,8 @@ from trellis.common.logging import get_logger
 from trellis.common.settings import KafkaSettings
 
 log = get_logger(__name__)
+#: What a replica skips (with a warning) rather than stop on: a record it cannot decode or apply.
+UNREADABLE = (CodecError, ValueError)
 M = TypeVar("M", bound=Message)
 
 # Applies one record: (key, value or None for a tombstone, headers).
@@ -71,7 +73,7 @@ class CompactedTopicFollower(threading.Thread):
     def _safe_apply(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         try:
             self._apply(key, value, headers)
-        except (CodecError, ValueError) as exc:
+        except UNREADABLE as exc:
             log.warning("record skipped", topic=self._topic, error=str(exc))
 
     def stop(self) -> None:

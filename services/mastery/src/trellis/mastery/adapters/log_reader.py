@@ -14,8 +14,8 @@ from datetime import datetime
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from trellis.common.codec import CodecError, decode
 from trellis.common.faust_app import changelog_topic_name
+from trellis.common.follower import UNREADABLE, decoded
 from trellis.common.kafka import create_consumer
 from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.common.settings import KafkaSettings, Settings
@@ -87,12 +87,11 @@ def latest_values(kafka: KafkaSettings, topic: str) -> dict[bytes, bytes]:
 def read_catalog(kafka: KafkaSettings) -> CatalogView:
     """The catalog as it stands now (what a caught-up worker holds)."""
     catalog = CatalogView()
+    apply = decoded(catalog_pb2.CatalogRecord, catalog.apply)  # as the worker's follower does
     for record in read_to_end(kafka, kafka.topics.name("catalog")):
-        if record.value is None:
-            continue
         try:
-            catalog.apply(decode(catalog_pb2.CatalogRecord, record.value, record.headers))
-        except CodecError:
+            apply(record.key, record.value, list(record.headers or []))
+        except UNREADABLE:
             continue  # the worker's follower skips it too
     return catalog
 
