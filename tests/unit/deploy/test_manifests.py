@@ -1,0 +1,250 @@
+"""deploy/k8s against the code: the manifests may only name settings that exist, must listen where
+the settings say, must provide every topic the code uses, and must keep pods unprivileged.
+
+Each check runs on the base read from its files, and on the base and every overlay as Kustomize
+renders them when `kustomize` or `kubectl` is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from tests.unit.deploy.manifests import (
+    BASE,
+    OVERLAYS,
+    SERVICES,
+    Doc,
+    container_env,
+    kustomize_command,
+    load_base,
+    of_kind,
+    render,
+    settings_env_names,
+    settings_from,
+    workload,
+)
+from trellis.common.faust_app import changelog_topic_name
+from trellis.common.kafka import ALL_TOPICS, COMPACTED
+from trellis.common.settings import Settings
+from trellis.mastery.stream.tables import TABLE_NAMES
+
+pytestmark = pytest.mark.unit
+
+_no_kustomize = pytest.mark.skipif(
+    kustomize_command() is None, reason="neither kustomize nor kubectl is installed"
+)
+
+
+@functools.cache
+def _docs(source: str) -> list[Doc]:
+    return load_base() if source == "base files" else render(Path(source))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("base files", id="base-files"),
+        *(
+            pytest.param(str(d), id=f"rendered-{d.name}", marks=_no_kustomize)
+            for d in (BASE, *OVERLAYS)
+        ),
+    ]
+)
+def docs(request: pytest.FixtureRequest) -> list[Doc]:
+    return _docs(request.param)
+
+
+def _mounts(pod: Doc, container: Doc, volume_kind: str) -> list[PurePosixPath]:
+    kinds = {v["name"]: v for v in pod.get("volumes", [])}
+    return [
+        PurePosixPath(m["mountPath"])
+        for m in container.get("volumeMounts", [])
+        if volume_kind in kinds.get(m["name"], {})
+    ]
+
+
+def _under(path: str | Path, mounts: list[PurePosixPath]) -> bool:
+    return any(PurePosixPath(path).is_relative_to(mount) for mount in mounts)
+
+
+def effective_settings(docs: list[Doc], service: str, tmp_path: Path) -> Settings:
+    """The settings the service's container builds: its ConfigMap and env, with a placeholder
+    for each value taken from a Secret and an empty JSON file for each mounted secret file."""
+    workload_doc, container = workload(docs, service)
+    secret_mounts = _mounts(workload_doc["spec"]["template"]["spec"], container, "secret")
+    env = {}
+    for name, entry in container_env(docs, container).items():
+        if "value" not in entry:
+            env[name] = f"placeholder-from-{name}"
+        elif name.endswith("_FILE"):
+            assert _under(entry["value"], secret_mounts), f"{name}: not on a secret volume"
+            placeholder = tmp_path / f"{service}.{name}"
+            placeholder.write_text("{}")
+            env[name] = str(placeholder)
+        else:
+            env[name] = str(entry["value"])
+    return settings_from(env)
+
+
+def _port(container: Doc, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    [number] = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return int(number)
+
+
+def _selects(selector: dict[str, str], pod: Doc) -> bool:
+    labels = pod["metadata"].get("labels", {})
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_the_settings_walk_names_real_variables() -> None:
+    names = settings_env_names()
+    assert {"TRELLIS_KAFKA__TOPICS__PARTITIONS", "TRELLIS_SERVICES__MASTERY__HOST"} <= names
+    assert "TRELLIS_KAFKA__TOPICS" not in names  # a section, not a variable
+
+
+def test_every_trellis_variable_is_a_setting(docs: list[Doc]) -> None:
+    named = {name for cm in of_kind(docs, "ConfigMap") for name in cm.get("data", {})}
+    for doc in of_kind(docs, "Deployment", "StatefulSet"):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            named |= {entry["name"] for entry in container.get("env", [])}
+    unknown = {n for n in named if n.startswith("TRELLIS_")} - settings_env_names()
+    assert not unknown, f"not settings fields: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_listens_where_its_manifests_say(
+    docs: list[Doc], service: str, tmp_path: Path
+) -> None:
+    settings = effective_settings(docs, service, tmp_path)
+    server = getattr(settings.services, service)
+    workload_doc, container = workload(docs, service)
+    pod = workload_doc["spec"]["template"]
+    assert server.host == "0.0.0.0", "a pod must listen on every interface"
+    assert _port(container, "grpc") == server.port
+    assert _port(container, "metrics") == server.metrics_port
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(server.metrics_port)
+    readiness = container["readinessProbe"]
+    assert readiness["grpc"]["port"] == server.port, "readiness: the gRPC health protocol"
+    liveness = container["livenessProbe"]
+    live_port = (liveness.get("grpc") or liveness.get("tcpSocket"))["port"]
+    assert _port(container, live_port) == server.port
+    assert pod["spec"]["terminationGracePeriodSeconds"] > server.grace_seconds
+    services = [s for s in of_kind(docs, "Service") if _selects(s["spec"].get("selector", {}), pod)]
+    assert services, f"no Service selects {service}"
+    for svc in services:
+        for port in svc["spec"]["ports"]:
+            assert _port(container, port.get("targetPort", port["port"])) == server.port
+
+
+def test_the_recommender_reaches_mastery_through_a_service(docs: list[Doc], tmp_path: Path) -> None:
+    address = effective_settings(docs, "recommender", tmp_path).recommender.mastery_address
+    assert address is not None, "unset, the recommender would call its own mastery host setting"
+    host, _, port = address.rpartition(":")
+    [svc] = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == host.split(".")[0]]
+    mastery_pod = workload(docs, "mastery")[0]["spec"]["template"]
+    assert _selects(svc["spec"]["selector"], mastery_pod)
+    assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
+
+
+def test_every_topic_the_code_uses_has_a_kafka_topic(docs: list[Doc], tmp_path: Path) -> None:
+    settings = effective_settings(docs, "mastery", tmp_path)
+    topics = settings.kafka.topics
+    compacted = {topics.name(t) for t in COMPACTED} | {
+        changelog_topic_name(settings.mastery.consumer_group, table) for table in TABLE_NAMES
+    }
+    expected = {topics.name(t) for t in ALL_TOPICS} | compacted
+    kafka_topics = {t["spec"]["topicName"]: t for t in of_kind(docs, "KafkaTopic")}
+    assert set(kafka_topics) == expected
+    clusters = {t["metadata"]["labels"]["strimzi.io/cluster"] for t in kafka_topics.values()}
+    assert len(clusters) == 1
+    bootstrap = f"{clusters.pop()}-kafka-bootstrap"
+    assert settings.kafka.bootstrap_servers.startswith(bootstrap), "another cluster's topics"
+    for name, topic in kafka_topics.items():
+        spec = topic["spec"]
+        # Keys are routed by the partition count of the settings (co-partitioned tables too).
+        assert spec["partitions"] == topics.partitions, name
+        assert spec["replicas"] == topics.replication_factor, name
+        config = spec["config"]
+        assert int(config["min.insync.replicas"]) < spec["replicas"] or spec["replicas"] == 1
+        if name in compacted:
+            assert config["cleanup.policy"] == "compact", name
+        else:
+            assert config["cleanup.policy"] == "delete", name
+            assert int(config["retention.ms"]) == topics.retention_ms, name
+
+
+def test_every_service_reads_the_same_kafka_settings(docs: list[Doc], tmp_path: Path) -> None:
+    kafka = {service: effective_settings(docs, service, tmp_path).kafka for service in SERVICES}
+    assert len({k.model_dump_json() for k in kafka.values()}) == 1
+
+
+def test_no_container_runs_as_root_or_writes_its_image(docs: list[Doc]) -> None:
+    for doc in of_kind(docs, "Deployment", "StatefulSet"):
+        pod = doc["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+            where = f"{doc['metadata']['name']}/{container['name']}"
+            assert security.get("runAsNonRoot") is True, where
+            assert security.get("runAsUser", 0) != 0, where
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+
+
+def test_state_lives_on_volumes(docs: list[Doc], tmp_path: Path) -> None:
+    mastery, mastery_container = workload(docs, "mastery")
+    claims = {c["metadata"]["name"] for c in mastery["spec"].get("volumeClaimTemplates", [])}
+    data_mounts = [
+        PurePosixPath(m["mountPath"])
+        for m in mastery_container["volumeMounts"]
+        if m["name"] in claims
+    ]
+    settings = effective_settings(docs, "mastery", tmp_path)
+    assert _under(settings.mastery.data_dir, data_mounts), "RocksDB tables on the worker's PVC"
+    reporting, reporting_container = workload(docs, "reporting")
+    settings = effective_settings(docs, "reporting", tmp_path)
+    if settings.clickhouse.url is None:
+        pod = reporting["spec"]["template"]["spec"]
+        mounts = _mounts(pod, reporting_container, "persistentVolumeClaim")
+        assert _under(settings.clickhouse.chdb_path, mounts), "embedded chDB on a PVC"
+
+
+def test_replicas_respect_the_state_they_hold(docs: list[Doc], tmp_path: Path) -> None:
+    settings = effective_settings(docs, "mastery", tmp_path)
+    mastery = workload(docs, "mastery")[0]
+    assert mastery["kind"] == "StatefulSet"
+    assert 1 <= mastery["spec"]["replicas"] <= settings.kafka.topics.partitions, (
+        "a mastery worker beyond the activity topic's partitions owns nothing"
+    )
+    reporting = workload(docs, "reporting")[0]
+    if effective_settings(docs, "reporting", tmp_path).clickhouse.url is None:
+        assert reporting["spec"]["replicas"] == 1, "embedded chDB is one process's store"
+        assert reporting["spec"]["strategy"]["type"] == "Recreate"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_has_a_budget_and_admits_only_its_ports(docs: list[Doc], service: str) -> None:
+    workload_doc, container = workload(docs, service)
+    pod = workload_doc["spec"]["template"]
+    budgets = [
+        b
+        for b in of_kind(docs, "PodDisruptionBudget")
+        if _selects(b["spec"]["selector"]["matchLabels"], pod)
+    ]
+    assert len(budgets) == 1
+    own_ports = {_port(container, "grpc"), _port(container, "metrics")}
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if _selects(p["spec"]["podSelector"].get("matchLabels", {}), pod)
+    ]
+    assert policies, f"no NetworkPolicy selects {service}"
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("ports"), f"{policy['metadata']['name']}: a rule without ports"
+            assert {_port(container, p["port"]) for p in rule["ports"]} <= own_ports
