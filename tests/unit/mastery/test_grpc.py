@@ -273,6 +273,39 @@ async def test_an_unknown_learner_has_an_empty_profile(servicer: MasteryServicer
     )
 
 
+async def test_a_profile_is_read_by_pseudonym_by_tenant_wide_callers(
+    servicer: MasteryServicer, store: InMemoryLearnerStore
+) -> None:
+    interest = profile_event("i")
+    interest.interest_declared.tags.extend(["space"])
+    MasteryService(store).record_activity(learner_key(TENANT, LEARNER), interest)
+    by_pseudonym = api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, pseudonymous_id=LEARNER)
+    for principal in ({"role": "service"}, {"role": "district_admin"}):
+        caller(**principal)
+        reply = await servicer.GetLearnerProfile(by_pseudonym, None)  # type: ignore[arg-type]
+        assert (reply.learner_id, reply.pseudonymous_id) == ("", LEARNER)
+        assert list(reply.interests) == ["space"]
+    # Narrower scopes would need the roster to check: refused.
+    for principal in (
+        {"role": "teacher", "classes": ["class-7a"]},
+        {"role": "district_admin", "schools": ["school-1"]},
+        {"role": "service", "schools": ["school-1"]},
+        {"role": "learner", "learner_id": "sis-1"},
+    ):
+        caller(**principal)
+        with pytest.raises(PermissionDenied):
+            await servicer.GetLearnerProfile(by_pseudonym, None)  # type: ignore[arg-type]
+    caller(role="service")
+    both = api_pb2.GetLearnerProfileRequest(
+        tenant_id=TENANT, learner_id="sis-1", pseudonymous_id=LEARNER
+    )
+    with pytest.raises(InvalidArgument):
+        await servicer.GetLearnerProfile(both, None)  # type: ignore[arg-type]
+    other_tenant = api_pb2.GetLearnerProfileRequest(tenant_id="district-b", pseudonymous_id=LEARNER)
+    with pytest.raises(PermissionDenied):
+        await servicer.GetLearnerProfile(other_tenant, None)  # type: ignore[arg-type]
+
+
 def class_request(class_id: str, *skills: str) -> api_pb2.GetClassMasteryRequest:
     return api_pb2.GetClassMasteryRequest(
         tenant_id=TENANT, class_id=class_id, skill_ids=list(skills)
@@ -430,6 +463,17 @@ async def test_any_worker_answers_for_the_owner(workers: tuple[Node, Node]) -> N
     assert (await ask(a.address, "GetLearnerProfile", profile)).class_ids == ["class-7a"]
     predict = api_pb2.PredictItemsRequest(tenant_id=TENANT, learner_id=held_by_b, item_ids=["x"])
     assert (await ask(a.address, "PredictItems", predict)).reflects[0].offset == 20
+
+
+async def test_a_profile_by_pseudonym_is_forwarded_to_the_owner(
+    workers: tuple[Node, Node],
+) -> None:
+    a, _ = workers
+    held_by_b = PSEUDONYMIZER.pseudonymize(TENANT, sis_in(1))
+    profile = api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, pseudonymous_id=held_by_b)
+    reply = await ask(a.address, "GetLearnerProfile", profile)
+    assert (reply.pseudonymous_id, list(reply.class_ids)) == (held_by_b, ["class-7a"])
+    assert list(reply.reflects) == [api_pb2.PartitionOffset(topic=ACTIVITY, partition=1, offset=20)]
 
 
 async def test_a_class_is_gathered_from_every_owner(workers: tuple[Node, Node]) -> None:

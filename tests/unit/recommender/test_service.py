@@ -28,6 +28,7 @@ class FakePort:
         self.profile_answer: Profile = Profile(pins=(Pin("shapes-text", "resource"),))
         self.predictions: dict[str, float] = {}
         self.failing: set[str] = set()
+        self.member_profiles_read: list[str] = []
 
     def _check(self, method: str) -> None:
         if method in self.failing:
@@ -41,6 +42,11 @@ class FakePort:
 
     async def profile(self, tenant_id: str, learner_id: str) -> Profile:
         self._check("profile")
+        return self.profile_answer
+
+    async def member_profile(self, tenant_id: str, pseudonymous_id: str) -> Profile:
+        self._check("profile")
+        self.member_profiles_read.append(pseudonymous_id)
         return self.profile_answer
 
     async def class_states(
@@ -127,11 +133,13 @@ async def test_grouping_uses_roster_membership() -> None:
         await service.group_learners(GroupRequest("t", "c1", "need", 3, 6))
 
 
-async def test_interest_grouping_reads_each_members_profile() -> None:
+async def test_interest_grouping_reads_each_members_profile_by_pseudonym() -> None:
     service, port, _ = make()
     port.profile_answer = Profile(interests=("music",))
     grouping = await service.group_learners(GroupRequest("t", "c1", "interest", 3, 6))
     assert [(g.binding, len(g.learner_ids)) for g in grouping.groups] == [("music", 4)]
+    # The roster's ids, never taken for SIS ids.
+    assert sorted(port.member_profiles_read) == ["p0", "p1", "p2", "p3"]
     port.failing.add("profile")
     with pytest.raises(MasteryUnavailable):
         await service.group_learners(GroupRequest("t", "c1", "interest", 3, 6))

@@ -43,6 +43,11 @@ class MasteryPort(Protocol):
 
     async def profile(self, tenant_id: str, learner_id: str) -> Profile: ...
 
+    async def member_profile(self, tenant_id: str, pseudonymous_id: str) -> Profile:
+        """The profile of a class member as the roster names them (pseudonymous id); needs
+        the recommender's own `service` token (MasteryDenied with a teacher's)."""
+        ...
+
     async def class_states(
         self, tenant_id: str, class_id: str, now: datetime
     ) -> dict[str, LearnerState]:
@@ -127,7 +132,8 @@ class RecommenderService:
 
     async def group_learners(self, request: GroupRequest) -> Grouping:
         """Members come from the roster replica (pseudonymous ids); their state from
-        GetClassMastery; their interests from GetLearnerProfile (interest purpose only)."""
+        GetClassMastery; their interests from GetLearnerProfile by pseudonymous id (interest
+        purpose only)."""
         catalog = self._replica.catalog(request.tenant_id)
         config = self._policy_for(request.tenant_id)
         members = self._replica.class_learners(request.tenant_id, request.class_id)
@@ -138,7 +144,7 @@ class RecommenderService:
         profiles: dict[str, Profile] = {}
         if request.purpose == "interest" and members:
             found = await asyncio.gather(
-                *(self._mastery.profile(request.tenant_id, lid) for lid in members)
+                *(self._mastery.member_profile(request.tenant_id, lid) for lid in members)
             )
             profiles = dict(zip(members, found, strict=True))
         return group_learners(

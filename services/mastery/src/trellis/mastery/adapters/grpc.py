@@ -9,7 +9,8 @@ recovery, or when an owner does not answer in time, the answer is UNAVAILABLE (r
 a stale or partial one. See docs/mastery-reads.md.
 
 `GetClassMastery` names learners by their pseudonymous id (the service cannot turn a pseudonym
-back into a SIS id; callers join with the roster, which uses the same ids).
+back into a SIS id; callers join with the roster, which uses the same ids). `GetLearnerProfile`
+takes such an id too, from callers scoped to the whole tenant (the recommender grouping a class).
 
 `SubscribeMastery` and `SubscribeMasteryEvents` stream the mastery topic of the caller's tenant
 from Kafka directly (any worker serves any subscription), the latter with each event's position.
@@ -141,7 +142,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
     async def GetLearnerProfile(
         self, request: mastery_pb2.GetLearnerProfileRequest, context: Context
     ) -> mastery_pb2.LearnerProfile:
-        pseudonym = self._learner(request.tenant_id, request.learner_id)
+        pseudonym = self._profile_subject(request)
         partition, owner = await self._route(learner_key(request.tenant_id, pseudonym), context)
         if owner is not None:
             reply: mastery_pb2.LearnerProfile = await self._peers.call(
@@ -150,8 +151,26 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             return reply
         profile, class_ids = _held(lambda: self._service.profile_of(request.tenant_id, pseudonym))
         answer = _profile(request.tenant_id, request.learner_id, profile, class_ids)
+        answer.pseudonymous_id = request.pseudonymous_id
         answer.reflects.extend(self._reflects([partition]))
         return answer
+
+    def _profile_subject(self, request: mastery_pb2.GetLearnerProfileRequest) -> str:
+        """The pseudonym of the learner the request names: by SIS id, like every read; or by
+        pseudonymous id (a class member of the roster), only for callers whose scope is the
+        whole tenant: narrower scopes (schools, classes) would need the roster to check."""
+        if not request.pseudonymous_id:
+            return self._learner(request.tenant_id, request.learner_id)
+        principal = current_principal()
+        authorize_tenant(principal, request.tenant_id)
+        if request.learner_id:
+            raise InvalidArgument([("pseudonymous_id", "name the learner by one id, not two")])
+        if not (
+            principal.role == "platform_admin"
+            or (principal.role in ("service", "district_admin") and not principal.schools)
+        ):
+            raise PermissionDenied("only a caller scoped to the whole tenant names pseudonyms")
+        return request.pseudonymous_id
 
     async def GetClassMastery(
         self, request: mastery_pb2.GetClassMasteryRequest, context: Context

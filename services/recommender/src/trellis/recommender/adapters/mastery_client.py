@@ -55,6 +55,13 @@ class MasteryClient:
         answer = await self._call("GetLearnerProfile", self._stub.GetLearnerProfile, request)
         return convert.profile(answer)
 
+    async def member_profile(self, tenant_id: str, pseudonymous_id: str) -> Profile:
+        request = mastery_pb2.GetLearnerProfileRequest(
+            tenant_id=tenant_id, pseudonymous_id=pseudonymous_id
+        )
+        answer = await self._call("GetLearnerProfile", self._stub.GetLearnerProfile, request)
+        return convert.profile(answer)
+
     async def class_states(
         self, tenant_id: str, class_id: str, now: datetime
     ) -> dict[str, LearnerState]:

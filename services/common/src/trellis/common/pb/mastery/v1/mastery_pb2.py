@@ -27,7 +27,7 @@ from trellis.common.pb.events.v1 import envelope_pb2 as trellis_dot_events_dot_v
 from trellis.common.pb.events.v1 import mastery_pb2 as trellis_dot_events_dot_v1_dot_mastery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trellis/mastery/v1/mastery.proto\x12\x12trellis.mastery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a trellis/events/v1/envelope.proto\x1a\x1ftrellis/events/v1/mastery.proto\"C\n\x0fPartitionOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\xec\x01\n\x0cSkillMastery\x12\x10\n\x08skill_id\x18\x01 \x01(\t\x12\x12\n\np_mastered\x18\x02 \x01(\x01\x12.\n\x05level\x18\x03 \x01(\x0e\x32\x1f.trellis.events.v1.MasteryLevel\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x35\n\x11last_practiced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstruggling\x18\x06 \x01(\x08\x12\x12\n\noverridden\x18\x07 \x01(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"T\n\x18GetLearnerMasteryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x11\n\tskill_ids\x18\x03 \x03(\t\"\xa0\x01\n\x0eLearnerMastery\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x30\n\x06skills\x18\x03 \x03(\x0b\x32 .trellis.mastery.v1.SkillMastery\x12\x35\n\x08reflects\x18\x04 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"A\n\x18GetLearnerProfileRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\"S\n\x04Goal\x12\x0f\n\x07goal_id\x18\x01 \x01(\t\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0btarget_date\x18\x04 \x01(\t\"Q\n\x03Pin\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x15\n\ractivity_kind\x18\x02 \x01(\t\x12\x10\n\x08skill_id\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"\x9c\x02\n\x0eLearnerProfile\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\'\n\x05goals\x18\x03 \x03(\x0b\x32\x18.trellis.mastery.v1.Goal\x12\x11\n\tinterests\x18\x04 \x03(\t\x12\x10\n\x08modality\x18\x05 \x01(\t\x12\x0c\n\x04pace\x18\x06 \x01(\t\x12\x16\n\x0e\x61\x63\x63ommodations\x18\x07 \x03(\t\x12%\n\x04pins\x18\x08 \x03(\x0b\x32\x17.trellis.mastery.v1.Pin\x12\x11\n\tclass_ids\x18\t \x03(\t\x12\x35\n\x08reflects\x18\n \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"d\n\x16GetClassMasteryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x11\n\tskill_ids\x18\x03 \x03(\t\x12\x12\n\npartitions\x18\x04 \x03(\r\"\x8d\x01\n\x0c\x43lassMastery\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\t\x12\x34\n\x08learners\x18\x02 \x03(\x0b\x32\".trellis.mastery.v1.LearnerMastery\x12\x35\n\x08reflects\x18\x03 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"N\n\x13PredictItemsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\"4\n\x0eItemPrediction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tp_correct\x18\x02 \x01(\x01\"\x9d\x01\n\x14PredictItemsResponse\x12\x37\n\x0bpredictions\x18\x01 \x03(\x0b\x32\".trellis.mastery.v1.ItemPrediction\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x35\n\x08reflects\x18\x03 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"\x9e\x01\n\x17SubscribeMasteryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x12\n\nlearner_id\x18\x03 \x01(\t\x12\x32\n\x05\x61\x66ter\x18\x04 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\x12\x16\n\x0e\x66rom_beginning\x18\x05 \x01(\x08\"s\n\x0eMasteryEventAt\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.trellis.events.v1.Envelope\x12\x35\n\x08position\x18\x02 \x01(\x0b\x32#.trellis.mastery.v1.PartitionOffset2\xef\x04\n\x0eMasteryService\x12\x65\n\x11GetLearnerMastery\x12,.trellis.mastery.v1.GetLearnerMasteryRequest\x1a\".trellis.mastery.v1.LearnerMastery\x12\x65\n\x11GetLearnerProfile\x12,.trellis.mastery.v1.GetLearnerProfileRequest\x1a\".trellis.mastery.v1.LearnerProfile\x12_\n\x0fGetClassMastery\x12*.trellis.mastery.v1.GetClassMasteryRequest\x1a .trellis.mastery.v1.ClassMastery\x12\x61\n\x0cPredictItems\x12\'.trellis.mastery.v1.PredictItemsRequest\x1a(.trellis.mastery.v1.PredictItemsResponse\x12^\n\x10SubscribeMastery\x12+.trellis.mastery.v1.SubscribeMasteryRequest\x1a\x1b.trellis.events.v1.Envelope0\x01\x12k\n\x16SubscribeMasteryEvents\x12+.trellis.mastery.v1.SubscribeMasteryRequest\x1a\".trellis.mastery.v1.MasteryEventAt0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trellis/mastery/v1/mastery.proto\x12\x12trellis.mastery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a trellis/events/v1/envelope.proto\x1a\x1ftrellis/events/v1/mastery.proto\"C\n\x0fPartitionOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\xec\x01\n\x0cSkillMastery\x12\x10\n\x08skill_id\x18\x01 \x01(\t\x12\x12\n\np_mastered\x18\x02 \x01(\x01\x12.\n\x05level\x18\x03 \x01(\x0e\x32\x1f.trellis.events.v1.MasteryLevel\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x35\n\x11last_practiced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstruggling\x18\x06 \x01(\x08\x12\x12\n\noverridden\x18\x07 \x01(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"T\n\x18GetLearnerMasteryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x11\n\tskill_ids\x18\x03 \x03(\t\"\xa0\x01\n\x0eLearnerMastery\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x30\n\x06skills\x18\x03 \x03(\x0b\x32 .trellis.mastery.v1.SkillMastery\x12\x35\n\x08reflects\x18\x04 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"Z\n\x18GetLearnerProfileRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x17\n\x0fpseudonymous_id\x18\x03 \x01(\t\"S\n\x04Goal\x12\x0f\n\x07goal_id\x18\x01 \x01(\t\x12\x10\n\x08skill_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0btarget_date\x18\x04 \x01(\t\"Q\n\x03Pin\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x15\n\ractivity_kind\x18\x02 \x01(\t\x12\x10\n\x08skill_id\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"\xb5\x02\n\x0eLearnerProfile\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\'\n\x05goals\x18\x03 \x03(\x0b\x32\x18.trellis.mastery.v1.Goal\x12\x11\n\tinterests\x18\x04 \x03(\t\x12\x10\n\x08modality\x18\x05 \x01(\t\x12\x0c\n\x04pace\x18\x06 \x01(\t\x12\x16\n\x0e\x61\x63\x63ommodations\x18\x07 \x03(\t\x12%\n\x04pins\x18\x08 \x03(\x0b\x32\x17.trellis.mastery.v1.Pin\x12\x11\n\tclass_ids\x18\t \x03(\t\x12\x35\n\x08reflects\x18\n \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\x12\x17\n\x0fpseudonymous_id\x18\x0b \x01(\t\"d\n\x16GetClassMasteryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x11\n\tskill_ids\x18\x03 \x03(\t\x12\x12\n\npartitions\x18\x04 \x03(\r\"\x8d\x01\n\x0c\x43lassMastery\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\t\x12\x34\n\x08learners\x18\x02 \x03(\x0b\x32\".trellis.mastery.v1.LearnerMastery\x12\x35\n\x08reflects\x18\x03 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"N\n\x13PredictItemsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nlearner_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\"4\n\x0eItemPrediction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tp_correct\x18\x02 \x01(\x01\"\x9d\x01\n\x14PredictItemsResponse\x12\x37\n\x0bpredictions\x18\x01 \x03(\x0b\x32\".trellis.mastery.v1.ItemPrediction\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x35\n\x08reflects\x18\x03 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\"\x9e\x01\n\x17SubscribeMasteryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\t\x12\x12\n\nlearner_id\x18\x03 \x01(\t\x12\x32\n\x05\x61\x66ter\x18\x04 \x03(\x0b\x32#.trellis.mastery.v1.PartitionOffset\x12\x16\n\x0e\x66rom_beginning\x18\x05 \x01(\x08\"s\n\x0eMasteryEventAt\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.trellis.events.v1.Envelope\x12\x35\n\x08position\x18\x02 \x01(\x0b\x32#.trellis.mastery.v1.PartitionOffset2\xef\x04\n\x0eMasteryService\x12\x65\n\x11GetLearnerMastery\x12,.trellis.mastery.v1.GetLearnerMasteryRequest\x1a\".trellis.mastery.v1.LearnerMastery\x12\x65\n\x11GetLearnerProfile\x12,.trellis.mastery.v1.GetLearnerProfileRequest\x1a\".trellis.mastery.v1.LearnerProfile\x12_\n\x0fGetClassMastery\x12*.trellis.mastery.v1.GetClassMasteryRequest\x1a .trellis.mastery.v1.ClassMastery\x12\x61\n\x0cPredictItems\x12\'.trellis.mastery.v1.PredictItemsRequest\x1a(.trellis.mastery.v1.PredictItemsResponse\x12^\n\x10SubscribeMastery\x12+.trellis.mastery.v1.SubscribeMasteryRequest\x1a\x1b.trellis.events.v1.Envelope0\x01\x12k\n\x16SubscribeMasteryEvents\x12+.trellis.mastery.v1.SubscribeMasteryRequest\x1a\".trellis.mastery.v1.MasteryEventAt0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,27 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEARNERMASTERY']._serialized_start=551
   _globals['_LEARNERMASTERY']._serialized_end=711
   _globals['_GETLEARNERPROFILEREQUEST']._serialized_start=713
-  _globals['_GETLEARNERPROFILEREQUEST']._serialized_end=778
-  _globals['_GOAL']._serialized_start=780
-  _globals['_GOAL']._serialized_end=863
-  _globals['_PIN']._serialized_start=865
-  _globals['_PIN']._serialized_end=946
-  _globals['_LEARNERPROFILE']._serialized_start=949
-  _globals['_LEARNERPROFILE']._serialized_end=1233
-  _globals['_GETCLASSMASTERYREQUEST']._serialized_start=1235
-  _globals['_GETCLASSMASTERYREQUEST']._serialized_end=1335
-  _globals['_CLASSMASTERY']._serialized_start=1338
-  _globals['_CLASSMASTERY']._serialized_end=1479
-  _globals['_PREDICTITEMSREQUEST']._serialized_start=1481
-  _globals['_PREDICTITEMSREQUEST']._serialized_end=1559
-  _globals['_ITEMPREDICTION']._serialized_start=1561
-  _globals['_ITEMPREDICTION']._serialized_end=1613
-  _globals['_PREDICTITEMSRESPONSE']._serialized_start=1616
-  _globals['_PREDICTITEMSRESPONSE']._serialized_end=1773
-  _globals['_SUBSCRIBEMASTERYREQUEST']._serialized_start=1776
-  _globals['_SUBSCRIBEMASTERYREQUEST']._serialized_end=1934
-  _globals['_MASTERYEVENTAT']._serialized_start=1936
-  _globals['_MASTERYEVENTAT']._serialized_end=2051
-  _globals['_MASTERYSERVICE']._serialized_start=2054
-  _globals['_MASTERYSERVICE']._serialized_end=2677
+  _globals['_GETLEARNERPROFILEREQUEST']._serialized_end=803
+  _globals['_GOAL']._serialized_start=805
+  _globals['_GOAL']._serialized_end=888
+  _globals['_PIN']._serialized_start=890
+  _globals['_PIN']._serialized_end=971
+  _globals['_LEARNERPROFILE']._serialized_start=974
+  _globals['_LEARNERPROFILE']._serialized_end=1283
+  _globals['_GETCLASSMASTERYREQUEST']._serialized_start=1285
+  _globals['_GETCLASSMASTERYREQUEST']._serialized_end=1385
+  _globals['_CLASSMASTERY']._serialized_start=1388
+  _globals['_CLASSMASTERY']._serialized_end=1529
+  _globals['_PREDICTITEMSREQUEST']._serialized_start=1531
+  _globals['_PREDICTITEMSREQUEST']._serialized_end=1609
+  _globals['_ITEMPREDICTION']._serialized_start=1611
+  _globals['_ITEMPREDICTION']._serialized_end=1663
+  _globals['_PREDICTITEMSRESPONSE']._serialized_start=1666
+  _globals['_PREDICTITEMSRESPONSE']._serialized_end=1823
+  _globals['_SUBSCRIBEMASTERYREQUEST']._serialized_start=1826
+  _globals['_SUBSCRIBEMASTERYREQUEST']._serialized_end=1984
+  _globals['_MASTERYEVENTAT']._serialized_start=1986
+  _globals['_MASTERYEVENTAT']._serialized_end=2101
+  _globals['_MASTERYSERVICE']._serialized_start=2104
+  _globals['_MASTERYSERVICE']._serialized_end=2727
 # @@protoc_insertion_point(module_scope)

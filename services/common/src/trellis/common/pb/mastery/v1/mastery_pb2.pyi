@@ -157,17 +157,25 @@ class GetLearnerProfileRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     LEARNER_ID_FIELD_NUMBER: _builtins.int
+    PSEUDONYMOUS_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     learner_id: _builtins.str
+    """The learner's SIS id (pseudonymized by the service). Empty when `pseudonymous_id` is set."""
+    pseudonymous_id: _builtins.str
+    """Instead of `learner_id`: the learner's pseudonymous id, as the roster and class answers name
+    learners (the recommender's class members). Only for callers whose scope is the whole
+    tenant: a `service` or `district_admin` principal without schools, or a platform admin.
+    """
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         learner_id: _builtins.str = ...,
+        pseudonymous_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learner_id", b"learner_id", "pseudonymous_id", b"pseudonymous_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,10 +251,13 @@ class LearnerProfile(_message.Message):
     PINS_FIELD_NUMBER: _builtins.int
     CLASS_IDS_FIELD_NUMBER: _builtins.int
     REFLECTS_FIELD_NUMBER: _builtins.int
+    PSEUDONYMOUS_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     learner_id: _builtins.str
     modality: _builtins.str
     pace: _builtins.str
+    pseudonymous_id: _builtins.str
+    """The request's `pseudonymous_id`, when it named the learner so (`learner_id` is then empty)."""
     @_builtins.property
     def goals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Goal]: ...
     @_builtins.property
@@ -274,10 +285,11 @@ class LearnerProfile(_message.Message):
         pins: _abc.Iterable[Global___Pin] | None = ...,
         class_ids: _abc.Iterable[_builtins.str] | None = ...,
         reflects: _abc.Iterable[Global___PartitionOffset] | None = ...,
+        pseudonymous_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accommodations", b"accommodations", "class_ids", b"class_ids", "goals", b"goals", "interests", b"interests", "learner_id", b"learner_id", "modality", b"modality", "pace", b"pace", "pins", b"pins", "reflects", b"reflects", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accommodations", b"accommodations", "class_ids", b"class_ids", "goals", b"goals", "interests", b"interests", "learner_id", b"learner_id", "modality", b"modality", "pace", b"pace", "pins", b"pins", "pseudonymous_id", b"pseudonymous_id", "reflects", b"reflects", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
