@@ -7,11 +7,14 @@ import pytest
 from trellis.common.grpc.auth import (
     Authenticator,
     authorize_class,
+    authorize_class_school,
+    authorize_enrolled,
     authorize_learner,
     authorize_school,
     authorize_tenant,
     current_principal,
     require_role,
+    scoped_by_roster,
 )
 from trellis.common.grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from trellis.common.settings import Principal
@@ -22,6 +25,7 @@ LEARNER = Principal(tenant_id="d1", role="learner", classes=["c1"], learner_id="
 DISTRICT_ADMIN = Principal(tenant_id="d1", role="district_admin")
 SCHOOL_ADMIN = Principal(tenant_id="d1", role="district_admin", schools=["s1"])
 PLATFORM_ADMIN = Principal(tenant_id="ops", role="platform_admin")
+SCHOOL_SERVICE = Principal(tenant_id="d1", role="service", schools=["s1"])
 
 authenticator = Authenticator({"tok-service": SERVICE, "tok-teacher": TEACHER})
 
@@ -84,12 +88,56 @@ def test_school() -> None:
 
 
 def test_class() -> None:
-    for principal in (SERVICE, DISTRICT_ADMIN, TEACHER, LEARNER, PLATFORM_ADMIN):
+    for principal in (SERVICE, DISTRICT_ADMIN, TEACHER, PLATFORM_ADMIN):
         authorize_class(principal, "c1")
-    for principal in (TEACHER, LEARNER):
-        with pytest.raises(PermissionDenied):
-            authorize_class(principal, "c2")
+    with pytest.raises(PermissionDenied):
+        authorize_class(TEACHER, "c2")
     authorize_class(DISTRICT_ADMIN, "c2")
+
+
+def test_a_learner_never_reads_a_class_not_even_one_of_theirs() -> None:
+    for class_id in ("c1", "c2"):
+        with pytest.raises(PermissionDenied):
+            authorize_class(LEARNER, class_id)
+
+
+def test_class_school() -> None:
+    for principal in (SERVICE, DISTRICT_ADMIN, TEACHER, PLATFORM_ADMIN, SCHOOL_ADMIN):
+        authorize_class_school(principal, "s1")
+    # Unscoped callers and teachers (scoped by class) need no school.
+    for principal in (SERVICE, DISTRICT_ADMIN, TEACHER, PLATFORM_ADMIN):
+        authorize_class_school(principal, None)
+    for principal in (SCHOOL_ADMIN, SCHOOL_SERVICE):
+        for school in ("s2", None):
+            with pytest.raises(PermissionDenied):
+                authorize_class_school(principal, school)
+
+
+def test_which_callers_need_the_roster_to_reach_a_learner() -> None:
+    assert [
+        scoped_by_roster(p)
+        for p in (SERVICE, DISTRICT_ADMIN, PLATFORM_ADMIN, LEARNER, TEACHER, SCHOOL_ADMIN)
+    ] == [False, False, False, False, True, True]
+    assert scoped_by_roster(SCHOOL_SERVICE)
+    assert not scoped_by_roster(PLATFORM_ADMIN.model_copy(update={"schools": ["s1"]}))
+
+
+def test_enrolled() -> None:
+    schools = {"c1": "s1", "c2": "s2"}.get
+    # Teachers reach the learners of their classes.
+    authorize_enrolled(TEACHER, {"c1", "c9"})
+    for classes in (set(), {"c2"}):
+        with pytest.raises(PermissionDenied):
+            authorize_enrolled(TEACHER, classes, schools)
+    # Callers scoped to schools reach learners with a class in one of them.
+    for principal in (SCHOOL_ADMIN, SCHOOL_SERVICE):
+        authorize_enrolled(principal, {"c2", "c1"}, schools)
+        for classes, school_of in (({"c2"}, schools), ({"c1"}, None), (set(), schools)):
+            with pytest.raises(PermissionDenied):
+                authorize_enrolled(principal, classes, school_of)
+    # The others need no roster: learners are checked by id, the rest are tenant-wide.
+    for principal in (SERVICE, DISTRICT_ADMIN, PLATFORM_ADMIN, LEARNER):
+        authorize_enrolled(principal, set())
 
 
 def test_learner() -> None:

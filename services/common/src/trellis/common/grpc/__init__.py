@@ -3,11 +3,14 @@
 from trellis.common.grpc.auth import (
     Authenticator,
     authorize_class,
+    authorize_class_school,
+    authorize_enrolled,
     authorize_learner,
     authorize_school,
     authorize_tenant,
     current_principal,
     require_role,
+    scoped_by_roster,
 )
 from trellis.common.grpc.errors import (
     InvalidArgument,
@@ -35,6 +38,8 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "authorize_class",
+    "authorize_class_school",
+    "authorize_enrolled",
     "authorize_learner",
     "authorize_school",
     "authorize_tenant",
@@ -45,4 +50,5 @@ __all__ = [
     "require_role",
     "retry_after_seconds",
     "run_until_signal",
+    "scoped_by_roster",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from trellis.common.grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from trellis.common.settings import Principal, Role
@@ -19,11 +19,14 @@ from trellis.common.settings import Principal, Role
 __all__ = [
     "Authenticator",
     "authorize_class",
+    "authorize_class_school",
+    "authorize_enrolled",
     "authorize_learner",
     "authorize_school",
     "authorize_tenant",
     "current_principal",
     "require_role",
+    "scoped_by_roster",
 ]
 
 _BEARER = "bearer "
@@ -116,19 +119,62 @@ def authorize_school(principal: Principal, school_id: str) -> None:
 
 
 def authorize_class(principal: Principal, class_id: str) -> None:
-    """Teachers (and learners) are scoped to their classes; services and admins see every class.
+    """Teachers are scoped to their classes; learners never read a class (only their own data);
+    services and admins see every class.
 
     Call after authorize_tenant. Whether an admin's class lies in one of their schools needs the
-    roster, so servicers that know the class's school also call authorize_school.
+    roster: servicers then call authorize_class_school with what their roster knows.
     """
-    if principal.role in ("teacher", "learner") and class_id not in principal.classes:
+    if principal.role == "learner":
+        raise PermissionDenied("a learner reads only their own records, never a class")
+    if principal.role == "teacher" and class_id not in principal.classes:
         raise PermissionDenied("class outside the caller's scope")
 
 
+def authorize_class_school(principal: Principal, school_id: str | None) -> None:
+    """After authorize_class: a caller scoped to schools (a district admin or a service with a
+    school list) passes only if the class's school, as the servicer's roster knows it, is one of
+    theirs; None (the roster lacks the class, or the service keeps no schools) is refused.
+    Teachers are scoped by their classes, unscoped callers by their tenant."""
+    if principal.role in ("platform_admin", "teacher", "learner") or not principal.schools:
+        return
+    if school_id is None or school_id not in principal.schools:
+        raise PermissionDenied("class outside the caller's schools")
+
+
 def authorize_learner(principal: Principal, learner_id: str) -> None:
-    """A learner may only read their own records (by SIS id). Other roles pass: a teacher's scope
-    over a learner is their classes, which the servicer checks against the roster."""
+    """A learner may only read their own records (by SIS id). Other roles pass: a teacher's or a
+    school-scoped caller's scope over a learner is the learner's classes, which the servicer
+    checks with authorize_enrolled (see scoped_by_roster)."""
     if principal.role == "learner" and (
         principal.learner_id is None or principal.learner_id != learner_id
     ):
         raise PermissionDenied("learner outside the caller's scope")
+
+
+def scoped_by_roster(principal: Principal) -> bool:
+    """Whether reaching a learner needs the learner's classes: teachers (their classes) and
+    callers scoped to schools. Learners (own id) and unscoped callers need no roster."""
+    if principal.role in ("platform_admin", "learner"):
+        return False
+    return principal.role == "teacher" or bool(principal.schools)
+
+
+def authorize_enrolled(
+    principal: Principal,
+    learner_classes: Collection[str],
+    school_of: Callable[[str], str | None] | None = None,
+) -> None:
+    """After authorize_learner: the learner, whose classes the servicer's roster gives, is in the
+    caller's scope. A teacher teaches one of those classes; a caller scoped to schools has one
+    of them in its schools (`school_of` places a class; None: the service cannot, so it refuses).
+    A learner without known classes is outside every such scope."""
+    if not scoped_by_roster(principal):
+        return
+    if principal.role == "teacher":
+        if not set(learner_classes) & set(principal.classes):
+            raise PermissionDenied("learner outside the caller's classes")
+        return
+    schools = {school_of(c) for c in learner_classes} if school_of is not None else set()
+    if not schools & set(principal.schools):
+        raise PermissionDenied("learner outside the caller's schools")
