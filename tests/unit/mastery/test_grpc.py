@@ -114,7 +114,7 @@ async def test_a_learner_is_read_by_sis_id(servicer: MasteryServicer) -> None:
 
 
 async def test_named_skills_come_in_the_order_asked(servicer: MasteryServicer) -> None:
-    caller(role="teacher", classes=["c1"])
+    caller(role="service")
     reply = await servicer.GetLearnerMastery(request("sis-1", "z", "b"), None)  # type: ignore[arg-type]
     assert [(s.skill_id, s.level) for s in reply.skills] == [
         ("z", mastery_pb2.MASTERY_LEVEL_NOT_STARTED),
@@ -359,6 +359,75 @@ async def test_class_mastery_is_scoped_to_the_callers_classes(
     assert (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
 
 
+LEARNER_READS = [
+    ("GetLearnerMastery", api_pb2.GetLearnerMasteryRequest(tenant_id=TENANT, learner_id="sis-1")),
+    ("GetLearnerProfile", api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-1")),
+    ("PredictItems", api_pb2.PredictItemsRequest(tenant_id=TENANT, learner_id="sis-1")),
+]
+
+
+@pytest.mark.parametrize(("method", "read"), LEARNER_READS)
+async def test_teachers_read_the_learners_of_their_classes_only(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore, method: str, read: Any
+) -> None:
+    # The learner's events named class-7a (and no class before it).
+    caller(role="teacher", classes=["class-7a"])
+    await getattr(servicer, method)(read, None)
+    for classes in (["class-7b"], []):
+        caller(role="teacher", classes=classes)
+        with pytest.raises(PermissionDenied):
+            await getattr(servicer, method)(read, None)
+
+
+@pytest.mark.parametrize(("method", "read"), LEARNER_READS)
+async def test_a_learner_without_known_classes_is_outside_a_teachers_scope(
+    servicer: MasteryServicer, method: str, read: Any
+) -> None:
+    caller(role="teacher", classes=["class-7a"])
+    with pytest.raises(PermissionDenied):
+        await getattr(servicer, method)(read, None)
+    unknown = type(read)()
+    unknown.CopyFrom(read)
+    unknown.learner_id = "sis-unknown"
+    with pytest.raises(PermissionDenied):
+        await getattr(servicer, method)(unknown, None)
+
+
+@pytest.mark.parametrize(("method", "read"), LEARNER_READS)
+async def test_callers_scoped_to_schools_are_refused_as_unverifiable_here(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore, method: str, read: Any
+) -> None:
+    # The state keeps no schools: mastery cannot tell whether the learner is in theirs.
+    for role in ("district_admin", "service"):
+        caller(role=role, schools=["school-1"])
+        with pytest.raises(PermissionDenied):
+            await getattr(servicer, method)(read, None)
+    for principal in ({"role": "district_admin"}, {"role": "service"}):
+        caller(**principal)
+        await getattr(servicer, method)(read, None)
+    set_current_principal(Principal(tenant_id="ops", role="platform_admin"))
+    await getattr(servicer, method)(read, None)
+
+
+async def test_a_learner_holding_a_class_never_reads_it(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore
+) -> None:
+    caller(role="learner", learner_id="sis-1", classes=["class-7a"])
+    with pytest.raises(PermissionDenied):
+        await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+
+
+async def test_class_mastery_refuses_callers_scoped_to_schools(
+    servicer: MasteryServicer, in_class: InMemoryLearnerStore
+) -> None:
+    for role in ("district_admin", "service"):
+        caller(role=role, schools=["school-1"])
+        with pytest.raises(PermissionDenied):
+            await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    set_current_principal(Principal(tenant_id="ops", role="platform_admin"))
+    assert (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
+
+
 async def test_reads_while_ownership_moves_are_unavailable(
     store: InMemoryLearnerStore, in_class: InMemoryLearnerStore
 ) -> None:
@@ -376,6 +445,14 @@ async def test_reads_while_ownership_moves_are_unavailable(
 # --- two workers: A holds partition 0, B partition 1 ---
 
 TOKEN = "unit-token"
+TOKENS = {
+    TOKEN: Principal(tenant_id=TENANT, role="service"),
+    "teacher-7a": Principal(tenant_id=TENANT, role="teacher", classes=["class-7a"]),
+    "teacher-7b": Principal(tenant_id=TENANT, role="teacher", classes=["class-7b"]),
+    "learner-7a": Principal(
+        tenant_id=TENANT, role="learner", learner_id="sis-0", classes=["class-7a"]
+    ),
+}
 
 
 @dataclass
@@ -415,7 +492,7 @@ async def workers() -> AsyncIterator[tuple[Node, Node]]:
         servicer = make_servicer(MasteryService(node.store), node.placement)
         server = create_server(
             MasteryServer(port=0),
-            {TOKEN: Principal(tenant_id=TENANT, role="service")},
+            TOKENS,
             [
                 ServiceBinding(
                     SERVICE_NAME, mastery_pb2_grpc.add_MasteryServiceServicer_to_server, servicer
@@ -438,12 +515,42 @@ async def workers() -> AsyncIterator[tuple[Node, Node]]:
             await server.stop()
 
 
-async def ask(address: str, method: str, message: Any) -> Any:
+async def ask(address: str, method: str, message: Any, token: str = TOKEN) -> Any:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = mastery_pb2_grpc.MasteryServiceStub(channel)
         return await getattr(stub, method)(
-            message, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5.0
+            message, metadata=(("authorization", f"Bearer {token}"),), timeout=5.0
         )
+
+
+async def test_the_owner_checks_a_teachers_scope_on_forwarded_reads(
+    workers: tuple[Node, Node],
+) -> None:
+    a, _ = workers
+    held_by_b = sis_in(1)  # their event named class-7a
+    reads = [
+        ("GetLearnerMastery", api_pb2.GetLearnerMasteryRequest),
+        ("GetLearnerProfile", api_pb2.GetLearnerProfileRequest),
+        ("PredictItems", api_pb2.PredictItemsRequest),
+    ]
+    for method, message in reads:
+        read = message(tenant_id=TENANT, learner_id=held_by_b)
+        assert (await ask(a.address, method, read, "teacher-7a")).reflects[0].offset == 20
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ask(a.address, method, read, "teacher-7b")
+        assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_classes_through_the_server_teachers_yes_learners_never(
+    workers: tuple[Node, Node],
+) -> None:
+    a, _ = workers
+    read = api_pb2.GetClassMasteryRequest(tenant_id=TENANT, class_id="class-7a")
+    assert len((await ask(a.address, "GetClassMastery", read, "teacher-7a")).learners) == 2
+    for token in ("teacher-7b", "learner-7a"):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ask(a.address, "GetClassMastery", read, token)
+        assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_any_worker_answers_for_the_owner(workers: tuple[Node, Node]) -> None:
@@ -529,9 +636,18 @@ async def test_subscriptions_stay_in_the_callers_scope(servicer: MasteryServicer
         await first_of(servicer)  # a whole tenant
     with pytest.raises(PermissionDenied):
         await first_of(servicer, class_id="class-7b")
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer, learner_id="sis-1")  # a learner without one of their classes
     caller(role="learner", learner_id="sis-1")
     with pytest.raises(PermissionDenied):
         await first_of(servicer, learner_id="sis-2")
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer)  # the whole tenant
+    caller(role="learner", learner_id="sis-1", classes=["class-7a"])
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer, class_id="class-7a")  # never a class, even their own
+    with pytest.raises(PermissionDenied):
+        await first_of(servicer, learner_id="sis-1", class_id="class-7a")
     caller(role="service")
     with pytest.raises(PermissionDenied):
         await anext(

@@ -8,8 +8,12 @@ from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.mastery.subscriptions import EventFilter, start_offsets
 
 
-def event(tenant: str = "t", learner: str = "p1", class_id: str = "7a") -> envelope_pb2.Envelope:
-    return envelope_pb2.Envelope(tenant_id=tenant, learner_id=learner, class_id=class_id)
+def event(
+    tenant: str = "t", learner: str = "p1", class_id: str = "7a", school: str = "s1"
+) -> envelope_pb2.Envelope:
+    return envelope_pb2.Envelope(
+        tenant_id=tenant, learner_id=learner, class_id=class_id, school_id=school
+    )
 
 
 def test_a_tenant_filter_takes_only_that_tenants_keys_and_events() -> None:
@@ -26,6 +30,12 @@ def test_class_and_learner_filters() -> None:
     learner = EventFilter("t", learner_id="p1")
     assert learner.accepts_key(b"t/p1") and not learner.accepts_key(b"t/p10")
     assert learner.accepts(event()) and not learner.accepts(event(learner="p2"))
+
+
+def test_a_school_filter_takes_only_events_of_those_schools() -> None:
+    schools = EventFilter("t", schools=frozenset({"s1", "s3"}))
+    assert schools.accepts(event()) and schools.accepts(event(school="s3"))
+    assert not schools.accepts(event(school="s2")) and not schools.accepts(event(school=""))
 
 
 def test_start_right_after_the_named_offsets_else_at_the_end_or_beginning() -> None:

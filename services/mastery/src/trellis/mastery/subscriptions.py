@@ -13,11 +13,13 @@ from trellis.common.pb.events.v1 import envelope_pb2
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Mastery events of `tenant_id`; with `class_id`, those whose cause named that class; with
-    `learner_id` (pseudonymous), that learner's only."""
+    `learner_id` (pseudonymous), that learner's only; with `schools` (a caller scoped to
+    schools), those whose cause named one of them."""
 
     tenant_id: str
     class_id: str = ""
     learner_id: str = ""
+    schools: frozenset[str] = frozenset()
 
     def accepts_key(self, key: bytes | None) -> bool:
         """A cheap first test on the record key (`tenant/learner`), before decoding."""
@@ -32,6 +34,7 @@ class EventFilter:
             envelope.tenant_id == self.tenant_id
             and (not self.class_id or envelope.class_id == self.class_id)
             and (not self.learner_id or envelope.learner_id == self.learner_id)
+            and (not self.schools or envelope.school_id in self.schools)
         )
 
 

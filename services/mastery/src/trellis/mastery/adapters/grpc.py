@@ -14,6 +14,12 @@ takes such an id too, from callers scoped to the whole tenant (the recommender g
 
 `SubscribeMastery` and `SubscribeMasteryEvents` stream the mastery topic of the caller's tenant
 from Kafka directly (any worker serves any subscription), the latter with each event's position.
+
+Scope (DESIGN.md §3a, docs/authorization.md): a learner reads only their own id, never a class; a
+teacher reaches a learner through the classes the learner's events named (kept in the learner's
+state, checked by the owner right before it reads) and a class of theirs; a caller scoped to
+schools cannot be checked here for a learner or a class (the state keeps no schools) and is
+refused, but may subscribe: it receives the events of its schools only.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ import grpc
 from trellis.common.codec import CodecError, decode_envelope, learner_key
 from trellis.common.grpc.auth import (
     authorize_class,
+    authorize_class_school,
+    authorize_enrolled,
     authorize_learner,
     authorize_tenant,
     current_principal,
+    scoped_by_roster,
 )
 from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from trellis.common.logging import get_logger
@@ -97,6 +106,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
                 owner, "GetLearnerMastery", request, context
             )
             return reply
+        _held(lambda: self._authorize_enrolled(request.tenant_id, pseudonym))
         skills = _held(
             lambda: self._service.mastery_of(request.tenant_id, pseudonym, request.skill_ids)
         )
@@ -115,12 +125,20 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         authorize_tenant(principal, tenant_id)
         if not learner_id:
             raise InvalidArgument([("learner_id", "must not be empty")])
-        # Learners see only themselves; a teacher's class scope needs the roster (later issue).
+        # Learners see only themselves; the owner checks the others with _authorize_enrolled.
         authorize_learner(principal, learner_id)
         try:
             return self._pseudonymizer.pseudonymize(tenant_id, learner_id)
         except UnknownTenantKey as exc:
             raise NotFound("no learners are known for this tenant") from exc
+
+    def _authorize_enrolled(self, tenant_id: str, pseudonym: str) -> None:
+        """On the owner, right before its read: the learner is in the caller's scope, through
+        the classes their events named (no read for callers that need no classes)."""
+        principal = current_principal()
+        if scoped_by_roster(principal):
+            _, class_ids = self._service.profile_of(tenant_id, pseudonym)
+            authorize_enrolled(principal, class_ids)
 
     async def _route(self, key: bytes, context: Context) -> tuple[int, str | None]:
         """The partition of `key` and its owner's address (None: this worker)."""
@@ -150,6 +168,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             )
             return reply
         profile, class_ids = _held(lambda: self._service.profile_of(request.tenant_id, pseudonym))
+        authorize_enrolled(current_principal(), class_ids)
         answer = _profile(request.tenant_id, request.learner_id, profile, class_ids)
         answer.pseudonymous_id = request.pseudonymous_id
         answer.reflects.extend(self._reflects([partition]))
@@ -180,6 +199,8 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         if not request.class_id:
             raise InvalidArgument([("class_id", "must not be empty")])
         authorize_class(principal, request.class_id)
+        # The state keeps no schools: a caller scoped to schools cannot be checked here.
+        authorize_class_school(principal, None)
         count = self._placement.partitions
         if any(p >= count for p in request.partitions):
             raise InvalidArgument([("partitions", f"the activity topic has {count} partitions")])
@@ -250,6 +271,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             return reply
         # A read: the wall clock only decides how far recall has decayed in this answer.
         now = datetime.now(UTC)
+        _held(lambda: self._authorize_enrolled(request.tenant_id, pseudonym))
         predicted = _held(
             lambda: self._service.predict_items(request.tenant_id, pseudonym, request.item_ids, now)
         )
@@ -285,8 +307,11 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         pseudonym = (
             self._learner(request.tenant_id, request.learner_id) if request.learner_id else ""
         )
-        if not (request.class_id or pseudonym) and principal.role in ("teacher", "learner"):
-            raise PermissionDenied("name a class or a learner in the caller's scope")
+        if principal.role == "teacher" and not request.class_id:
+            # A learner's classes are in their state, not here: the class names the scope.
+            raise PermissionDenied("name one of the caller's classes")
+        if principal.role == "learner" and not pseudonym:
+            raise PermissionDenied("a learner subscribes to their own events only")
         topic = self._mastery_topic
         if any(position.topic not in ("", topic.name) for position in request.after):
             raise InvalidArgument([("after", f"positions are on topic {topic.name}")])
@@ -302,7 +327,10 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             # One learner's events are all in the partition of their key.
             own = self._placement.partition_of(learner_key(request.tenant_id, pseudonym))
             start = {own: start[own]}
-        wanted = EventFilter(request.tenant_id, request.class_id, pseudonym)
+        # A service or admin scoped to schools receives the events of its schools only.
+        scoped = principal.role in ("service", "district_admin")
+        schools = frozenset(principal.schools) if scoped else frozenset()
+        wanted = EventFilter(request.tenant_id, request.class_id, pseudonym, schools)
         reader = topic.reader(start)
         try:
             await reader.open()
