@@ -34,6 +34,11 @@ TOKENS = {
     "learner-1": Principal(tenant_id=TEST_TENANT, role="learner", learner_id="sis-1"),
     "admin-school-1": Principal(tenant_id=TEST_TENANT, role="district_admin", schools=["school-1"]),
     "admin-school-2": Principal(tenant_id=TEST_TENANT, role="district_admin", schools=["school-2"]),
+    "tool-school-1": Principal(tenant_id=TEST_TENANT, role="service", schools=["school-1"]),
+    "tool-school-2": Principal(tenant_id=TEST_TENANT, role="service", schools=["school-2"]),
+    "learner-1-in-c1": Principal(
+        tenant_id=TEST_TENANT, role="learner", learner_id="sis-1", classes=["c1"]
+    ),
     "other-tenant": Principal(tenant_id="elsewhere", role="service"),
 }
 SKILLS = [("count", ()), ("add", ("count",)), ("multiply", ("add",)), ("shapes", ())]
@@ -339,6 +344,43 @@ async def test_scopes(harness: Harness) -> None:
         grpc.StatusCode.PERMISSION_DENIED
     )
     assert await code_of(next_for(harness, k=50)) == grpc.StatusCode.INVALID_ARGUMENT
+    # A learning tool scoped to schools is scoped like a district admin.
+    assert (await next_for(harness, token="tool-school-1")).explanation
+    assert await code_of(next_for(harness, token="tool-school-2")) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # A learner the roster does not enrol is outside every class- or school-scoped caller.
+    for token in ("teacher-c1", "admin-school-1", "tool-school-1"):
+        assert await code_of(next_for(harness, "sis-9", token)) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+    assert (await next_for(harness, "sis-9", "tool")).explanation
+
+
+async def test_group_learners_scopes(harness: Harness) -> None:
+    def group(token: str, class_id: str = "c1") -> Any:
+        return harness.stub.GroupLearners(
+            rec.GroupLearnersRequest(
+                tenant_id=TEST_TENANT, class_id=class_id, purpose=rec.GROUPING_PURPOSE_NEED
+            ),
+            metadata=auth(token),
+        )
+
+    for token in ("tool", "teacher-c1", "admin-school-1", "tool-school-1"):
+        await group(token)
+    # Never a learner (not even of the class); schools other than the class's; classes the
+    # roster does not place (their school is unknown) for callers scoped to schools.
+    for token, class_id in [
+        ("learner-1-in-c1", "c1"),
+        ("learner-1", "c1"),
+        ("teacher-c2", "c1"),
+        ("admin-school-2", "c1"),
+        ("tool-school-2", "c1"),
+        ("admin-school-1", "c-unknown"),
+        ("tool-school-1", "c-unknown"),
+        ("other-tenant", "c1"),
+    ]:
+        assert await code_of(group(token, class_id)) == grpc.StatusCode.PERMISSION_DENIED, token
 
 
 async def test_learning_path(harness: Harness) -> None:

@@ -2,10 +2,10 @@
 
 Who may call what (DESIGN.md §3a), always within the caller's tenant:
 - NextActivities, LearningPath: a learner (their own SIS id), a teacher of one of the learner's
-  classes, a district admin (a class of the learner in their schools, or any when unscoped), a
-  `service` principal (a learning tool asking for its user), a platform admin.
-- GroupLearners: a teacher of the class, a district admin (the class's school in their scope),
-  a `service` principal, a platform admin.
+  classes, a district admin or `service` principal (a learning tool asking for its user): a class
+  of the learner in their schools, or any learner when unscoped; a platform admin.
+- GroupLearners: a teacher of the class, a district admin or `service` principal (the class's
+  school in their schools, or any class when unscoped), a platform admin; never a learner.
 Class membership and schools come from the roster replica (pseudonymous ids), so the SIS id of
 the request is pseudonymized with the tenant key before the check.
 """
@@ -18,11 +18,13 @@ import grpc
 
 from trellis.common.grpc.auth import (
     authorize_class,
+    authorize_class_school,
+    authorize_enrolled,
     authorize_learner,
-    authorize_school,
     authorize_tenant,
     current_principal,
     require_role,
+    scoped_by_roster,
 )
 from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from trellis.common.pb.recommender.v1 import recommender_pb2, recommender_pb2_grpc
@@ -84,21 +86,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         if not learner_id:
             raise InvalidArgument([("learner_id", "must not be empty")])
         authorize_learner(principal, learner_id)
-        if principal.role == "teacher" or (
-            principal.role == "district_admin" and principal.schools
-        ):
+        if scoped_by_roster(principal):
             try:
                 pseudonym = self._pseudonymizer.pseudonymize(tenant_id, learner_id)
             except UnknownTenantKey as exc:
                 raise Unavailable("no pseudonym key for this tenant") from exc
-            classes = self._replica.learner_classes(tenant_id, pseudonym)
-            if principal.role == "teacher":
-                allowed = bool(classes & set(principal.classes))
-            else:
-                schools = {self._replica.class_school(tenant_id, c) for c in classes}
-                allowed = bool(schools & set(principal.schools))
-            if not allowed:
-                raise PermissionDenied("learner outside the caller's scope")
+            authorize_enrolled(
+                principal,
+                self._replica.learner_classes(tenant_id, pseudonym),
+                lambda class_id: self._replica.class_school(tenant_id, class_id),
+            )
 
     async def NextActivities(
         self, request: recommender_pb2.NextActivitiesRequest, context: Context
@@ -157,9 +154,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         if violations or purpose is None:
             raise InvalidArgument(violations)
         authorize_class(principal, request.class_id)
-        if principal.role == "district_admin" and principal.schools:
-            school = self._replica.class_school(request.tenant_id, request.class_id)
-            authorize_school(principal, school or "")
+        authorize_class_school(
+            principal, self._replica.class_school(request.tenant_id, request.class_id)
+        )
         try:
             grouping = await self._service.group_learners(
                 GroupRequest(request.tenant_id, request.class_id, purpose, min_size, max_size)
