@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from trellis.mastery.adapters.state_codec import (
     MAGIC,
     StateFormatError,
+    decode,
     decode_state,
+    encode,
     encode_state,
 )
 from trellis.mastery.domain import (
@@ -29,10 +31,14 @@ from trellis.mastery.domain import (
     Override,
     Profile,
     ReviewDue,
+    SetGoal,
     SkillMastered,
     SkillState,
     StrugglingDetected,
+    TeacherOverride,
     apply_attempt,
+    apply_override,
+    apply_profile,
     event_digest,
 )
 
@@ -140,3 +146,23 @@ def test_a_digest_match_across_two_digests_is_no_match() -> None:
     assert state.seen_digests.find(straddling) == 4
     with mock.patch("trellis.mastery.domain.event_digest", return_value=straddling):
         assert not state.has_seen("anything")
+
+
+def params(_: str) -> BktParameters:
+    return DEFAULT
+
+
+def test_a_state_encoded_against_its_previous_one_has_the_same_bytes() -> None:
+    """The parts of the previous encoding (as written, or as read back) are reused only for the
+    values the new state still holds: the bytes are those of a fresh encoding."""
+    one, _ = apply_attempt(EMPTY, Attempt("e1", ("a", "b"), 1.0), params, T0)
+    two, _ = apply_attempt(one, Attempt("e2", ("b", "c"), 0.0, "sign"), params, T0)
+    three, _ = apply_override(two, TeacherOverride("e3", "a", 0.97, "t-1", "seen"), params, T0)
+    four = apply_profile(three, "e4", SetGoal(Goal("g1", "a", "Add")))
+    previous = encode(one)
+    for state in (two, three, four):
+        for base in (previous, decode(previous.data)):
+            encoded = encode(state, base)
+            assert encoded.data == encode_state(state)
+            assert decode_state(encoded.data) == state
+        previous = encode(state, previous)

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from trellis.mastery.domain import (
     EMPTY_PROFILE,
@@ -66,90 +65,121 @@ _LEVELS = tuple(Level)  # stored by position: only ever append levels
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-T = TypeVar("T")
-
-
 class StateFormatError(ValueError):
     """Stored bytes that are not a learner state of a known format."""
 
 
 def encode_state(state: LearnerState) -> bytes:
+    return encode(state).data
+
+
+class EncodedState(NamedTuple):
+    """A state, its stored bytes, and the bytes of the parts that the learner's next state
+    mostly shares: its skills (in `state.skills` order), its kept outputs (in `state.recent`
+    order) and its profile. Encoding the next state with this one as `previous` reuses the parts
+    of the values it still holds (the same objects: states are immutable) instead of encoding
+    them again, which was most of the cost of a write. (A named tuple: the cheapest to make.)"""
+
+    state: LearnerState
+    data: bytes
+    skill_parts: tuple[bytes, ...]
+    recent_parts: tuple[bytes, ...]
+    profile_part: bytes
+
+
+def encode(state: LearnerState, previous: EncodedState | None = None) -> EncodedState:
+    """Encode `state`; with `previous` (the learner's state as last encoded or decoded), its
+    parts are reused for the values the two states share."""
+    if previous is None:
+        skills = tuple([_skill_bytes(skill, skill_id) for skill_id, skill in state.skills.items()])
+        recent = tuple([_applied_bytes(applied) for applied in state.recent])
+        profile = _profile_bytes(state.profile)
+    else:
+        skills = _skill_parts(state, previous)
+        recent = _recent_parts(state, previous)
+        same = state.profile is previous.state.profile
+        profile = previous.profile_part if same else _profile_bytes(state.profile)
     out = [MAGIC, _U8.pack(FORMAT_VERSION), _U32.pack(len(state.seen_digests)), state.seen_digests]
-    out.append(_U16.pack(len(state.skills)))
-    out += [_MEMO.part(skill, skill_id, _skill_bytes) for skill_id, skill in state.skills.items()]
-    out.append(_U16.pack(len(state.recent)))
-    out += [_MEMO.part(applied, applied.event_id, _applied_bytes) for applied in state.recent]
+    out += [_U16.pack(len(skills)), *skills, _U16.pack(len(recent)), *recent]
     out.append(_U16.pack(len(state.class_ids)))
     for class_id in state.class_ids:
         _put_str(out, class_id)
     erased = state.erased_before
     out.append(_ERASED.pack(erased is not None, 0 if erased is None else _micros(erased)))
-    profile = b""
-    if state.profile is not EMPTY_PROFILE and state.profile != EMPTY_PROFILE:
-        profile = _MEMO.part(state.profile, "", _profile_bytes)
     out += [_U32.pack(len(profile)), profile]
-    return b"".join(out)
+    return EncodedState(state, b"".join(out), skills, recent, profile)
 
 
-class _PartsMemo:
-    """Encoded parts of the immutable values that consecutive states of a learner share (its
-    unchanged skills, the outputs kept for its recent events, its profile), by identity:
-    encoding them again on every write was most of the cost of a write. An entry holds its
-    value, so the value's id is not reused while the entry lives."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._parts: dict[int, tuple[object, str, bytes]] = {}
-
-    def part(self, value: T, name: str, encode: Callable[[T, str], bytes]) -> bytes:
-        entry = self._parts.get(id(value))
-        if entry is not None and entry[0] is value and entry[1] == name:
-            return entry[2]
-        encoded = encode(value, name)
-        if len(self._parts) >= self._size:
-            self._parts.clear()  # simple and rare: the next writes fill it again
-        self._parts[id(value)] = (value, name, encoded)
-        return encoded
+def _skill_parts(state: LearnerState, previous: EncodedState) -> tuple[bytes, ...]:
+    # A learner's skills keep their order (a new one comes last: `apply_attempt` copies the
+    # dict), so they line up with the previous state's by position.
+    before = list(previous.state.skills.items())
+    parts, known = previous.skill_parts, len(before)
+    return tuple(
+        [
+            parts[i]
+            if i < known and before[i][1] is skill and before[i][0] == skill_id
+            else _skill_bytes(skill, skill_id)
+            for i, (skill_id, skill) in enumerate(state.skills.items())
+        ]
+    )
 
 
-#: About 50 parts per learner: room for the learners of a few batches.
-_MEMO = _PartsMemo(size=250_000)
+def _recent_parts(state: LearnerState, previous: EncodedState) -> tuple[bytes, ...]:
+    # By identity: both states hold these values, so no two of them share an id.
+    kept = zip(previous.state.recent, previous.recent_parts, strict=True)
+    parts = {id(applied): part for applied, part in kept}
+    return tuple([parts.get(id(applied)) or _applied_bytes(applied) for applied in state.recent])
 
 
 def decode_state(data: bytes) -> LearnerState:
+    return decode(data).state
+
+
+def decode(data: bytes) -> EncodedState:
+    """The state stored as `data`, with its parts (for the JSON formats, of its binary form)."""
     try:
         if data[:1] == MAGIC:
             return _decode_binary(data)
-        return _decode_json(data)
+        return encode(_decode_json(data))
     except StateFormatError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, struct.error) as exc:
         raise StateFormatError(f"undecodable learner state: {exc}") from exc
 
 
-def _decode_binary(data: bytes) -> LearnerState:
+def _decode_binary(data: bytes) -> EncodedState:
     reader = _Reader(data, 1)
     (version,) = reader.unpack(_U8)
     if version != FORMAT_VERSION:
         raise StateFormatError(f"unknown learner state format {version!r}")
     seen = reader.blob(_U32)
     (count,) = reader.unpack(_U16)
-    skills = dict(_read_skill(reader) for _ in range(count))
+    skills: dict[str, SkillState] = {}
+    skill_parts = []
+    for _ in range(count):
+        start = reader.offset
+        skill_id, skill = _read_skill(reader)
+        skills[skill_id] = skill
+        skill_parts.append(data[start : reader.offset])
     (count,) = reader.unpack(_U16)
     recent = []
+    recent_parts = []
     for _ in range(count):
+        start = reader.offset
         event_id = reader.str()
         (outputs,) = reader.unpack(_U8)
         recent.append(
             AppliedEvent(event_id, tuple(_read_output(reader, event_id) for _ in range(outputs)))
         )
+        recent_parts.append(data[start : reader.offset])
     (count,) = reader.unpack(_U16)
     classes = tuple(reader.str() for _ in range(count))
     has_erased, erased = reader.unpack(_ERASED)
     profile = reader.blob(_U32)
     if reader.offset != len(data):
         raise StateFormatError("trailing bytes after the learner state")
-    return LearnerState(
+    state = LearnerState(
         skills=skills,
         seen_digests=seen,
         recent=tuple(recent),
@@ -157,6 +187,7 @@ def _decode_binary(data: bytes) -> LearnerState:
         class_ids=classes,
         erased_before=_from_micros(erased) if has_erased else None,
     )
+    return EncodedState(state, data, tuple(skill_parts), tuple(recent_parts), profile)
 
 
 def _state(
@@ -236,16 +267,18 @@ def _skill_bytes(s: SkillState, skill_id: str) -> bytes:
     return b"".join(out)
 
 
-def _applied_bytes(applied: AppliedEvent, event_id: str) -> bytes:
+def _applied_bytes(applied: AppliedEvent) -> bytes:
     out: list[bytes] = []
-    _put_str(out, event_id)
+    _put_str(out, applied.event_id)
     out.append(_U8.pack(len(applied.outputs)))
     for output in applied.outputs:
         _put_output(out, output)
     return b"".join(out)
 
 
-def _profile_bytes(profile: Profile, _: str) -> bytes:
+def _profile_bytes(profile: Profile) -> bytes:
+    if profile is EMPTY_PROFILE or profile == EMPTY_PROFILE:
+        return b""
     document = _encode_profile(profile)
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 

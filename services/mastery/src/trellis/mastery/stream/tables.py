@@ -25,10 +25,11 @@ from faust.types import TP, StoreT, TableT
 from trellis.common.codec import learner_key
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.partitioning import partition_of
-from trellis.mastery.adapters.state_codec import decode_state, encode_state
+from trellis.mastery.adapters.state_codec import EncodedState, decode, decode_state, encode
 from trellis.mastery.domain import LearnerState
 
-#: Decoded states kept per worker, keyed like the table (forgotten on every rebalance).
+#: Decoded states kept per worker, keyed like the table (forgotten on every rebalance), each
+#: with the encoded parts that its learner's next write reuses.
 DECODED_CACHE_SIZE = 10_000
 
 LEARNERS = "learners"
@@ -78,24 +79,25 @@ class TableLearnerStore:
         self._app = app
         self._table = table
         self._erased = erased
-        self._decoded: dict[bytes, LearnerState] = {}
+        self._decoded: dict[bytes, EncodedState] = {}
         self._source_topic = source_topic
         self._partitions = partitions
 
     def get(self, key: bytes) -> LearnerState | None:
         cached = self._decoded.get(key)
         if cached is not None:
-            return cached
+            return cached.state
         stored = self._table.get(key)
         if stored is None:
             return None
-        state = decode_state(stored)
-        self._remember(key, state)
-        return state
+        decoded = decode(stored)
+        self._remember(key, decoded)
+        return decoded.state
 
     def put(self, key: bytes, state: LearnerState) -> None:
-        self._table[key] = encode_state(state)
-        self._remember(key, state)
+        encoded = encode(state, self._decoded.get(key))
+        self._table[key] = encoded.data
+        self._remember(key, encoded)
 
     async def write_stored_first(
         self,
@@ -114,19 +116,24 @@ class TableLearnerStore:
         recovery, which replays the changelog from the persisted offset on. Each key is written
         inside `acting_for(key)`: the partition comes from Faust's current event."""
         changes: list[tuple[TableT[bytes, bytes], bytes, bytes | None]] = []
-        for key, state in states.items():
+        # Each new state encoded against the learner's previous one (still the cached one).
+        encoded = {
+            key: None if state is None else encode(state, self._decoded.get(key))
+            for key, state in states.items()
+        }
+        for key, state in encoded.items():
             at = erased.get(key)
             if at is not None:
                 if self._erased is None:
                     raise RuntimeError("this store has no erased-marker table")
                 changes += [(self._table, key, None), (self._erased, key, at.isoformat().encode())]
             if state is not None:
-                changes.append((self._table, key, encode_state(state)))
+                changes.append((self._table, key, state.data))
         if not changes:
             return
         # Reads see the new states at once (their outputs are stored; after a crash the same
         # events give them again), not one changelog round trip after the outputs.
-        self._show(states, acting_for)
+        self._show(encoded, acting_for)
         sent = []
         for table, key, value in changes:
             with acting_for(key):
@@ -145,13 +152,13 @@ class TableLearnerStore:
                     self._app.sensors.on_table_del(table, key)
             where = (table, TP(record.topic, record.partition))
             persisted[where] = max(persisted.get(where, -1), record.offset)
-        self._show(states, acting_for)  # again: a read in between may have cached the disk's
+        self._show(encoded, acting_for)  # again: a read in between may have cached the disk's
         for (table, tp), offset in persisted.items():
             cast(StoreT[bytes, bytes], table.data).set_persisted_offset(tp, offset)
 
     def _show(
         self,
-        states: Mapping[bytes, LearnerState | None],
+        states: Mapping[bytes, EncodedState | None],
         acting_for: Callable[[bytes], AbstractContextManager[object]],
     ) -> None:
         """Make `states` what reads get, and tell the sensors (the read API's applied offsets
@@ -161,7 +168,7 @@ class TableLearnerStore:
             with acting_for(key):
                 if state is not None:
                     self._remember(key, state)
-                    self._app.sensors.on_table_set(self._table, key, state)
+                    self._app.sensors.on_table_set(self._table, key, state.state)
                 else:
                     self._app.sensors.on_table_del(self._table, key)
 
@@ -170,7 +177,7 @@ class TableLearnerStore:
         recovery or standby updates can change the table of a partition that becomes ours)."""
         self._decoded.clear()
 
-    def _remember(self, key: bytes, state: LearnerState) -> None:
+    def _remember(self, key: bytes, state: EncodedState) -> None:
         # Decoding is most of the cost of a read, reading RocksDB much of the rest. Between two
         # rebalances only this store writes the active partitions, so the cache is their truth.
         self._decoded.pop(key, None)
@@ -187,10 +194,11 @@ class TableLearnerStore:
         for key, stored in list(self._table.items()):
             if stored is not None and key.startswith(prefix):
                 scanned.add(key)
-                yield key, self._decoded.get(key) or decode_state(stored)
-        for key, state in list(self._decoded.items()):
+                cached = self._decoded.get(key)
+                yield key, decode_state(stored) if cached is None else cached.state
+        for key, held in list(self._decoded.items()):
             if key.startswith(prefix) and key not in scanned:
-                yield key, state
+                yield key, held.state
 
     def erase(self, key: bytes, erased_at: datetime) -> None:
         if self._erased is None:
