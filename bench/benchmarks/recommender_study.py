@@ -26,6 +26,10 @@ drawn from the same seed; only the order of practice differs):
 - `linear`: the simulator's `FixedSequence` through the skills in topological order (move on after
   three correct in a row or twelve attempts on a skill).
 - `random`: the simulator's `RandomOrder` (a random skill of the grade, a random item).
+- `oracle_prerequisites_first`: a yardstick, not a contender (`PrerequisitesFirstOracle`: it
+  reads the simulator's truth); printed to show what the rule "no recommendation whose
+  prerequisites are unmastered" costs in this simulator, where an unknown prerequisite only
+  slows learning (0.3x).
 
 Each learner lives through school days as `LearnerRun` simulates them (sessions, resources,
 forgetting over days, gaps, late joiners); an attempt counts whatever policy chose it. The measure
@@ -63,12 +67,13 @@ from trellis.mastery.fitting import fit_model
 from trellis.mastery.prediction import ModelSet
 from trellis.recommender import model as rec
 from trellis.recommender.policy import DEFAULT_CONFIG, candidate_items, recommend
-from trellis.simulator.district import District, DistrictConfig, Learner, build_district
+from trellis.simulator.district import District, DistrictConfig, Item, Learner, build_district
 from trellis.simulator.export import EVALUATION_HEADER, evaluation_rows
 from trellis.simulator.learners import (
     BehaviourConfig,
     FixedSequence,
     FollowRecommendations,
+    History,
     LearnerRun,
     Offer,
     Option,
@@ -79,7 +84,7 @@ from trellis.simulator.learners import (
 SEED = 7
 CAP = 200
 BOOTSTRAP = 2_000
-ARMS = ("trellis_fitted", "trellis_default", "linear", "random")
+ARMS = ("trellis_fitted", "trellis_default", "linear", "random", "oracle_prerequisites_first")
 # The district's log before the study: learners of its own, drawn by the same generator from
 # another seed, following the teacher's fixed sequence for the simulator's default four weeks.
 TRAINING_LEARNERS = 1_000
@@ -236,6 +241,28 @@ class TrellisLoop:
         )
 
 
+class PrerequisitesFirstOracle:
+    """Not a policy anyone can run, a yardstick: it reads the simulator's truth (the run's
+    `known`) and practises the first skill in curriculum order that the learner does not know
+    (an item at random: in the simulator an item's difficulty does not change what an attempt
+    teaches). It never sends a learner to a skill before its prerequisites are learned and
+    spends no attempt collecting evidence: about the least a policy keeping Trellis's rule (no
+    recommendation whose prerequisites are unmastered) can need here."""
+
+    name = "oracle"
+
+    def __init__(self) -> None:
+        self.known: dict[str, bool] = {}
+
+    def choose(self, history: History, district: District, rng: np.random.Generator) -> Item:
+        skill = next(
+            (s for s in history.skills if not self.known.get(s.skill_id, False)),
+            history.skills[-1],
+        )
+        items = district.items_by_skill[skill.skill_id]
+        return items[int(rng.integers(0, len(items)))]
+
+
 @dataclass
 class Outcome:
     attempts: int
@@ -265,9 +292,13 @@ def run_learner(
         policy = FollowRecommendations(learner, loop)
     elif arm == "linear":
         policy = FixedSequence()
-    else:
+    elif arm == "random":
         policy = RandomOrder()
+    else:
+        policy = PrerequisitesFirstOracle()
     run = LearnerRun(district, learner, behaviour, policy=policy)
+    if isinstance(policy, PrerequisitesFirstOracle):
+        policy.known = run.known  # the run updates it in place
     if run.known[goal]:
         return Outcome(0, True, True, learner.kind)
     attempts = on_known = 0
@@ -364,13 +395,13 @@ def study(learners: int, seed: int = SEED, log: Callable[[str], None] = print) -
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"{'arm':<16} {'n':>4} {'mean':>7} {'95% CI':>17} {'median':>7} "
+        f"{'arm':<26} {'n':>4} {'mean':>7} {'95% CI':>17} {'median':>7} "
         f"{'never':>6} {'at start':>8}"
     ]
     for arm, a in result["arms"].items():
         ci = f"[{a['ci95'][0]:.1f}, {a['ci95'][1]:.1f}]"
         lines.append(
-            f"{arm:<16} {a['learners']:>4} {a['mean_attempts']:>7.1f} {ci:>17} "
+            f"{arm:<26} {a['learners']:>4} {a['mean_attempts']:>7.1f} {ci:>17} "
             f"{a['median_attempts']:>7.1f} {a['never_mastered_within_cap']:>6} "
             f"{a['known_goal_at_start']:>8}"
         )
