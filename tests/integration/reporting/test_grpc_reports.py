@@ -250,6 +250,29 @@ async def test_a_learner_sees_their_own_view_and_timeline_only(stub: Stub) -> No
     assert await code_of(other) == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_learner_view_out_of_scope_shows_no_evidence_and_no_goals(stub: Stub) -> None:
+    async def view(token: str) -> reporting_pb2.LearnerView:
+        return await stub.GetLearnerView(
+            R.GetLearnerViewRequest(tenant_id=TENANT, learner_id="n02"), metadata=auth(token)
+        )
+
+    # n02 is enrolled in c1 (school-n) and set goal g1.
+    for token in ("teacher-c1", "admin"):
+        assert [g.goal_id for g in (await view(token)).goals] == ["g1"]
+    for token in ("teacher-c2", "admin-se"):
+        answer = await view(token)
+        assert (list(answer.skills), list(answer.goals)) == ([], [])
+
+
+async def test_store_stats_are_for_admins_of_the_whole_tenant(stub: Stub) -> None:
+    request = R.GetStoreStatsRequest(tenant_id=TENANT)
+    assert (await stub.GetStoreStats(request, metadata=auth("admin"))).tables
+    for token in ("admin-se", "teacher-c1", "learner-n02"):
+        assert await code_of(stub.GetStoreStats(request, metadata=auth(token))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+
+
 def cells(rollup: reporting_pb2.DistrictRollup) -> list[tuple[str, int, int]]:
     return [(c.key, c.learners, c.suppression) for c in rollup.cells]
 

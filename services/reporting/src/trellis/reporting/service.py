@@ -386,9 +386,16 @@ class ReportingService:
         self, tenant_id: str, sis_learner_id: str, scope: Scope, remaining_s: float | None = None
     ) -> LearnerView:
         progress = await self.learner_progress(tenant_id, sis_learner_id, scope)
-        goals = await self._run(
-            lambda: self._store.learner_goals(
-                tenant_id, progress.learner_id, timeout_s=self._timeout(remaining_s)
+        # Goals are kept per learner, not per class: a caller scoped to classes or schools sees
+        # them only for a learner with evidence in its scope (else nothing makes them theirs).
+        limited = scope.classes is not None or scope.schools is not None
+        goals = (
+            []
+            if limited and not progress.skills
+            else await self._run(
+                lambda: self._store.learner_goals(
+                    tenant_id, progress.learner_id, timeout_s=self._timeout(remaining_s)
+                )
             )
         )
         by_skill = {p.skill_id: p for p in progress.skills}

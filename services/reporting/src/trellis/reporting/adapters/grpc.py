@@ -5,8 +5,11 @@ Who may call what (DESIGN.md §3a), always within the caller's tenant:
   a district admin (their schools, or all when unscoped), a platform admin.
 - GetClassHeatmap: a teacher of the class, a district admin (rows of their schools), a platform
   admin. Learners never see other learners' data.
-- GetStoreStats: district and platform admins.
+- GetStoreStats: district admins of the whole tenant (the counts are the tenant's) and platform
+  admins.
 `service` principals (learning tools, SIS feeds) write; they read no reports.
+Rows outside a caller's classes or schools are filtered out of every answer (a learner outside
+them reads as having no evidence, and no goals), see docs/authorization.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from trellis.common.grpc.auth import (
     current_principal,
     require_role,
 )
-from trellis.common.grpc.errors import InvalidArgument, NotFound, Unavailable
+from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from trellis.common.pseudonym import UnknownTenantKey
 from trellis.common.settings import Principal, Role
@@ -140,6 +143,8 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         principal = current_principal()
         require_role(principal, *ADMINS)
         authorize_tenant(principal, request.tenant_id)
+        if principal.role != "platform_admin" and principal.schools:
+            raise PermissionDenied("store statistics cover the whole tenant, not only its schools")
         counts = await _answer(self._service.store_stats(request.tenant_id))
         return reporting_pb2.StoreStats(
             tables=[
