@@ -89,7 +89,25 @@ async def test_auth_missing_wrong_other_tenant_other_school_other_class(
     assert await code_of(record(ingest, mixed, school)) == grpc.StatusCode.PERMISSION_DENIED
 
     teacher = bearer(TEACHER_TOKEN)
+    # A teacher writes about the learners the roster enrols in their class, no one else.
+    assert await code_of(record(ingest, [at("a7")], teacher)) == grpc.StatusCode.PERMISSION_DENIED
+    enrol = ingest_pb2.UpsertRosterRequest(
+        tenant_id=TEST_TENANT,
+        records=[
+            roster_pb2.RosterRecord(
+                enrollment=roster_pb2.Enrollment(
+                    sourced_id="enr-1", class_id="c1", user_id="sis-1", role="learner"
+                )
+            )
+        ],
+    )
+    assert [r.status for r in (await ingest.UpsertRoster(enrol, metadata=AUTH)).results] == [
+        ACCEPTED
+    ]
     assert [r.status for r in await record(ingest, [at("a7")], teacher)] == [ACCEPTED]
+    stranger = at("a7b")
+    stranger.learner_id = "sis-2"
+    assert await code_of(record(ingest, [stranger], teacher)) == grpc.StatusCode.PERMISSION_DENIED
     assert (
         await code_of(record(ingest, [at("a8", klass="c2")], teacher))
         == grpc.StatusCode.PERMISSION_DENIED
@@ -102,6 +120,29 @@ async def test_auth_missing_wrong_other_tenant_other_school_other_class(
         await code_of(ingest.UpsertRoster(roster, metadata=teacher))
         == grpc.StatusCode.PERMISSION_DENIED
     )
+
+    # A token scoped to schools writes the roster of its schools only, and never the catalog.
+    def classes(*schools: str) -> ingest_pb2.UpsertRosterRequest:
+        return ingest_pb2.UpsertRosterRequest(
+            tenant_id=TEST_TENANT,
+            records=[
+                roster_pb2.RosterRecord(
+                    school_class=roster_pb2.SchoolClass(sourced_id=f"c-{s}", school_id=s)
+                )
+                for s in schools
+            ],
+        )
+
+    reply = await ingest.UpsertRoster(classes("sch1"), metadata=school)
+    assert [r.status for r in reply.results] == [ACCEPTED]
+    denied_roster = ingest.UpsertRoster(classes("sch1", "sch2"), metadata=school)
+    assert await code_of(denied_roster) == grpc.StatusCode.PERMISSION_DENIED
+    catalog = ingest_pb2.UpsertCatalogRequest(
+        tenant_id=TEST_TENANT,
+        records=[catalog_pb2.CatalogRecord(skill=catalog_pb2.Skill(skill_id="s"))],
+    )
+    denied_catalog = ingest.UpsertCatalog(catalog, metadata=school)
+    assert await code_of(denied_catalog) == grpc.StatusCode.PERMISSION_DENIED
 
     async def stream() -> AsyncIterator[envelope_pb2.Envelope]:
         yield at("a9", school="sch2")

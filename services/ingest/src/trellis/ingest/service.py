@@ -101,6 +101,15 @@ class IngestService:
             return False
         return True
 
+    def enrolled(self, tenant_id: str, class_id: str, sis_learner_id: str) -> bool:
+        """Whether the roster enrols the learner (SIS id) in the class."""
+        pseudonym = self._pseudonym(tenant_id, sis_learner_id)
+        return self._roster.enrolled(tenant_id, class_id, pseudonym)
+
+    def roster_schools(self, tenant_id: str, record: roster_pb2.RosterRecord) -> set[str]:
+        """The schools a roster record writes into (RosterView.schools_named)."""
+        return self._roster.schools_named(tenant_id, record)
+
     async def record_events(
         self,
         tenant_id: str,

@@ -1,4 +1,11 @@
-"""The ingest gRPC servicer: authorizes, translates protobuf to the use case and back."""
+"""The ingest gRPC servicer: authorizes, translates protobuf to the use case and back.
+
+Who may write what (DESIGN.md §3a, docs/authorization.md), always within the caller's tenant:
+activity from services, teachers, district and platform admins, each event in the caller's
+schools (and a teacher's classes, about a learner the roster enrols in that class); roster from
+services and admins, each record in the caller's schools; the catalog (tenant-wide) from services
+and admins scoped to the whole tenant. Learners write nothing here.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +23,15 @@ from trellis.common.grpc.auth import (
     current_principal,
     require_role,
 )
-from trellis.common.grpc.errors import InvalidArgument, ResourceExhausted, Unavailable
-from trellis.common.pb.events.v1 import envelope_pb2
+from trellis.common.grpc.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from trellis.common.settings import Role
+from trellis.common.settings import Principal, Role
 from trellis.ingest.adapters.metrics import count_outcomes
 from trellis.ingest.service import (
     IngestService,
@@ -90,6 +102,28 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if not self._service.knows_tenant(tenant_id):
             raise InvalidArgument([("tenant_id", "is not a tenant of this ingest")])
 
+    def _authorize_learners(self, tenant_id: str, events: Sequence[envelope_pb2.Envelope]) -> None:
+        """A teacher writes only about learners the roster enrols in the event's class: mastery
+        takes the classes a learner's events name as the classes that may read them."""
+        if current_principal().role != "teacher":
+            return
+        for event in events:
+            # An event without a learner is rejected on its own by validation.
+            if event.learner_id and not self._service.enrolled(
+                tenant_id, event.class_id, event.learner_id
+            ):
+                raise PermissionDenied("learner not enrolled in the class by the roster")
+
+    def _authorize_roster(self, tenant_id: str, records: Sequence[roster_pb2.RosterRecord]) -> None:
+        """A caller scoped to schools writes the roster of its schools only: no record of
+        another school, and no class (or enrollment in one) that the roster places elsewhere."""
+        principal = current_principal()
+        if not _scoped_to_schools(principal):
+            return
+        for record in records:
+            for school_id in self._service.roster_schools(tenant_id, record):
+                authorize_school(principal, school_id)
+
     async def _answer(
         self, tenant_id: str, kind: str, outcomes: list[ItemOutcome]
     ) -> list[ingest_pb2.ItemResult]:
@@ -104,6 +138,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.RecordEventsResponse:
         self._check_batch(request.tenant_id, "events", len(request.events), WRITERS)
         _authorize_schools(request.events)
+        self._authorize_learners(request.tenant_id, request.events)
         async with self._in_flight:
             outcomes = await self._service.record_events(
                 request.tenant_id, request.events, datetime.now(UTC)
@@ -127,6 +162,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             authorize_tenant(principal, tenant_id)
             self._check_tenant(tenant_id)
             _authorize_schools([event])
+            self._authorize_learners(tenant_id, [event])
             async with self._in_flight:
                 (outcome,) = await self._service.record_events(
                     tenant_id, [event], datetime.now(UTC), first_index=index
@@ -139,6 +175,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.UpsertRosterRequest, context: Context
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
+        self._authorize_roster(request.tenant_id, request.records)
         async with self._in_flight:
             try:
                 outcomes = await self._service.upsert_roster(
@@ -154,6 +191,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.UpsertCatalogRequest, context: Context
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
+        if _scoped_to_schools(current_principal()):
+            raise PermissionDenied(
+                "the catalog is tenant-wide: callers scoped to schools may not write it"
+            )
         async with self._in_flight:
             try:
                 outcomes = await self._service.upsert_catalog(request.tenant_id, request.records)
@@ -162,6 +203,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.UpsertResponse(
             results=await self._answer(request.tenant_id, "catalog", outcomes)
         )
+
+
+def _scoped_to_schools(principal: Principal) -> bool:
+    return principal.role != "platform_admin" and bool(principal.schools)
 
 
 def _authorize_schools(events: Sequence[envelope_pb2.Envelope]) -> None:

@@ -1,0 +1,180 @@
+"""The roster view: class schools and learners' enrollments, with the topic's tombstones; and the
+servicer's rule built on it: a teacher writes only about the learners of their classes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from pydantic import SecretStr
+
+from tests.unit.ingest.test_properties import TENANT, MemoryPublisher, call_as, valid_event
+from trellis.common.codec import encode_roster
+from trellis.common.grpc.errors import PermissionDenied
+from trellis.common.pb.events.v1 import catalog_pb2, roster_pb2
+from trellis.common.pb.ingest.v1 import ingest_pb2
+from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.settings import Principal
+from trellis.ingest.adapters.follower import roster_applier
+from trellis.ingest.adapters.grpc import IngestServicer
+from trellis.ingest.catalog import CatalogView
+from trellis.ingest.dedup import DedupWindow
+from trellis.ingest.roster import RosterView
+from trellis.ingest.service import IngestService
+
+PSEUDONYMS = Pseudonymizer({TENANT: {1: SecretStr("k")}})
+
+
+def enrollment(
+    sourced_id: str, class_id: str, user_id: str, role: str = "learner"
+) -> roster_pb2.RosterRecord:
+    return roster_pb2.RosterRecord(
+        tenant_id=TENANT,
+        enrollment=roster_pb2.Enrollment(
+            sourced_id=sourced_id, class_id=class_id, user_id=user_id, role=role
+        ),
+    )
+
+
+def test_enrollments_of_learners_are_kept_moved_and_removed() -> None:
+    view = RosterView()
+    view.apply(enrollment("e1", "c1", "p1"))
+    view.apply(enrollment("e2", "c1", "p1"))  # two records for the same pair
+    view.apply(enrollment("e3", "c1", "t1", role="teacher"))
+    assert view.enrolled(TENANT, "c1", "p1")
+    assert not view.enrolled(TENANT, "c1", "t1") and not view.enrolled("other", "c1", "p1")
+    view.apply(enrollment("e1", "c2", "p1"))  # e1 moves to c2; e2 still enrols p1 in c1
+    assert view.enrolled(TENANT, "c1", "p1") and view.enrolled(TENANT, "c2", "p1")
+    view.remove(TENANT, "enrollment", "e2")
+    assert not view.enrolled(TENANT, "c1", "p1") and view.enrolled(TENANT, "c2", "p1")
+    view.remove(TENANT, "enrollment", "unknown")
+
+
+def test_the_applier_follows_records_and_tombstones() -> None:
+    view = RosterView()
+    apply = roster_applier(view)
+    for record in (
+        enrollment("e1", "c1", "p1"),
+        roster_pb2.RosterRecord(
+            tenant_id=TENANT, school_class=roster_pb2.SchoolClass(sourced_id="c1", school_id="s1")
+        ),
+    ):
+        encoded = encode_roster(record)
+        apply(encoded.key, encoded.value, encoded.headers)
+    assert view.enrolled(TENANT, "c1", "p1") and view.school_of(TENANT, "c1") == "s1"
+    apply(f"{TENANT}/enrollment/e1".encode(), None, [])
+    apply(f"{TENANT}/school_class/c1".encode(), None, [])
+    apply(b"not-a-roster-key", None, [])
+    assert not view.enrolled(TENANT, "c1", "p1") and view.school_of(TENANT, "c1") is None
+
+
+def servicer_with(view: RosterView) -> IngestServicer:
+    service = IngestService(
+        MemoryPublisher(), PSEUDONYMS, DedupWindow(1_000), CatalogView(), roster=view
+    )
+    return IngestServicer(service, max_batch_size=5, max_in_flight=2)
+
+
+TEACHER = Principal(tenant_id=TENANT, role="teacher", schools=["s1"], classes=["c1"])
+
+
+def test_a_teacher_writes_only_about_learners_enrolled_in_the_class() -> None:
+    view = RosterView()
+    servicer = servicer_with(view)
+    request = ingest_pb2.RecordEventsRequest(tenant_id=TENANT, events=[valid_event()])
+    with pytest.raises(PermissionDenied):
+        call_as(TEACHER, servicer.RecordEvents, request)
+    # Services are trusted feeds: the roster does not limit them.
+    reply = call_as(Principal(tenant_id=TENANT), servicer.RecordEvents, request)
+    assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
+
+    view.apply(enrollment("e1", "c1", PSEUDONYMS.pseudonymize(TENANT, "sis-1")))
+    event = valid_event()
+    event.event_id = "e2"
+    request = ingest_pb2.RecordEventsRequest(tenant_id=TENANT, events=[event])
+    reply = call_as(TEACHER, servicer.RecordEvents, request)
+    assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
+    view.remove(TENANT, "enrollment", "e1")
+    with pytest.raises(PermissionDenied) as denied:
+        call_as(TEACHER, servicer.RecordEvents, request)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_teachers_stream_is_checked_per_event() -> None:
+    servicer = servicer_with(RosterView())
+
+    async def consume() -> None:
+        async def events():  # type: ignore[no-untyped-def]
+            yield valid_event()
+
+        async for _ in servicer.StreamEvents(events(), None):  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(PermissionDenied):
+        call_as(TEACHER, lambda _r, _c: consume(), None)
+
+
+def school_class(class_id: str, school_id: str) -> roster_pb2.RosterRecord:
+    return roster_pb2.RosterRecord(
+        tenant_id=TENANT,
+        school_class=roster_pb2.SchoolClass(sourced_id=class_id, school_id=school_id),
+    )
+
+
+def test_the_schools_a_roster_record_writes_into() -> None:
+    view = RosterView()
+    view.apply(school_class("c1", "s1"))
+    moved = school_class("c1", "s2")
+    into_c1 = enrollment("e1", "c1", "p1")
+    into_c1.enrollment.school_id = "s2"
+    assert view.schools_named(TENANT, moved) == {"s1", "s2"}  # out of s1, into s2
+    assert view.schools_named(TENANT, into_c1) == {"s1", "s2"}
+    assert view.schools_named(TENANT, school_class("c9", "s3")) == {"s3"}
+    assert view.schools_named(
+        TENANT, roster_pb2.RosterRecord(org=roster_pb2.Org(sourced_id="s4"))
+    ) == {"s4"}
+    assert view.schools_named(
+        TENANT, roster_pb2.RosterRecord(learner=roster_pb2.Learner(sourced_id="x"))
+    ) == {""}
+
+
+SCHOOL_ADMIN = Principal(tenant_id=TENANT, role="district_admin", schools=["s1"])
+
+
+def test_callers_scoped_to_schools_write_the_roster_of_their_schools_only() -> None:
+    view = RosterView()
+    view.apply(school_class("c2", "s2"))
+    servicer = servicer_with(view)
+
+    def upsert(principal: Principal, *records: roster_pb2.RosterRecord) -> object:
+        request = ingest_pb2.UpsertRosterRequest(tenant_id=TENANT, records=records)
+        return call_as(principal, servicer.UpsertRoster, request)
+
+    mine = enrollment("e1", "c1", "sis-1")
+    mine.enrollment.school_id = "s1"
+    for principal in (SCHOOL_ADMIN, Principal(tenant_id=TENANT, schools=["s1"])):
+        upsert(principal, school_class("c1", "s1"), mine)
+        into_c2 = enrollment("e2", "c2", "sis-1")
+        into_c2.enrollment.school_id = "s1"  # names s1, but the roster places c2 in s2
+        for records in ([school_class("c3", "s2")], [mine, into_c2], [school_class("c2", "s1")]):
+            with pytest.raises(PermissionDenied):
+                upsert(principal, *records)
+    # Tenant-wide callers write any school.
+    upsert(Principal(tenant_id=TENANT, role="district_admin"), school_class("c2", "s1"))
+
+
+def test_the_catalog_is_written_by_tenant_wide_callers_only() -> None:
+    servicer = servicer_with(RosterView())
+    request = ingest_pb2.UpsertCatalogRequest(
+        tenant_id=TENANT,
+        records=[catalog_pb2.CatalogRecord(skill=catalog_pb2.Skill(skill_id="a"))],
+    )
+    for principal in (SCHOOL_ADMIN, Principal(tenant_id=TENANT, schools=["s1"])):
+        with pytest.raises(PermissionDenied):
+            call_as(principal, servicer.UpsertCatalog, request)
+    for principal in (
+        Principal(tenant_id=TENANT),
+        Principal(tenant_id=TENANT, role="district_admin"),
+        Principal(tenant_id="ops", role="platform_admin", schools=["s1"]),
+    ):
+        reply = call_as(principal, servicer.UpsertCatalog, request)
+        assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
