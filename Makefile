@@ -26,8 +26,12 @@ lint: setup ## ruff, mypy, import contracts and the proto compatibility check
 	.venv/bin/lint-imports
 	$(PY) tools/proto_compat.py
 
+.PHONY: helm
+helm: ## Install the pinned helm (in .local/tools, with Go) that renders deploy/helm/trellis in the tests
+	@tools/helm.sh
+
 .PHONY: test
-test: setup lint ## Lint, then unit, contract, integration and e2e tests on a Kafka broker of their own
+test: setup lint helm ## Lint, then unit, contract, integration and e2e tests on a Kafka broker of their own
 	tools/run-tests.sh
 
 .PHONY: bench
