@@ -1,8 +1,9 @@
-"""Reading the Kubernetes manifests of deploy/k8s the way a cluster would see them.
+"""The Kubernetes manifests of the Helm chart (deploy/helm/trellis), as `helm template` renders
+them, and the settings a container of them would build.
 
-The base is read straight from its files (resources and the ConfigMap generator's env files), so
-its checks need nothing installed. Overlays need Kustomize: they are rendered with `kustomize
-build` or `kubectl kustomize` when either is on PATH.
+Helm is the pinned one that tools/helm.sh installs into .local/tools/bin (`make helm`, a
+dependency of `make test`). tools/run-tests.sh passes its path as TRELLIS_HELM, so under `make
+test` the chart's tests run or fail, never skip; elsewhere they skip when no helm is found.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -19,53 +21,56 @@ from pydantic import BaseModel
 
 from trellis.common.settings import Settings
 
-K8S = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
-BASE = K8S / "base"
-OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "deploy" / "helm" / "trellis"
+# Example values files beside the chart (one per kind of district).
+EXAMPLE_VALUES = sorted((ROOT / "deploy" / "helm").glob("*.yaml"))
+NAMESPACE = "trellis"
 SERVICES = ("ingest", "mastery", "recommender", "reporting")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+SKIP_REASON = "helm is not installed: `make helm` (tools/helm.sh) installs it into .local/tools/bin"
 
 Doc = dict[str, Any]
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines, as Kustomize's configMapGenerator `envs` reads them."""
-    pairs = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value
-    return pairs
+def helm_path() -> str | None:
+    """TRELLIS_HELM when set (it must then work), else the project's install, else PATH."""
+    if configured := os.environ.get("TRELLIS_HELM"):
+        return configured
+    installed = ROOT / ".local" / "tools" / "bin" / "helm"
+    return str(installed) if installed.is_file() else shutil.which("helm")
 
 
-def load_base() -> list[Doc]:
-    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
-    docs = [
-        doc
-        for resource in kustomization["resources"]
-        for doc in yaml.safe_load_all((BASE / resource).read_text())
-        if doc
-    ]
-    for generator in kustomization.get("configMapGenerator", []):
-        data: dict[str, str] = {}
-        for env_file in generator.get("envs", []):
-            data.update(read_env_file(BASE / env_file))
-        docs.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
-    return docs
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    command = helm_path()
+    assert command is not None, SKIP_REASON
+    return subprocess.run([command, *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
+@dataclass(frozen=True)
+class Release:
+    """One `helm template` of the chart: a release name, values files and --set pairs."""
+
+    name: str = "trellis"
+    values: tuple[Path, ...] = ()
+    set_values: tuple[str, ...] = ()
+
+    def args(self) -> list[str]:
+        return [
+            "template",
+            self.name,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            *(f"--values={path}" for path in self.values),
+            *(f"--set={pair}" for pair in self.set_values),
+        ]
 
 
-def render(directory: Path) -> list[Doc]:
-    command = kustomize_command()
-    assert command is not None
-    out = subprocess.run([*command, str(directory)], capture_output=True, text=True, check=True)
+def render(release: Release) -> list[Doc]:
+    out = helm(*release.args())
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -105,9 +110,9 @@ def container_env(docs: list[Doc], container: Doc) -> dict[str, Doc]:
 def settings_env_names(model: type[BaseModel] = Settings, prefix: str = "TRELLIS_") -> set[str]:
     """Every environment variable that the settings model reads (nested models with `__`)."""
     names = set()
-    for name, field in model.model_fields.items():
+    for name, field_info in model.model_fields.items():
         env_name = f"{prefix}{name.upper()}"
-        annotation = field.annotation
+        annotation = field_info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             names |= settings_env_names(annotation, f"{env_name}__")
         else:

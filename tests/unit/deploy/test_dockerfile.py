@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.deploy.manifests import WORKLOAD_KINDS, load_base, of_kind
+from tests.unit.deploy.manifests import (
+    SKIP_REASON,
+    WORKLOAD_KINDS,
+    Release,
+    helm_path,
+    of_kind,
+    render,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -27,9 +34,10 @@ def test_the_image_uses_the_uv_that_the_makefile_pins() -> None:
     assert f"ghcr.io/astral-sh/uv:{pinned} " in DOCKERFILE
 
 
-def test_the_image_runs_as_the_user_the_manifests_name() -> None:
+@pytest.mark.skipif(helm_path() is None, reason=SKIP_REASON)
+def test_the_image_runs_as_the_user_the_chart_names() -> None:
     [(uid, gid)] = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE, re.MULTILINE)
     assert f"--uid {uid} " in DOCKERFILE, "the user exists in the image"
-    for doc in of_kind(load_base(), *WORKLOAD_KINDS):
+    for doc in of_kind(render(Release()), *WORKLOAD_KINDS):
         pod = doc["spec"]["template"]["spec"]["securityContext"]
         assert (pod["runAsUser"], pod["runAsGroup"]) == (int(uid), int(gid))

@@ -1,25 +1,31 @@
-"""deploy/k8s against the code: the manifests may only name settings that exist, must listen where
-the settings say, must provide every topic the code uses, and must keep pods unprivileged.
+"""deploy/helm/trellis against the code: the rendered manifests may only name settings that exist,
+must listen where the settings say, must provide every topic the code uses, and must keep pods
+unprivileged; the chart refuses values that would break those rules.
 
-Each check runs on the base read from its files, and on the base and every overlay as Kustomize
-renders them when `kustomize` or `kubectl` is installed.
+Each check runs on the chart as `helm template` renders it with its default values, with every
+example values file (deploy/helm/*.yaml), and under another release name (names derive from it).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 
 from tests.unit.deploy.manifests import (
-    BASE,
-    OVERLAYS,
+    CHART,
+    EXAMPLE_VALUES,
     SERVICES,
+    SKIP_REASON,
+    WORKLOAD_KINDS,
     Doc,
+    Release,
     container_env,
-    kustomize_command,
-    load_base,
+    helm,
+    helm_path,
     of_kind,
     render,
     settings_env_names,
@@ -31,27 +37,24 @@ from trellis.common.kafka import ALL_TOPICS, COMPACTED
 from trellis.common.settings import Settings
 from trellis.mastery.stream.tables import TABLE_NAMES
 
-pytestmark = pytest.mark.unit
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.skipif(helm_path() is None, reason=SKIP_REASON),
+]
 
-_no_kustomize = pytest.mark.skipif(
-    kustomize_command() is None, reason="neither kustomize nor kubectl is installed"
-)
+RELEASES = {
+    "default-values": Release(),
+    **{f"values-{path.stem}": Release(values=(path,)) for path in EXAMPLE_VALUES},
+    "release-pilot": Release(name="pilot"),
+}
 
 
 @functools.cache
-def _docs(source: str) -> list[Doc]:
-    return load_base() if source == "base files" else render(Path(source))
+def _docs(case: str) -> list[Doc]:
+    return render(RELEASES[case])
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("base files", id="base-files"),
-        *(
-            pytest.param(str(d), id=f"rendered-{d.name}", marks=_no_kustomize)
-            for d in (BASE, *OVERLAYS)
-        ),
-    ]
-)
+@pytest.fixture(params=sorted(RELEASES))
 def docs(request: pytest.FixtureRequest) -> list[Doc]:
     return _docs(request.param)
 
@@ -108,7 +111,7 @@ def test_the_settings_walk_names_real_variables() -> None:
 
 def test_every_trellis_variable_is_a_setting(docs: list[Doc]) -> None:
     named = {name for cm in of_kind(docs, "ConfigMap") for name in cm.get("data", {})}
-    for doc in of_kind(docs, "Deployment", "StatefulSet"):
+    for doc in of_kind(docs, *WORKLOAD_KINDS):
         for container in doc["spec"]["template"]["spec"]["containers"]:
             named |= {entry["name"] for entry in container.get("env", [])}
     unknown = {n for n in named if n.startswith("TRELLIS_")} - settings_env_names()
@@ -183,7 +186,7 @@ def test_every_service_reads_the_same_kafka_settings(docs: list[Doc], tmp_path: 
 
 
 def test_no_container_runs_as_root_or_writes_its_image(docs: list[Doc]) -> None:
-    for doc in of_kind(docs, "Deployment", "StatefulSet"):
+    for doc in of_kind(docs, *WORKLOAD_KINDS):
         pod = doc["spec"]["template"]["spec"]
         for container in [*pod.get("initContainers", []), *pod["containers"]]:
             security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
@@ -248,3 +251,88 @@ def test_each_service_has_a_budget_and_admits_only_its_ports(docs: list[Doc], se
         for rule in policy["spec"].get("ingress", []):
             assert rule.get("ports"), f"{policy['metadata']['name']}: a rule without ports"
             assert {_port(container, p["port"]) for p in rule["ports"]} <= own_ports
+
+
+def test_secrets_are_referenced_never_rendered(docs: list[Doc]) -> None:
+    assert not of_kind(docs, "Secret"), "secrets are created beside the chart, never in it"
+
+
+def test_the_chart_lints() -> None:
+    for values in ((), *((f"--values={path}",) for path in EXAMPLE_VALUES)):
+        out = helm("lint", "--strict", str(CHART), *values)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("set_values", "refusal"),
+    [
+        (("mastery.replicas=7",), "exceeds kafka.topics.partitions"),
+        (("reporting.replicas=2",), "reporting.replicas must be 1 with embedded chDB"),
+        (("kafka.topics.minInsyncReplicas=3",), "must be below replicationFactor"),
+        (("settings.TRELLIS_KAFKA__TOPICS__PARTITIONS=12",), "derives it from its values"),
+        (("settings.TRELLIS_MASTERY__CONSUMER_GROUP=other",), "derives it from its values"),
+        (("settings.LOG_LEVEL=DEBUG",), "every setting is an environment variable TRELLIS_"),
+    ],
+)
+def test_the_chart_refuses_values_that_break_the_rules(
+    set_values: tuple[str, ...], refusal: str
+) -> None:
+    with pytest.raises(RuntimeError, match=refusal):
+        render(Release(set_values=set_values))
+
+
+def test_reporting_scales_with_a_clickhouse_server() -> None:
+    docs = render(Release(set_values=("clickhouse.urlSecret.name=ch", "reporting.replicas=3")))
+    reporting, container = workload(docs, "reporting")
+    assert reporting["spec"]["replicas"] == 3
+    assert reporting["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    assert {"name": "ch", "key": "url"} in [
+        e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+    ]
+
+
+def test_a_change_of_settings_rolls_every_pod() -> None:
+    def checksums(docs: list[Doc]) -> set[str]:
+        return {
+            doc["spec"]["template"]["metadata"]["annotations"]["checksum/settings"]
+            for doc in of_kind(docs, *WORKLOAD_KINDS)
+        }
+
+    before = checksums(_docs("default-values"))
+    after = checksums(render(Release(set_values=("settings.TRELLIS_LOG_LEVEL=DEBUG",))))
+    assert len(before) == len(after) == 1, "every workload carries the same settings' checksum"
+    assert before != after
+
+
+def test_settings_values_of_any_yaml_type_reach_the_processes(tmp_path: Path) -> None:
+    """YAML numbers arrive in templates as floats, maps as maps: the ConfigMap must still hold
+    what pydantic reads (7776000000, not 7.776e+09; JSON for a map)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "settings": {
+                    "TRELLIS_INGEST__DEDUP_CAPACITY": 5_000_000,
+                    "TRELLIS_REPORTING__QUERY_TIMEOUT_S": 2.5,
+                    "TRELLIS_RECOMMENDER__TENANT_BANDS": {"district-a": [0.5, 0.8]},
+                },
+                "kafka": {"topics": {"retentionMs": 31_536_000_000}},
+            }
+        )
+    )
+    docs = render(Release(values=(values,)))
+    config_map = of_kind(docs, "ConfigMap")[0]["data"]
+    assert json.loads(config_map["TRELLIS_RECOMMENDER__TENANT_BANDS"]) == {"district-a": [0.5, 0.8]}
+    settings = effective_settings(docs, "ingest", tmp_path)
+    assert settings.ingest.dedup_capacity == 5_000_000
+    assert settings.reporting.query_timeout_s == 2.5
+    assert settings.recommender.tenant_bands == {"district-a": (0.5, 0.8)}
+    assert settings.kafka.topics.retention_ms == 31_536_000_000
+    retention = {t["spec"]["config"].get("retention.ms") for t in of_kind(docs, "KafkaTopic")}
+    assert retention == {None, 31_536_000_000}
+
+
+def test_network_policies_are_optional() -> None:
+    docs = render(Release(set_values=("networkPolicies.create=false",)))
+    assert not of_kind(docs, "NetworkPolicy")
