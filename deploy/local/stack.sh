@@ -12,13 +12,26 @@ PY=.venv/bin/python
 RUN_DIR="${STACK_RUN_DIR:-.local/run}"
 SERVICES=(ingest mastery recommender reporting)
 
+from_dev_env=()
 set -a
 while IFS='=' read -r name value; do
   [[ -z "$name" || "$name" == \#* ]] && continue
-  [[ -n "${!name:-}" ]] || eval "$name=$value"
+  [[ -n "${!name:-}" ]] || { eval "$name=$value"; from_dev_env+=("$name"); }
 done < deploy/local/dev.env
 set +a
 export TRELLIS_KAFKA__BOOTSTRAP_SERVERS="${TRELLIS_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+
+# dev.env's principal of role `service` (whole tenant): the demo load uses it, and so does the
+# recommender towards mastery (interest grouping reads profiles by pseudonymous id, which mastery
+# allows only to callers scoped to the whole tenant). The recommender gets it only while dev.env's
+# tokens are in force and the environment names no token of its own: a caller that brings its own
+# tokens (the e2e tests, bench/benchmarks/recommender_latency.py) keeps its own choice, which is
+# also why it is not a line of dev.env (every process, whatever the tokens, would read it).
+DEV_SERVICE_TOKEN=dev-service-token
+recommender_env=()
+if [[ " ${from_dev_env[*]} " == *" TRELLIS_AUTH__TOKENS "* && -z "${TRELLIS_RECOMMENDER__MASTERY_TOKEN:-}" ]]; then
+  recommender_env=(env "TRELLIS_RECOMMENDER__MASTERY_TOKEN=$DEV_SERVICE_TOKEN")
+fi
 
 port_of() {  # the gRPC port of a service, as its settings say
   $PY -c "from trellis.common.settings import Settings; print(Settings().services.$1.port)"
@@ -27,6 +40,7 @@ port_of() {  # the gRPC port of a service, as its settings say
 command_of() {
   case "$1" in
     mastery) echo "$PY -m trellis.mastery worker" ;;
+    recommender) echo "${recommender_env[*]} $PY -m trellis.recommender serve" ;;
     *) echo "$PY -m trellis.$1 serve" ;;
   esac
 }
@@ -91,7 +105,7 @@ stop_all() {
 run() {
   trap stop_all INT TERM
   up
-  $PY -m trellis.ingest load deploy/local/demo --tenant demo-district --token dev-service-token
+  $PY -m trellis.ingest load deploy/local/demo --tenant demo-district --token "$DEV_SERVICE_TOKEN"
   cat <<INFO
 
 Trellis is running (Ctrl-C stops everything):
