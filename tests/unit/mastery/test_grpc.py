@@ -258,6 +258,13 @@ async def test_a_learner_profile_is_read_by_sis_id(
             api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-2"),
             None,  # type: ignore[arg-type]
         )
+    # A teacher of one of the classes sees that class only among the learner's classes.
+    caller(role="teacher", classes=["class-7b", "class-9"])
+    as_teacher = await servicer.GetLearnerProfile(
+        api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-1"),
+        None,  # type: ignore[arg-type]
+    )
+    assert list(as_teacher.class_ids) == ["class-7b"] and list(as_teacher.interests) == ["space"]
 
 
 async def test_an_unknown_learner_has_an_empty_profile(servicer: MasteryServicer) -> None:

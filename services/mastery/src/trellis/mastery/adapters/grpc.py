@@ -168,7 +168,11 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             )
             return reply
         profile, class_ids = _held(lambda: self._service.profile_of(request.tenant_id, pseudonym))
-        authorize_enrolled(current_principal(), class_ids)
+        principal = current_principal()
+        authorize_enrolled(principal, class_ids)
+        if principal.role == "teacher":
+            # A teacher sees their own classes only, not which others the learner attends.
+            class_ids = tuple(c for c in class_ids if c in principal.classes)
         answer = _profile(request.tenant_id, request.learner_id, profile, class_ids)
         answer.pseudonymous_id = request.pseudonymous_id
         answer.reflects.extend(self._reflects([partition]))
