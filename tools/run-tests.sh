@@ -8,8 +8,8 @@ export KAFKA_PORT="${TEST_KAFKA_PORT:-19092}"
 export KAFKA_HOME=".local/kafka/test-instance"
 export TRELLIS_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT}"
 # The chart's tests (tests/unit/deploy) render with this helm: set, they never skip.
-TRELLIS_HELM="$(tools/helm.sh)"
-export TRELLIS_HELM
+CHART_TEST_HELM="$(tools/helm.sh)"
+export CHART_TEST_HELM
 
 deploy/local/kafka.sh clean >/dev/null
 trap 'deploy/local/kafka.sh stop' EXIT

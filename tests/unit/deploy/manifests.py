@@ -2,7 +2,7 @@
 them, and the settings a container of them would build.
 
 Helm is the pinned one that tools/helm.sh installs into .local/tools/bin (`make helm`, a
-dependency of `make test`). tools/run-tests.sh passes its path as TRELLIS_HELM, so under `make
+dependency of `make test`). tools/run-tests.sh passes its path as CHART_TEST_HELM, so under `make
 test` the chart's tests run or fail, never skip; elsewhere they skip when no helm is found.
 """
 
@@ -34,8 +34,8 @@ Doc = dict[str, Any]
 
 
 def helm_path() -> str | None:
-    """TRELLIS_HELM when set (it must then work), else the project's install, else PATH."""
-    if configured := os.environ.get("TRELLIS_HELM"):
+    """CHART_TEST_HELM when set (it must then work), else the project's install, else PATH."""
+    if configured := os.environ.get("CHART_TEST_HELM"):
         return configured
     installed = ROOT / ".local" / "tools" / "bin" / "helm"
     return str(installed) if installed.is_file() else shutil.which("helm")
