@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
+import pytest
 
 from tests.conftest import TEST_TENANT
-from tests.integration.mastery.test_two_workers import AUTH, Log
+from tests.integration.mastery.test_two_workers import AUTH, CLASSES, LEARNERS, Log
 from tests.integration.mastery.workers import Worker, wait_until_serving
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
@@ -119,6 +120,43 @@ def test_subscriptions_filter_resume_and_follow_live(
         fresh = _outputs(log)[len(everything) :]
         assert fresh
         assert _ids(i.event for i in _take(live, len(fresh))) == _ids(fresh)
+
+        # Scopes on the worker process: a school-scoped admin receives its schools' events only
+        # (all of this log is in school-1) and reads no learner (mastery keeps no schools); a
+        # teacher reads the learners of their class only.
+        def as_(token: str) -> tuple[tuple[str, str]]:
+            return (("authorization", f"Bearer {token}"),)
+
+        school_1 = stub.SubscribeMasteryEvents(
+            api_pb2.SubscribeMasteryRequest(tenant_id=TEST_TENANT, from_beginning=True),
+            metadata=as_("mastery-admin-school-1"),
+            timeout=STREAM_DEADLINE_S,
+        )
+        all_so_far = everything + fresh
+        taken = _take(school_1, len(all_so_far))
+        assert sorted(_ids(i.event for i in taken)) == sorted(_ids(all_so_far))
+        school_2 = stub.SubscribeMasteryEvents(
+            api_pb2.SubscribeMasteryRequest(tenant_id=TEST_TENANT, from_beginning=True),
+            metadata=as_("mastery-admin-school-2"),
+            timeout=3.0,
+        )
+        with pytest.raises(grpc.RpcError) as ended:
+            next(iter(school_2))
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # nothing in its schools
+        in_7a = next(sis for sis in LEARNERS if CLASSES[LEARNERS.index(sis) % 2] == "class-7a")
+        in_7b = next(sis for sis in LEARNERS if CLASSES[LEARNERS.index(sis) % 2] == "class-7b")
+        for token, sis_id, allowed in [
+            ("mastery-teacher-7a", in_7a, True),
+            ("mastery-teacher-7a", in_7b, False),
+            ("mastery-admin-school-1", in_7a, False),
+        ]:
+            request = api_pb2.GetLearnerMasteryRequest(tenant_id=TEST_TENANT, learner_id=sis_id)
+            if allowed:
+                assert stub.GetLearnerMastery(request, metadata=as_(token), timeout=5.0).skills
+            else:
+                with pytest.raises(grpc.RpcError) as denied:
+                    stub.GetLearnerMastery(request, metadata=as_(token), timeout=5.0)
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
         # Cancelled streams let go of their consumers; the worker keeps serving.
         time.sleep(1.0)

@@ -18,6 +18,20 @@ from tests.conftest import TEST_PSEUDONYM_KEY, TEST_TENANT
 from trellis.common.settings import Settings
 
 TOKEN = "mastery-test-token"
+# Narrower principals, for the scope checks of the read API on a worker process.
+SCOPED_TOKENS = {
+    "mastery-teacher-7a": {"tenant_id": TEST_TENANT, "role": "teacher", "classes": ["class-7a"]},
+    "mastery-admin-school-1": {
+        "tenant_id": TEST_TENANT,
+        "role": "district_admin",
+        "schools": ["school-1"],
+    },
+    "mastery-admin-school-2": {
+        "tenant_id": TEST_TENANT,
+        "role": "district_admin",
+        "schools": ["school-2"],
+    },
+}
 STARTUP_TIMEOUT_S = 40.0
 
 
@@ -49,7 +63,9 @@ def worker_env(settings: Settings, data_dir: Path, port: int, metrics_port: int)
         "TRELLIS_SERVICES__MASTERY__METRICS_PORT": str(metrics_port),
         "TRELLIS_SERVICES__MASTERY__GRACE_SECONDS": "2",
         "TRELLIS_PSEUDONYM__KEYS": json.dumps({TEST_TENANT: {"1": TEST_PSEUDONYM_KEY}}),
-        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TEST_TENANT, "role": "service"}}),
+        "TRELLIS_AUTH__TOKENS": json.dumps(
+            {TOKEN: {"tenant_id": TEST_TENANT, "role": "service"}, **SCOPED_TOKENS}
+        ),
     }
 
 
