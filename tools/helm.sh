@@ -19,7 +19,8 @@ done
 bin_dir="$PWD/.local/tools/bin"
 helm="$bin_dir/helm"
 if [[ "$("$helm" version --template '{{.Version}}' 2>/dev/null)" != "$HELM_VERSION" ]]; then
-  echo "installing helm ${HELM_VERSION} into ${bin_dir} (go install, once)" >&2
+  command -v go >/dev/null || { echo "tools/helm.sh: installing helm needs Go (https://go.dev/dl/)" >&2; exit 1; }
+  echo "installing helm ${HELM_VERSION} into ${bin_dir} (go install, once; a few minutes when Go's caches are cold)" >&2
   GOBIN="$bin_dir" go install -ldflags "$LDFLAGS" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 fi
 echo "$helm"
