@@ -31,8 +31,8 @@ def attempt(event_id: str) -> envelope_pb2.Envelope:
 
 
 def stored(metadata: object = None) -> asyncio.Future[object]:
-    """What the producer's `send` returns: the broker's acknowledgement, here at once unless a
-    test holds it back (`Sent.hold`)."""
+    """The broker's acknowledgement of a record, here at once unless a test holds it back
+    (`Sent.hold`)."""
     acknowledged: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     acknowledged.set_result(metadata)
     return acknowledged
@@ -65,6 +65,45 @@ class Sent:
         return stored() if self.hold is None else self.hold
 
 
+class FakeBatch:
+    """aiokafka's `BatchBuilder`, as the worker uses it."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(
+        self, *, timestamp: object, key: bytes | None, value: bytes | None, headers: object
+    ) -> object:
+        self.records.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
+class FakeKafkaProducer:
+    """aiokafka's producer under the app: each record of a batch goes to `produce`, which gives
+    its acknowledgement; the batch's is the first record's, once all are acknowledged."""
+
+    def __init__(self, produce: Any) -> None:
+        self._produce = produce
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        acks = [await self._produce(topic, key, value, partition) for key, value in batch.records]
+
+        async def stored_all() -> RecordMetadata:
+            [first, *_] = await asyncio.gather(*acks)
+            return RecordMetadata(topic, partition, getattr(first, "offset", 0))
+
+        return asyncio.ensure_future(stored_all())
+
+
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sent]]:
     stream = create_stream(make_test_settings("unit"), store="memory://", datadir=tmp_path)
@@ -92,8 +131,9 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sen
             sent.letters.append(envelope_pb2.DeadLetter.FromString(value))
         return sent.acknowledgement()
 
-    # Only the neighbour (the producer) is mocked; table and agent are Faust's own.
-    with mock.patch.object(stream.app.producer, "send", side_effect=produce):
+    # Only the neighbour (the producer) is faked; table and agent are Faust's own.
+    fake = FakeKafkaProducer(produce)
+    with mock.patch.object(stream.app.producer, "_ensure_producer", return_value=fake):
         async with stream.agent.test_context() as agent:
             yield agent, stream, sent
 

@@ -12,7 +12,6 @@ changelog sees it (mutating a stored value in place would not reach the changelo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from trellis.common.settings import Settings
 from trellis.mastery.adapters.partitioning import partition_of
 from trellis.mastery.adapters.state_codec import EncodedState, decode, decode_state, encode
 from trellis.mastery.domain import LearnerState
+from trellis.mastery.stream.sending import Outgoing, kafka_producer, send_all
 
 #: Decoded states kept per worker, keyed like the table (forgotten on every rebalance), each
 #: with the encoded parts that its learner's next write reuses.
@@ -134,15 +134,13 @@ class TableLearnerStore:
         # Reads see the new states at once (their outputs are stored; after a crash the same
         # events give them again), not one changelog round trip after the outputs.
         self._show(encoded, acting_for)
-        sent = []
+        records: list[Outgoing] = []
         for table, key, value in changes:
             with acting_for(key):
                 partition = table.partition_for_key(key)
-            topic = table.changelog_topic.get_topic_name()
-            sent.append(await self._app.producer.send(topic, key, value, partition, None, None))
-        stored = await asyncio.gather(*sent)
-        persisted: dict[tuple[TableT[bytes, bytes], TP], int] = {}
-        for (table, key, value), record in zip(changes, stored, strict=True):
+            records.append((table.changelog_topic.get_topic_name(), partition, key, value, None))
+        stored = await send_all(kafka_producer(self._app), records)
+        for table, key, value in changes:
             with acting_for(key):
                 if value is not None:
                     table.data[key] = value
@@ -150,11 +148,16 @@ class TableLearnerStore:
                 elif key in table.data:
                     del table.data[key]
                     self._app.sensors.on_table_del(table, key)
-            where = (table, TP(record.topic, record.partition))
-            persisted[where] = max(persisted.get(where, -1), record.offset)
-        self._show(encoded, acting_for)  # again: a read in between may have cached the disk's
-        for (table, tp), offset in persisted.items():
-            cast(StoreT[bytes, bytes], table.data).set_persisted_offset(tp, offset)
+        # Again, without telling the sensors twice: a read in between may have cached the disk's.
+        for key, state in encoded.items():
+            if state is None:
+                self._decoded.pop(key, None)
+            else:
+                self._remember(key, state)
+        by_changelog = {table.changelog_topic.get_topic_name(): table for table, _, _ in changes}
+        for tp, offset in stored.items():
+            store = cast(StoreT[bytes, bytes], by_changelog[tp.topic].data)
+            store.set_persisted_offset(TP(tp.topic, tp.partition), offset)
 
     def _show(
         self,

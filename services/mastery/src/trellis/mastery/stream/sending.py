@@ -1,0 +1,85 @@
+"""A micro-batch's records sent to Kafka as one record batch per partition.
+
+aiokafka's `send` costs, per record, a coroutine, a future, the partitioner (murmur2 in pure
+Python), size checks and the accumulator's bookkeeping; Faust's wrapper adds its own. Sending a
+batch built with the producer's `create_batch` costs one append per record and one future per
+partition. Records keep their order within a partition (a learner's outputs stay in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, cast
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
+from faust.types import AppT
+
+from trellis.common.codec import Headers
+
+#: A record to produce: topic, partition (None: by key, as the producer's own partitioner,
+#: aiokafka's default, picks it), key, value (None: a tombstone), headers.
+Outgoing = tuple[str, int | None, bytes | None, bytes | None, Headers | None]
+
+_PARTITIONER = DefaultPartitioner()
+
+
+def kafka_producer(app: AppT) -> AIOKafkaProducer:
+    """The aiokafka producer under the app's (started with the app; Faust keeps no public
+    accessor for it)."""
+    producer: AIOKafkaProducer = cast(Any, app.producer)._ensure_producer()
+    return producer
+
+
+async def send_all(
+    producer: AIOKafkaProducer, records: Iterable[Outgoing]
+) -> dict[TopicPartition, int]:
+    """Send `records` and wait until the broker has stored every one of them (raises if it did
+    not: the caller sends them all again). Returns the offset of the last record stored in each
+    partition written."""
+    partitions: dict[str, list[int]] = {}
+    partition_of_key: dict[tuple[str, bytes], int] = {}
+    open_batches: dict[TopicPartition, Any] = {}
+    submitted: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
+    for topic, partition, key, value, headers in records:
+        if partition is None:
+            if topic not in partitions:
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+            if key is None:
+                partition = _PARTITIONER(None, partitions[topic], partitions[topic])
+            else:
+                if (topic, key) not in partition_of_key:
+                    picked = _PARTITIONER(key, partitions[topic], partitions[topic])
+                    partition_of_key[(topic, key)] = picked
+                partition = partition_of_key[(topic, key)]
+        where = TopicPartition(topic, partition)
+        batch = open_batches.get(where)
+        if batch is not None and _append(batch, key, value, headers):
+            continue
+        if batch is not None:  # full: on its way, and a new one for the partition
+            submitted.append(await _submit(producer, batch, where))
+        batch = open_batches[where] = producer.create_batch()
+        if not _append(batch, key, value, headers):
+            raise MessageSizeTooLargeError(f"a record for {where} is larger than a batch")
+    for where, batch in open_batches.items():
+        submitted.append(await _submit(producer, batch, where))
+    stored = await asyncio.gather(*(future for _, _, future in submitted))
+    last: dict[TopicPartition, int] = {}
+    for (where, count, _), metadata in zip(submitted, stored, strict=True):
+        # A batch's records take consecutive offsets from the one the broker returns.
+        last[where] = max(last.get(where, -1), metadata.offset + count - 1)
+    return last
+
+
+def _append(batch: Any, key: bytes | None, value: bytes | None, headers: Headers | None) -> bool:
+    return batch.append(timestamp=None, key=key, value=value, headers=headers or []) is not None
+
+
+async def _submit(
+    producer: AIOKafkaProducer, batch: Any, where: TopicPartition
+) -> tuple[TopicPartition, int, asyncio.Future[Any]]:
+    future = await producer.send_batch(batch, where.topic, partition=where.partition)
+    return where, batch.record_count(), future
