@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from tests.unit.ingest.test_properties import TENANT, MemoryPublisher, call_as, valid_event
 from trellis.common.codec import encode_roster
 from trellis.common.grpc.errors import PermissionDenied
-from trellis.common.pb.events.v1 import catalog_pb2, roster_pb2
+from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal
@@ -178,3 +178,26 @@ def test_the_catalog_is_written_by_tenant_wide_callers_only() -> None:
     ):
         reply = call_as(principal, servicer.UpsertCatalog, request)
         assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
+
+
+def erasure_request() -> envelope_pb2.Envelope:
+    event = valid_event()
+    event.event_id = "erase-1"
+    event.learner_erasure_requested.SetInParent()
+    return event
+
+
+def test_a_teacher_cannot_request_an_erasure_even_for_an_enrolled_learner() -> None:
+    view = RosterView()
+    view.apply(enrollment("e1", "c1", PSEUDONYMS.pseudonymize(TENANT, "sis-1")))
+    servicer = servicer_with(view)
+    request = ingest_pb2.RecordEventsRequest(tenant_id=TENANT, events=[erasure_request()])
+    with pytest.raises(PermissionDenied):
+        call_as(TEACHER, servicer.RecordEvents, request)
+    admin = Principal(tenant_id=TENANT, role="district_admin", schools=["s1"])
+    for caller in (Principal(tenant_id=TENANT), admin):
+        reply = call_as(caller, servicer.RecordEvents, request)
+        assert reply.results[0].status in (
+            ingest_pb2.ITEM_STATUS_ACCEPTED,
+            ingest_pb2.ITEM_STATUS_DUPLICATE,
+        )

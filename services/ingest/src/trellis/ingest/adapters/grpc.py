@@ -4,7 +4,9 @@ Who may write what (DESIGN.md §3a, docs/authorization.md), always within the ca
 activity from services, teachers, district and platform admins, each event in the caller's
 schools (and a teacher's classes, about a learner the roster enrols in that class); roster from
 services and admins, each record in the caller's schools; the catalog (tenant-wide) from services
-and admins scoped to the whole tenant. Learners write nothing here.
+and admins scoped to the whole tenant. Erasure requests from services (the SIS feed) and admins
+only: an erasure deletes the learner everywhere, which is not a teacher's call. Learners write
+nothing here.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _STATUS = {
 }
 WRITERS: tuple[Role, ...] = ("service", "teacher", "district_admin", "platform_admin")
 ROSTER_WRITERS: tuple[Role, ...] = ("service", "district_admin", "platform_admin")
+ERASERS: tuple[Role, ...] = ROSTER_WRITERS
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -104,8 +107,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _authorize_learners(self, tenant_id: str, events: Sequence[envelope_pb2.Envelope]) -> None:
         """A teacher writes only about learners the roster enrols in the event's class: mastery
-        takes the classes a learner's events name as the classes that may read them."""
-        if current_principal().role != "teacher":
+        takes the classes a learner's events name as the classes that may read them. Nobody but
+        ERASERS asks for an erasure."""
+        principal = current_principal()
+        if principal.role not in ERASERS and any(
+            e.WhichOneof("payload") == "learner_erasure_requested" for e in events
+        ):
+            raise PermissionDenied("erasure requests come from the SIS feed or an administrator")
+        if principal.role != "teacher":
             return
         for event in events:
             # An event without a learner is rejected on its own by validation.
