@@ -470,7 +470,7 @@ def apply_attempt(
 
     skills = dict(state.skills)
     outputs: list[Output] = []
-    practiced = list(dict.fromkeys(attempt.skill_ids))  # each skill once, in the given order
+    practiced = dict.fromkeys(attempt.skill_ids)  # each skill once, in the given order
     for skill_id in practiced:
         params = params_for_skill(skill_id)
         before = state.skill(skill_id, params)
@@ -479,7 +479,7 @@ def apply_attempt(
         outputs += produced
 
     for skill_id, skill in state.skills.items():
-        if skill_id not in practiced:
+        if skill.mastered and skill_id not in practiced:  # (most skills stop here, cheaply)
             due = _review_due(skill_id, skill, params_for_skill, now, attempt.event_id)
             if due is not None:
                 skills[skill_id], review = due
@@ -570,8 +570,16 @@ def _attempt_on_skill(
     else:
         tag, streak = attempt.error_tag, 1
 
-    outputs: list[Output] = []
     struggling = before.struggling and not mastered
+    alerts: list[Output] = []
+    if unmastered == STRUGGLING_ATTEMPTS:
+        alerts.append(
+            StrugglingDetected(skill_id, "many_attempts", unmastered, "", attempt.event_id)
+        )
+        struggling = True
+    if wrong and attempt.error_tag and streak == REPEATED_ERROR_LIMIT:
+        alerts.append(StrugglingDetected(skill_id, "repeated_error", streak, tag, attempt.event_id))
+        struggling = True
     after = SkillState(
         p_mastered=p_model,
         attempts=attempts,
@@ -585,7 +593,7 @@ def _attempt_on_skill(
         review_due=False,
         override=override,
     )
-    outputs.append(
+    outputs: list[Output] = [
         MasteryChange(
             skill=skill_id,
             p_before=before.effective,
@@ -595,22 +603,10 @@ def _attempt_on_skill(
             model_version=params.version,
             cause_event_id=attempt.event_id,
         )
-    )
+    ]
     if mastered and not before.mastered:
         outputs.append(SkillMastered(skill_id, effective, attempt.event_id))
-    if unmastered == STRUGGLING_ATTEMPTS:
-        outputs.append(
-            StrugglingDetected(skill_id, "many_attempts", unmastered, "", attempt.event_id)
-        )
-        struggling = True
-    if wrong and attempt.error_tag and streak == REPEATED_ERROR_LIMIT:
-        outputs.append(
-            StrugglingDetected(skill_id, "repeated_error", streak, tag, attempt.event_id)
-        )
-        struggling = True
-    if struggling != after.struggling:
-        after = replace(after, struggling=struggling)
-    return after, outputs
+    return after, outputs + alerts
 
 
 def _review_due(
@@ -685,11 +681,14 @@ def _first_outputs(state: LearnerState, event_id: str) -> tuple[Output, ...]:
 def _remember(
     state: LearnerState, skills: dict[str, SkillState], event_id: str, outputs: tuple[Output, ...]
 ) -> tuple[LearnerState, tuple[Output, ...]]:
-    new_state = replace(
-        state,
+    # Built directly: `dataclasses.replace` costs several times more, on every event.
+    new_state = LearnerState(
         skills=skills,
         seen_digests=state.seen_after(event_id),
         recent=(*state.recent, AppliedEvent(event_id, outputs))[-RECENT_OUTPUTS_LIMIT:],
+        profile=state.profile,
+        class_ids=state.class_ids,
+        erased_before=state.erased_before,
     )
     return new_state, outputs
 

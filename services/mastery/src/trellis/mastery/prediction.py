@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from trellis.mastery.domain import (
     DEFAULT,
@@ -64,8 +65,11 @@ class ModelSet:
     def params_for_skill(self, skill_id: str) -> BktParameters:
         """Fitted parameters of the skill; the defaults (under this version) otherwise."""
         found = self.skills.get(skill_id)
-        if found is not None:
-            return found
+        return self._defaults if found is None else found
+
+    @cached_property
+    def _defaults(self) -> BktParameters:
+        # Once per set: asked for on every event of a skill without fitted parameters.
         return BktParameters(
             prior=DEFAULT.prior,
             learn=DEFAULT.learn,
