@@ -35,6 +35,7 @@ from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
 from tests.integration.mastery.envelopes import learner_event
+from tests.integration.mastery.roster import publish_roster
 from tests.integration.mastery.test_worker import _committed_equals_end, _stop
 from tests.integration.mastery.workers import TOKEN, Worker, worker_env
 from trellis.common.codec import decode_envelope, encode_envelope, learner_key
@@ -207,7 +208,7 @@ class MasteryTopic:
 
 def _served_attempts(worker: Worker) -> dict[tuple[bytes, str], int]:
     """Attempts per (learner key, skill) as the worker's read API answers them (GetClassMastery:
-    every learner of the class, from the worker's own store)."""
+    every learner the roster enrols in the class, from the worker's own store)."""
     with grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         reply = mastery_pb2_grpc.MasteryServiceStub(channel).GetClassMastery(
             api_pb2.GetClassMasteryRequest(tenant_id=TEST_TENANT, class_id="class-7a"),
@@ -264,6 +265,8 @@ def test_kill_9_at_seeded_points_loses_nothing_and_counts_nothing_twice(
     began = time.monotonic()
     topic = MasteryTopic(settings)
     producer = PacedProducer(settings, main, tail)
+    # Every learner in class-7a: the class read lists them all (_served_attempts).
+    publish_roster(settings, {"class-7a": sorted({a.envelope.learner_id for a in stream})})
     disk = "disk-0"
     worker = start_worker("worker-0", disk)
     producer.start()

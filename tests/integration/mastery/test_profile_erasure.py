@@ -19,6 +19,7 @@ from kafka import TopicPartition
 
 from tests.conftest import TEST_TENANT
 from tests.integration.mastery.envelopes import learner_event
+from tests.integration.mastery.roster import publish_roster
 from tests.integration.mastery.test_worker import (
     AFTER_ONE_CORRECT,
     SIS_ID,
@@ -92,9 +93,10 @@ def test_profile_reads_then_erasure_is_final_across_a_restart(
     settings: Settings,
     start_worker: Callable[[str], Worker],
 ) -> None:
+    learner = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, SIS_ID)
+    publish_roster(settings, {"class-7a": [learner]})
     worker = start_worker("first")
     wait_until_serving(worker)
-    learner = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, SIS_ID)
     key = learner_key(TEST_TENANT, learner)
     activity = settings.kafka.topics.name("activity")
     t0 = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)

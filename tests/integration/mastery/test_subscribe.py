@@ -65,9 +65,10 @@ def test_subscriptions_filter_resume_and_follow_live(
     settings: Settings,
     start_worker: Callable[[str], Worker],
 ) -> None:
+    log = Log(settings, Pseudonymizer(settings.pseudonym.all_keys()))
+    log.publish_roster()
     worker = start_worker("subscribed")
     wait_until_serving(worker)
-    log = Log(settings, Pseudonymizer(settings.pseudonym.all_keys()))
     for n in range(24):
         log.send(n)
     everything = _outputs(log)
@@ -122,8 +123,8 @@ def test_subscriptions_filter_resume_and_follow_live(
         assert _ids(i.event for i in _take(live, len(fresh))) == _ids(fresh)
 
         # Scopes on the worker process: a school-scoped admin receives its schools' events only
-        # (all of this log is in school-1) and reads no learner (mastery keeps no schools); a
-        # teacher reads the learners of their class only.
+        # (all of this log is in school-1) and reads the learners the roster enrols in classes
+        # of its schools; a teacher reads the learners of their class only.
         def as_(token: str) -> tuple[tuple[str, str]]:
             return (("authorization", f"Bearer {token}"),)
 
@@ -148,7 +149,8 @@ def test_subscriptions_filter_resume_and_follow_live(
         for token, sis_id, allowed in [
             ("mastery-teacher-7a", in_7a, True),
             ("mastery-teacher-7a", in_7b, False),
-            ("mastery-admin-school-1", in_7a, False),
+            ("mastery-admin-school-1", in_7a, True),
+            ("mastery-admin-school-2", in_7a, False),
         ]:
             request = api_pb2.GetLearnerMasteryRequest(tenant_id=TEST_TENANT, learner_id=sis_id)
             if allowed:

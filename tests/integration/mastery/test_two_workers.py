@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from tests.conftest import TEST_TENANT
+from tests.integration.mastery.roster import publish_roster
 from tests.integration.mastery.workers import TOKEN, Worker, wait_until_serving
 from trellis.common.codec import encode_envelope, learner_key
 from trellis.common.kafka import create_producer
@@ -53,6 +54,14 @@ class Log:
 
     def key(self, sis_id: str) -> bytes:
         return learner_key(TEST_TENANT, self.pseudonyms.pseudonymize(TEST_TENANT, sis_id))
+
+    def publish_roster(self) -> None:
+        """Every learner enrolled in their class (the class their events name)."""
+        members: dict[str, list[str]] = {}
+        for n, sis_id in enumerate(LEARNERS):
+            pseudonym = self.pseudonyms.pseudonymize(TEST_TENANT, sis_id)
+            members.setdefault(CLASSES[n % 2], []).append(pseudonym)
+        publish_roster(self.settings, members)
 
     def send(self, n: int) -> None:
         """The n-th event: learners, classes, skills and answers in a fixed rotation."""
@@ -201,6 +210,7 @@ def test_every_read_is_right_whichever_worker_answers_through_rebalances(
     start_worker: Callable[[str], Worker],
 ) -> None:
     log = Log(settings, Pseudonymizer(settings.pseudonym.all_keys()))
+    log.publish_roster()
     first = start_worker("first")
     wait_until_serving(first)
     sent = 0

@@ -15,10 +15,11 @@ from trellis.common.codec import learner_key
 from trellis.common.grpc.auth import set_current_principal
 from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from trellis.common.grpc.server import ServiceBinding, create_server
-from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2
+from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2, mastery_pb2, roster_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.roster import RosterView
 from trellis.common.settings import MasteryServer, Principal, Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
 from trellis.mastery.adapters.mastery_topic import MasteryTopic
@@ -56,7 +57,9 @@ class FakePlacement:
 
 
 def make_servicer(
-    service: MasteryService, placement: FakePlacement | None = None
+    service: MasteryService,
+    placement: FakePlacement | None = None,
+    roster: RosterView | None = None,
 ) -> MasteryServicer:
     return MasteryServicer(
         service,
@@ -64,6 +67,31 @@ def make_servicer(
         placement or FakePlacement(offsets={0: 41}),
         Peers(timeout_s=1.0),
         MasteryTopic(Settings().kafka),
+        roster or RosterView(),
+    )
+
+
+def placed_classes() -> RosterView:
+    """A roster placing class-7a in school-1 and class-7b in school-2, enrolling nobody."""
+    roster = RosterView()
+    for class_id, school_id in (("class-7a", "school-1"), ("class-7b", "school-2")):
+        roster.apply(
+            roster_pb2.RosterRecord(
+                tenant_id=TENANT,
+                school_class=roster_pb2.SchoolClass(sourced_id=class_id, school_id=school_id),
+            )
+        )
+    return roster
+
+
+def enrol(roster: RosterView, enrollment_id: str, class_id: str, pseudonym: str) -> None:
+    roster.apply(
+        roster_pb2.RosterRecord(
+            tenant_id=TENANT,
+            enrollment=roster_pb2.Enrollment(
+                sourced_id=enrollment_id, class_id=class_id, user_id=pseudonym, role="learner"
+            ),
+        )
     )
 
 
@@ -82,8 +110,13 @@ def store() -> InMemoryLearnerStore:
 
 
 @pytest.fixture
-def servicer(store: InMemoryLearnerStore) -> MasteryServicer:
-    return make_servicer(MasteryService(store))
+def roster() -> RosterView:
+    return placed_classes()
+
+
+@pytest.fixture
+def servicer(store: InMemoryLearnerStore, roster: RosterView) -> MasteryServicer:
+    return make_servicer(MasteryService(store), roster=roster)
 
 
 def caller(**principal: Any) -> None:
@@ -218,7 +251,7 @@ def profile_event(event_id: str, class_id: str = "") -> envelope_pb2.Envelope:
 
 
 async def test_a_learner_profile_is_read_by_sis_id(
-    servicer: MasteryServicer, store: InMemoryLearnerStore
+    servicer: MasteryServicer, store: InMemoryLearnerStore, roster: RosterView
 ) -> None:
     service = MasteryService(store)
     goal = profile_event("g", "class-7a")
@@ -258,7 +291,9 @@ async def test_a_learner_profile_is_read_by_sis_id(
             api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-2"),
             None,  # type: ignore[arg-type]
         )
-    # A teacher of one of the classes sees that class only among the learner's classes.
+    # A teacher of a class the roster enrols them in sees that class only among the classes
+    # the learner's events named.
+    enrol(roster, "e-7b", "class-7b", LEARNER)
     caller(role="teacher", classes=["class-7b", "class-9"])
     as_teacher = await servicer.GetLearnerProfile(
         api_pb2.GetLearnerProfileRequest(tenant_id=TENANT, learner_id="sis-1"),
@@ -280,8 +315,8 @@ async def test_an_unknown_learner_has_an_empty_profile(servicer: MasteryServicer
     )
 
 
-async def test_a_profile_is_read_by_pseudonym_by_tenant_wide_callers(
-    servicer: MasteryServicer, store: InMemoryLearnerStore
+async def test_a_profile_is_read_by_pseudonym_within_the_callers_scope(
+    servicer: MasteryServicer, store: InMemoryLearnerStore, roster: RosterView
 ) -> None:
     interest = profile_event("i")
     interest.interest_declared.tags.extend(["space"])
@@ -292,11 +327,25 @@ async def test_a_profile_is_read_by_pseudonym_by_tenant_wide_callers(
         reply = await servicer.GetLearnerProfile(by_pseudonym, None)  # type: ignore[arg-type]
         assert (reply.learner_id, reply.pseudonymous_id) == ("", LEARNER)
         assert list(reply.interests) == ["space"]
-    # Narrower scopes would need the roster to check: refused.
-    for principal in (
+    narrower: list[dict[str, Any]] = [
         {"role": "teacher", "classes": ["class-7a"]},
         {"role": "district_admin", "schools": ["school-1"]},
         {"role": "service", "schools": ["school-1"]},
+    ]
+    # Narrower scopes reach the learner once the roster enrols them in one of theirs; a learner
+    # never names anyone by pseudonym.
+    for enrolled in (False, True):
+        for principal in narrower:
+            caller(**principal)
+            if enrolled:
+                await servicer.GetLearnerProfile(by_pseudonym, None)  # type: ignore[arg-type]
+            else:
+                with pytest.raises(PermissionDenied):
+                    await servicer.GetLearnerProfile(by_pseudonym, None)  # type: ignore[arg-type]
+        enrol(roster, "e-7a", "class-7a", LEARNER)
+    for principal in (
+        {"role": "teacher", "classes": ["class-7b"]},
+        {"role": "district_admin", "schools": ["school-2"]},
         {"role": "learner", "learner_id": "sis-1"},
     ):
         caller(**principal)
@@ -320,10 +369,12 @@ def class_request(class_id: str, *skills: str) -> api_pb2.GetClassMasteryRequest
 
 
 @pytest.fixture
-def in_class(store: InMemoryLearnerStore) -> InMemoryLearnerStore:
+def in_class(store: InMemoryLearnerStore, roster: RosterView) -> InMemoryLearnerStore:
+    """The learner enrolled in class-7a by the roster, with an attempt there."""
     envelope = profile_event("c", "class-7a")
     envelope.item_attempted.CopyFrom(activity_pb2.ItemAttempted(skill_ids=["a"], correct=False))
     MasteryService(store).record_activity(learner_key(TENANT, LEARNER), envelope)
+    enrol(roster, "e-7a", "class-7a", LEARNER)
     return store
 
 
@@ -344,6 +395,34 @@ async def test_class_mastery_names_learners_by_pseudonym(
     assert [s.skill_id for s in everything.learners[0].skills] == ["a", "b"]
     empty = await servicer.GetClassMastery(class_request("class-7a", "zz"), None)  # type: ignore[arg-type]
     assert [s.level for s in empty.learners[0].skills] == [mastery_pb2.MASTERY_LEVEL_NOT_STARTED]
+
+
+async def test_a_class_is_its_enrolled_learners_per_the_roster(
+    servicer: MasteryServicer, store: InMemoryLearnerStore, roster: RosterView
+) -> None:
+    caller(role="teacher", classes=["class-7a"])
+    # The learner's events named class-7a, but the roster does not enrol them: not a member.
+    outsider = profile_event("c", "class-7a")
+    outsider.item_attempted.CopyFrom(activity_pb2.ItemAttempted(skill_ids=["a"], correct=True))
+    MasteryService(store).record_activity(learner_key(TENANT, LEARNER), outsider)
+    assert not (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
+    # A newly enrolled learner without events: listed with no skills, or not started.
+    enrol(roster, "e-new", "class-7a", "pseudo-new")
+    everything = await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    assert [(m.learner_id, len(m.skills)) for m in everything.learners] == [("pseudo-new", 0)]
+    asked = await servicer.GetClassMastery(class_request("class-7a", "a"), None)  # type: ignore[arg-type]
+    [skill] = asked.learners[0].skills
+    assert (skill.level, skill.attempts) == (mastery_pb2.MASTERY_LEVEL_NOT_STARTED, 0)
+    # Enrolled, then the enrollment ends (a tombstone): out of the class and the teacher's reach.
+    enrol(roster, "e-7a", "class-7a", LEARNER)
+    answer = await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    assert sorted(m.learner_id for m in answer.learners) == sorted([LEARNER, "pseudo-new"])
+    await servicer.GetLearnerMastery(request(), None)  # type: ignore[arg-type]
+    roster.remove(TENANT, "enrollment", "e-7a")
+    answer = await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+    assert [m.learner_id for m in answer.learners] == ["pseudo-new"]
+    with pytest.raises(PermissionDenied):
+        await servicer.GetLearnerMastery(request(), None)  # type: ignore[arg-type]
 
 
 async def test_class_mastery_is_scoped_to_the_callers_classes(
@@ -377,7 +456,7 @@ LEARNER_READS = [
 async def test_teachers_read_the_learners_of_their_classes_only(
     servicer: MasteryServicer, in_class: InMemoryLearnerStore, method: str, read: Any
 ) -> None:
-    # The learner's events named class-7a (and no class before it).
+    # The roster enrols the learner in class-7a only.
     caller(role="teacher", classes=["class-7a"])
     await getattr(servicer, method)(read, None)
     for classes in (["class-7b"], []):
@@ -401,12 +480,14 @@ async def test_a_learner_without_known_classes_is_outside_a_teachers_scope(
 
 
 @pytest.mark.parametrize(("method", "read"), LEARNER_READS)
-async def test_callers_scoped_to_schools_are_refused_as_unverifiable_here(
+async def test_callers_scoped_to_schools_read_the_learners_of_their_schools(
     servicer: MasteryServicer, in_class: InMemoryLearnerStore, method: str, read: Any
 ) -> None:
-    # The state keeps no schools: mastery cannot tell whether the learner is in theirs.
+    # The roster enrols the learner in class-7a, which it places in school-1.
     for role in ("district_admin", "service"):
         caller(role=role, schools=["school-1"])
+        await getattr(servicer, method)(read, None)
+        caller(role=role, schools=["school-2"])
         with pytest.raises(PermissionDenied):
             await getattr(servicer, method)(read, None)
     for principal in ({"role": "district_admin"}, {"role": "service"}):
@@ -424,13 +505,15 @@ async def test_a_learner_holding_a_class_never_reads_it(
         await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
 
 
-async def test_class_mastery_refuses_callers_scoped_to_schools(
+async def test_callers_scoped_to_schools_read_the_classes_of_their_schools(
     servicer: MasteryServicer, in_class: InMemoryLearnerStore
 ) -> None:
     for role in ("district_admin", "service"):
         caller(role=role, schools=["school-1"])
-        with pytest.raises(PermissionDenied):
-            await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
+        assert (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
+        for other in ("class-7b", "class-unplaced"):  # another school's; one the roster lacks
+            with pytest.raises(PermissionDenied):
+                await servicer.GetClassMastery(class_request(other), None)  # type: ignore[arg-type]
     set_current_principal(Principal(tenant_id="ops", role="platform_admin"))
     assert (await servicer.GetClassMastery(class_request("class-7a"), None)).learners  # type: ignore[arg-type]
 
@@ -439,7 +522,7 @@ async def test_reads_while_ownership_moves_are_unavailable(
     store: InMemoryLearnerStore, in_class: InMemoryLearnerStore
 ) -> None:
     caller(role="service")
-    servicer = make_servicer(MasteryService(store), FakePlacement(moving=True))
+    servicer = make_servicer(MasteryService(store), FakePlacement(moving=True), placed_classes())
     with pytest.raises(Unavailable):
         await servicer.GetClassMastery(class_request("class-7a"), None)  # type: ignore[arg-type]
     with pytest.raises(Unavailable):
@@ -466,6 +549,7 @@ TOKENS = {
 class Node:
     store: InMemoryLearnerStore
     placement: FakePlacement
+    roster: RosterView
     address: str = ""
 
 
@@ -493,10 +577,17 @@ def attempt_of(sis_id: str, event_id: str, correct: bool) -> tuple[bytes, envelo
 
 @pytest.fixture
 async def workers() -> AsyncIterator[tuple[Node, Node]]:
-    nodes = [Node(InMemoryLearnerStore(), FakePlacement(partitions=2)) for _ in range(2)]
+    nodes = [
+        Node(InMemoryLearnerStore(), FakePlacement(partitions=2), placed_classes())
+        for _ in range(2)
+    ]
     servers = []
     for node in nodes:
-        servicer = make_servicer(MasteryService(node.store), node.placement)
+        # Each worker follows the whole roster: both learners are in class-7a.
+        for partition in (0, 1):
+            pseudonym = PSEUDONYMIZER.pseudonymize(TENANT, sis_in(partition))
+            enrol(node.roster, f"e-{partition}", "class-7a", pseudonym)
+        servicer = make_servicer(MasteryService(node.store), node.placement, node.roster)
         server = create_server(
             MasteryServer(port=0),
             TOKENS,
@@ -533,8 +624,8 @@ async def ask(address: str, method: str, message: Any, token: str = TOKEN) -> An
 async def test_the_owner_checks_a_teachers_scope_on_forwarded_reads(
     workers: tuple[Node, Node],
 ) -> None:
-    a, _ = workers
-    held_by_b = sis_in(1)  # their event named class-7a
+    a, b = workers
+    held_by_b = sis_in(1)  # enrolled in class-7a
     reads = [
         ("GetLearnerMastery", api_pb2.GetLearnerMasteryRequest),
         ("GetLearnerProfile", api_pb2.GetLearnerProfileRequest),
@@ -545,6 +636,14 @@ async def test_the_owner_checks_a_teachers_scope_on_forwarded_reads(
         assert (await ask(a.address, method, read, "teacher-7a")).reflects[0].offset == 20
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await ask(a.address, method, read, "teacher-7b")
+        assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The owner checks again with its own roster replica: B's already holds the enrollment's
+    # end, A's not yet; B refuses what A let through.
+    b.roster.remove(TENANT, "enrollment", "e-1")
+    for method, message in reads:
+        read = message(tenant_id=TENANT, learner_id=held_by_b)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ask(a.address, method, read, "teacher-7a")
         assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -688,7 +787,9 @@ async def test_an_owner_refusal_reaches_the_caller_as_it_was(workers: tuple[Node
             ServiceBinding(
                 SERVICE_NAME,
                 mastery_pb2_grpc.add_MasteryServiceServicer_to_server,
-                make_servicer(MasteryService(InMemoryLearnerStore()), FakePlacement(partitions=2)),
+                make_servicer(
+                    MasteryService(InMemoryLearnerStore()), FakePlacement(partitions=2), a.roster
+                ),
             )
         ],
     )

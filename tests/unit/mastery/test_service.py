@@ -8,7 +8,7 @@ from trellis.common.codec import learner_key
 from trellis.common.pb.events.v1 import activity_pb2, catalog_pb2, envelope_pb2
 from trellis.mastery.adapters.memory_store import InMemoryLearnerStore
 from trellis.mastery.catalog import CatalogView
-from trellis.mastery.domain import BktParameters, Level
+from trellis.mastery.domain import DEFAULT, BktParameters, Level
 from trellis.mastery.events import InvalidEvent, output_event_id
 from trellis.mastery.service import MasteryService, NotOwned
 
@@ -295,7 +295,7 @@ def test_events_from_before_the_erasure_stay_erased_later_ones_start_afresh(
     assert store.erased[KEY].timestamp() == 1_790_000_200
 
 
-def test_class_mastery_lists_the_learners_whose_events_named_the_class(
+def test_class_mastery_answers_for_the_learners_it_is_given(
     store: InMemoryLearnerStore,
 ) -> None:
     service = MasteryService(store)
@@ -307,17 +307,25 @@ def test_class_mastery_lists_the_learners_whose_events_named_the_class(
     other_tenant.tenant_id, other_tenant.class_id = "district-b", "7a"
     service.record_activity(learner_key("district-b", "pseudo-1"), other_tenant)
 
-    found = service.class_mastery("district-a", "7a")
-    assert list(found) == ["p1", "p2"]
+    # The members come from the roster: p3's events named 7b, p4 has none; the class a
+    # learner's events named does not matter.
+    found = service.class_mastery("district-a", ["p2", "p1", "p3", "p4"])
+    assert list(found) == ["p1", "p2", "p3", "p4"]
     assert found["p1"]["a"].p_mastered == pytest.approx(142 / 205, abs=1e-15)
     # wrong from 0.3: 0.03/0.59 = 3/59, then + (56/59) 0.1 = 8.6/59
     assert found["p2"]["a"].p_mastered == pytest.approx(8.6 / 59, abs=1e-15)
-    asked = service.class_mastery("district-a", "7a", ["z"])
-    assert asked["p1"]["z"].attempts == 0
-    assert service.class_mastery("district-a", "7c") == {}
+    assert found["p4"] == {}  # no state yet: no skills
+    asked = service.class_mastery("district-a", ["p1", "p4"], ["z", "a"])
+    assert asked["p1"]["z"].attempts == 0 and asked["p4"]["a"].attempts == 0
+    assert asked["p4"]["a"].p_mastered == DEFAULT.prior  # not started: at the prior
+    assert asked["p4"]["a"].level == Level.NOT_STARTED
+    assert list(
+        service.class_mastery("district-a", ["p1", "p2"], include=lambda k: k.endswith(b"2"))
+    ) == ["p2"]
+    assert service.class_mastery("district-a", []) == {}
 
 
 def test_class_mastery_needs_every_partition(store: InMemoryLearnerStore) -> None:
     store.owns_all = lambda: False  # type: ignore[method-assign]
     with pytest.raises(NotOwned):
-        MasteryService(store).class_mastery("district-a", "7a")
+        MasteryService(store).class_mastery("district-a", ["p1"])

@@ -31,6 +31,7 @@ from trellis.common.metrics import start_metrics_server
 from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.roster import RosterView, roster_applier
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
 from trellis.mastery.adapters.mastery_topic import MasteryTopic
@@ -41,8 +42,8 @@ from trellis.mastery.fitting import Progress
 from trellis.mastery.stream.app import create_stream, ensure_stream_topics
 from trellis.mastery.stream.worker import MasteryWorker
 
-#: How long the worker waits for the catalog replica before consuming activity.
-CATALOG_WAIT_S = 30.0
+#: How long the worker waits for the catalog and roster replicas before consuming activity.
+REPLICA_WAIT_S = 30.0
 
 
 def worker(settings: Settings) -> None:
@@ -51,17 +52,25 @@ def worker(settings: Settings) -> None:
     created = ensure_stream_topics(settings)
     if created:
         log.info("changelog topics created", topics=created)
-    catalog = CatalogView()
-    # Every worker holds the whole catalog (what a Faust GlobalTable would do: its recovery stalled
-    # on this broker); the worker waits for it before consuming activity.
-    follower = CompactedTopicFollower(
-        settings.kafka, "catalog", decoded(catalog_pb2.CatalogRecord, catalog.apply)
-    )
-    follower.start()
-    if not follower.caught_up.wait(CATALOG_WAIT_S):
-        log.warning(
-            "catalog not caught up: starting with what has arrived", waited_s=CATALOG_WAIT_S
-        )
+    catalog, roster = CatalogView(), RosterView()
+    # Every worker holds the whole catalog and roster (what a Faust GlobalTable would do: its
+    # recovery stalled on this broker); the worker waits for them before consuming activity and
+    # serving reads (the roster scopes reads and lists classes).
+    followers = [
+        CompactedTopicFollower(
+            settings.kafka, "catalog", decoded(catalog_pb2.CatalogRecord, catalog.apply)
+        ),
+        CompactedTopicFollower(settings.kafka, "roster", roster_applier(roster)),
+    ]
+    for follower in followers:
+        follower.start()
+    for follower in followers:
+        if not follower.caught_up.wait(REPLICA_WAIT_S):
+            log.warning(
+                "replica not caught up: starting with what has arrived",
+                topic=follower.name,
+                waited_s=REPLICA_WAIT_S,
+            )
     # The gRPC address goes to the group with the assignment: reads are routed by it.
     stream = create_stream(
         settings,
@@ -75,6 +84,7 @@ def worker(settings: Settings) -> None:
         attach(stream.app, topics.name("activity"), topics.partitions),
         Peers(),
         MasteryTopic(settings.kafka),
+        roster,
     )
 
     def grpc_server() -> GrpcServer:

@@ -1,5 +1,5 @@
 """Mastery use cases: apply an activity event to a learner's state; read a learner's mastery,
-profile, or a class's mastery.
+profile, or the mastery of a class's members.
 
 Each use case loads state from a `LearnerStore`, calls one pure function of the domain and saves
 the result; the Faust agent and the gRPC servicer only translate. The store is keyed by the
@@ -210,31 +210,30 @@ class MasteryService:
     def class_mastery(
         self,
         tenant_id: str,
-        class_id: str,
+        learner_ids: Iterable[str],
         skill_ids: Iterable[str] = (),
         include: Callable[[bytes], bool] | None = None,
     ) -> dict[str, dict[str, SkillState]]:
-        """Per learner (pseudonymous id) whose events named `class_id`: their skills, as
-        `mastery_of` gives them. With `include`, only the learners whose keys it accepts (a
-        worker reading its share of the partitions, which it checked it holds); without, every
-        learner, and the store must hold every partition (NotOwned else)."""
+        """Per learner of `learner_ids` (pseudonymous ids: the members of a class, as the roster
+        gives them): their skills, as `mastery_of` gives them (a learner without state: no
+        skills, or the requested ones at their prior). With `include`, only the learners whose
+        keys it accepts (a worker reading its share of the partitions, which it checked it
+        holds); without, every one, and the store must hold every partition (NotOwned else)."""
         if include is None and not self._store.owns_all():
             raise NotOwned(tenant_id)
         wanted = list(dict.fromkeys(skill_ids))
         params = self._params(tenant_id)
-        prefix = learner_key(tenant_id, "")
         found: dict[str, dict[str, SkillState]] = {}
-        for key, state in self._store.learners(tenant_id):
-            if class_id not in state.class_ids:
-                continue
+        for learner_id in sorted(set(learner_ids)):
+            key = learner_key(tenant_id, learner_id)
             if include is not None and not include(key):
                 continue
-            learner_id = key[len(prefix) :].decode()
+            state = self._store.get(key) or EMPTY
             if wanted:
                 found[learner_id] = {s: state.skill(s, params(s)) for s in wanted}
             else:
                 found[learner_id] = dict(state.skills)
-        return dict(sorted(found.items()))
+        return found
 
     def predict_items(
         self, tenant_id: str, learner_id: str, item_ids: Sequence[str], now: datetime

@@ -8,18 +8,21 @@ read in the same step as the state (`adapters.placement`). During a rebalance or
 recovery, or when an owner does not answer in time, the answer is UNAVAILABLE (retryable), never
 a stale or partial one. See docs/mastery-reads.md.
 
-`GetClassMastery` names learners by their pseudonymous id (the service cannot turn a pseudonym
-back into a SIS id; callers join with the roster, which uses the same ids). `GetLearnerProfile`
-takes such an id too, from callers scoped to the whole tenant (the recommender grouping a class).
+Class membership comes from the roster topic: every worker follows the whole of it into a
+`RosterView` (a replica, as the catalog's). `GetClassMastery` answers for the learners the roster
+enrols in the class, named by their pseudonymous id (the service cannot turn a pseudonym back
+into a SIS id; the roster uses the same ids); each owner answers for the members in its
+partitions, a member without state with no skills (or the requested ones not started).
+`GetLearnerProfile` takes such an id too (the recommender grouping a class).
 
 `SubscribeMastery` and `SubscribeMasteryEvents` stream the mastery topic of the caller's tenant
 from Kafka directly (any worker serves any subscription), the latter with each event's position.
 
 Scope (DESIGN.md §3a, docs/authorization.md): a learner reads only their own id, never a class; a
-teacher reaches a learner through the classes the learner's events named (kept in the learner's
-state, checked by the owner right before it reads) and a class of theirs; a caller scoped to
-schools cannot be checked here for a learner or a class (the state keeps no schools) and is
-refused, but may subscribe: it receives the events of its schools only.
+teacher reaches a class of theirs and a learner the roster enrols in one; a caller scoped to
+schools reaches a class the roster places in one of its schools and a learner enrolled in such a
+class; in subscriptions, it receives the events of its schools only. Every worker checks the
+scope with its own roster replica (a forwarded read is checked again by the owner).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from trellis.common.logging import get_logger
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2, mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer, UnknownTenantKey
+from trellis.common.roster import RosterView
 from trellis.mastery.adapters.mastery_topic import MasteryTopic
 from trellis.mastery.adapters.peers import Peers, was_forwarded
 from trellis.mastery.domain import Profile, SkillState
@@ -89,8 +93,10 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         placement: Placement,
         peers: Peers,
         mastery_topic: MasteryTopic,
+        roster: RosterView,
     ) -> None:
         self._service = service
+        self._roster = roster
         self._pseudonymizer = pseudonymizer
         self._placement = placement
         self._peers = peers
@@ -106,7 +112,6 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
                 owner, "GetLearnerMastery", request, context
             )
             return reply
-        _held(lambda: self._authorize_enrolled(request.tenant_id, pseudonym))
         skills = _held(
             lambda: self._service.mastery_of(request.tenant_id, pseudonym, request.skill_ids)
         )
@@ -125,20 +130,25 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         authorize_tenant(principal, tenant_id)
         if not learner_id:
             raise InvalidArgument([("learner_id", "must not be empty")])
-        # Learners see only themselves; the owner checks the others with _authorize_enrolled.
+        # Learners see only themselves.
         authorize_learner(principal, learner_id)
         try:
-            return self._pseudonymizer.pseudonymize(tenant_id, learner_id)
+            pseudonym = self._pseudonymizer.pseudonymize(tenant_id, learner_id)
         except UnknownTenantKey as exc:
             raise NotFound("no learners are known for this tenant") from exc
+        self._authorize_enrolled(tenant_id, pseudonym)
+        return pseudonym
 
     def _authorize_enrolled(self, tenant_id: str, pseudonym: str) -> None:
-        """On the owner, right before its read: the learner is in the caller's scope, through
-        the classes their events named (no read for callers that need no classes)."""
+        """The learner is in the caller's scope through the classes the roster enrols them in
+        (teachers, callers scoped to schools; the others need no roster)."""
         principal = current_principal()
         if scoped_by_roster(principal):
-            _, class_ids = self._service.profile_of(tenant_id, pseudonym)
-            authorize_enrolled(principal, class_ids)
+            authorize_enrolled(
+                principal,
+                self._roster.learner_classes(tenant_id, pseudonym),
+                lambda class_id: self._roster.school_of(tenant_id, class_id),
+            )
 
     async def _route(self, key: bytes, context: Context) -> tuple[int, str | None]:
         """The partition of `key` and its owner's address (None: this worker)."""
@@ -169,7 +179,6 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             return reply
         profile, class_ids = _held(lambda: self._service.profile_of(request.tenant_id, pseudonym))
         principal = current_principal()
-        authorize_enrolled(principal, class_ids)
         if principal.role == "teacher":
             # A teacher sees their own classes only, not which others the learner attends.
             class_ids = tuple(c for c in class_ids if c in principal.classes)
@@ -180,19 +189,17 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
 
     def _profile_subject(self, request: mastery_pb2.GetLearnerProfileRequest) -> str:
         """The pseudonym of the learner the request names: by SIS id, like every read; or by
-        pseudonymous id (a class member of the roster), only for callers whose scope is the
-        whole tenant: narrower scopes (schools, classes) would need the roster to check."""
+        pseudonymous id (a class member of the roster), from any caller but a learner (who
+        knows only their SIS id), within the caller's scope per the roster."""
         if not request.pseudonymous_id:
             return self._learner(request.tenant_id, request.learner_id)
         principal = current_principal()
         authorize_tenant(principal, request.tenant_id)
         if request.learner_id:
             raise InvalidArgument([("pseudonymous_id", "name the learner by one id, not two")])
-        if not (
-            principal.role == "platform_admin"
-            or (principal.role in ("service", "district_admin") and not principal.schools)
-        ):
-            raise PermissionDenied("only a caller scoped to the whole tenant names pseudonyms")
+        if principal.role == "learner":
+            raise PermissionDenied("a learner names themselves by their own id")
+        self._authorize_enrolled(request.tenant_id, request.pseudonymous_id)
         return request.pseudonymous_id
 
     async def GetClassMastery(
@@ -203,8 +210,9 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
         if not request.class_id:
             raise InvalidArgument([("class_id", "must not be empty")])
         authorize_class(principal, request.class_id)
-        # The state keeps no schools: a caller scoped to schools cannot be checked here.
-        authorize_class_school(principal, None)
+        authorize_class_school(
+            principal, self._roster.school_of(request.tenant_id, request.class_id)
+        )
         count = self._placement.partitions
         if any(p >= count for p in request.partitions):
             raise InvalidArgument([("partitions", f"the activity topic has {count} partitions")])
@@ -221,9 +229,10 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             raise Unavailable("class state is moving between mastery workers, retry")
         # This worker's share and its offsets first, in one step; then the others' shares.
         held_here = frozenset(local)
+        # The class's members per this worker's roster replica, those of its partitions only.
         learners = self._service.class_mastery(
             request.tenant_id,
-            request.class_id,
+            self._roster.class_learners(request.tenant_id, request.class_id),
             request.skill_ids,
             include=lambda key: self._placement.partition_of(key) in held_here,
         )
@@ -275,7 +284,6 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             return reply
         # A read: the wall clock only decides how far recall has decayed in this answer.
         now = datetime.now(UTC)
-        _held(lambda: self._authorize_enrolled(request.tenant_id, pseudonym))
         predicted = _held(
             lambda: self._service.predict_items(request.tenant_id, pseudonym, request.item_ids, now)
         )
@@ -312,7 +320,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             self._learner(request.tenant_id, request.learner_id) if request.learner_id else ""
         )
         if principal.role == "teacher" and not request.class_id:
-            # A learner's classes are in their state, not here: the class names the scope.
+            # The class names the teacher's scope.
             raise PermissionDenied("name one of the caller's classes")
         if principal.role == "learner" and not pseudonym:
             raise PermissionDenied("a learner subscribes to their own events only")
@@ -351,13 +359,23 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
                         offset=record.offset,
                     )
                     continue
-                if wanted.accepts(envelope):
+                if wanted.accepts(envelope) and self._member(request, envelope):
                     position = mastery_pb2.PartitionOffset(
                         topic=topic.name, partition=record.partition, offset=record.offset
                     )
                     yield position, envelope
         finally:
             reader.close()
+
+    def _member(
+        self, request: mastery_pb2.SubscribeMasteryRequest, envelope: envelope_pb2.Envelope
+    ) -> bool:
+        """With a class filter: the event's learner is enrolled in the class, per the roster now
+        (an event naming the class, of a learner who left it or was never in it, is not the
+        class's)."""
+        return not request.class_id or self._roster.enrolled(
+            request.tenant_id, request.class_id, envelope.learner_id
+        )
 
 
 def _held(read: Callable[[], T]) -> T:
