@@ -13,8 +13,8 @@ from trellis.common.grpc.errors import PermissionDenied
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2
 from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.roster import roster_applier
 from trellis.common.settings import Principal
-from trellis.ingest.adapters.follower import roster_applier
 from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.catalog import CatalogView
 from trellis.ingest.dedup import DedupWindow
