@@ -258,7 +258,7 @@ async def test_serving_after_the_replica_is_loaded(harness: Harness) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     catalog = harness.recommender.replica.catalog(TEST_TENANT)
     assert set(catalog.skills) == {"count", "add", "multiply", "shapes"}
-    assert len(harness.recommender.replica.class_learners(TEST_TENANT, "c1")) == 4
+    assert len(harness.recommender.replica.roster.class_learners(TEST_TENANT, "c1")) == 4
 
 
 async def test_next_activities_with_predictions_pins_and_accommodations(harness: Harness) -> None:

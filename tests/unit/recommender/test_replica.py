@@ -9,8 +9,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from trellis.common.codec import encode_catalog, encode_roster
 from trellis.common.pb.events.v1 import catalog_pb2, mastery_pb2, roster_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api
+from trellis.common.roster import roster_applier
 from trellis.recommender.adapters import convert
-from trellis.recommender.adapters.followers import catalog_applier, roster_applier
+from trellis.recommender.adapters.followers import catalog_applier
 from trellis.recommender.model import REVIEW_DUE
 from trellis.recommender.replica import Replica
 
@@ -38,7 +39,7 @@ def test_catalog_records_and_tombstones() -> None:
 
 def test_roster_enrollments_and_tombstones() -> None:
     replica = Replica()
-    apply = roster_applier(replica)
+    apply = roster_applier(replica.roster)
     records = [
         roster_pb2.RosterRecord(
             tenant_id="t", school_class=roster_pb2.SchoolClass(sourced_id="c1", school_id="s1")
@@ -59,11 +60,11 @@ def test_roster_enrollments_and_tombstones() -> None:
     for record in records:
         encoded = encode_roster(record)
         apply(encoded.key, encoded.value, encoded.headers)
-    assert replica.class_learners("t", "c1") == ["p1"]
-    assert replica.learner_classes("t", "p1") == {"c1"}
-    assert replica.class_school("t", "c1") == "s1"
+    assert replica.roster.class_learners("t", "c1") == ["p1"]
+    assert replica.roster.learner_classes("t", "p1") == ["c1"]
+    assert replica.roster.school_of("t", "c1") == "s1"
     apply(b"t/enrollment/e1", None, [])
-    assert replica.class_learners("t", "c1") == []
+    assert replica.roster.class_learners("t", "c1") == []
 
 
 def test_learner_state_days_since_practice() -> None:

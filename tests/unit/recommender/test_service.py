@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.unit.recommender.fixtures import CATALOG, mastered, state
+from trellis.common.pb.events.v1 import roster_pb2
 from trellis.recommender.model import LearnerState, Pin, Profile
 from trellis.recommender.paths import UnknownSkill
 from trellis.recommender.policy import PolicyConfig
-from trellis.recommender.replica import Enrollment, Replica
+from trellis.recommender.replica import Replica
 from trellis.recommender.service import (
     GroupRequest,
     MasteryUnavailable,
@@ -62,6 +63,16 @@ class FakePort:
         return {i: self.predictions.get(i, 0.7) for i in item_ids}
 
 
+def enrollment(sourced_id: str, user_id: str, role: str) -> roster_pb2.RosterRecord:
+    """An enrollment in class c1 of tenant t."""
+    return roster_pb2.RosterRecord(
+        tenant_id="t",
+        enrollment=roster_pb2.Enrollment(
+            sourced_id=sourced_id, class_id="c1", user_id=user_id, role=role
+        ),
+    )
+
+
 def make() -> tuple[RecommenderService, FakePort, Replica]:
     replica = Replica()
     for skill in CATALOG.skills.values():
@@ -71,7 +82,7 @@ def make() -> tuple[RecommenderService, FakePort, Replica]:
     for resource in CATALOG.resources.values():
         replica.put_resource("t", resource)
     for n in range(4):
-        replica.put_enrollment("t", f"e{n}", Enrollment("c1", f"p{n}", "learner"))
+        replica.roster.apply(enrollment(f"e{n}", f"p{n}", "learner"))
     port = FakePort()
     config = PolicyConfig(broaden_every=0)
     return RecommenderService(replica, port, lambda _t: config, lambda: NOW), port, replica
@@ -125,7 +136,7 @@ async def test_learning_path_and_unknown_goal() -> None:
 async def test_grouping_uses_roster_membership() -> None:
     service, port, replica = make()
     port.state = state(mastered("count"), mastered("shapes"))
-    replica.put_enrollment("t", "e9", Enrollment("c1", "teacher-1", "teacher"))
+    replica.roster.apply(enrollment("e9", "teacher-1", "teacher"))
     grouping = await service.group_learners(GroupRequest("t", "c1", "need", 3, 6))
     assert [g.learner_ids for g in grouping.groups] == [("p0", "p1", "p2", "p3")]
     port.failing.add("class")

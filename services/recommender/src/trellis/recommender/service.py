@@ -136,7 +136,7 @@ class RecommenderService:
         purpose only)."""
         catalog = self._replica.catalog(request.tenant_id)
         config = self._policy_for(request.tenant_id)
-        members = self._replica.class_learners(request.tenant_id, request.class_id)
+        members = self._replica.roster.class_learners(request.tenant_id, request.class_id)
         states = await self._mastery.class_states(
             request.tenant_id, request.class_id, self._clock()
         )

@@ -11,11 +11,9 @@ from trellis.common.grpc.server import GrpcServer, ServiceBinding, create_server
 from trellis.common.logging import get_logger
 from trellis.common.pb.recommender.v1 import recommender_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
+from trellis.common.roster import roster_applier
 from trellis.common.settings import RecommenderSettings, Settings
-from trellis.recommender.adapters.followers import (
-    catalog_applier,
-    roster_applier,
-)
+from trellis.recommender.adapters.followers import catalog_applier
 from trellis.recommender.adapters.grpc import SERVICE_NAME, RecommenderServicer
 from trellis.recommender.adapters.mastery_client import MasteryClient
 from trellis.recommender.policy import PolicyConfig
@@ -55,7 +53,7 @@ class Recommender:
         self.replica = Replica()
         self.followers = [
             CompactedTopicFollower(settings.kafka, "catalog", catalog_applier(self.replica)),
-            CompactedTopicFollower(settings.kafka, "roster", roster_applier(self.replica)),
+            CompactedTopicFollower(settings.kafka, "roster", roster_applier(self.replica.roster)),
         ]
         token = rec.mastery_token.get_secret_value() if rec.mastery_token else None
         mastery = settings.services.mastery

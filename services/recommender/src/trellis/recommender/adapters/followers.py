@@ -1,13 +1,14 @@
-"""How catalog and roster records (and their tombstones) update the recommender's Replica.
-`trellis.common.follower.CompactedTopicFollower` feeds them from the compacted topics."""
+"""How catalog records (and their tombstones) update the recommender's Replica.
+`trellis.common.follower.CompactedTopicFollower` feeds them from the compacted topic; roster
+records go to `Replica.roster` through `trellis.common.roster.roster_applier`."""
 
 from __future__ import annotations
 
 from trellis.common.codec import Headers, decode
 from trellis.common.follower import Apply
-from trellis.common.pb.events.v1 import catalog_pb2, roster_pb2
+from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.recommender.adapters import convert
-from trellis.recommender.replica import Enrollment, Replica
+from trellis.recommender.replica import Replica
 
 
 def _split_key(key: bytes | None) -> tuple[str, str, str]:
@@ -33,29 +34,5 @@ def catalog_applier(replica: Replica) -> Apply:
         elif entity == "resource":
             replica.put_resource(record.tenant_id, convert.resource(record.resource))
         # model parameters: the mastery service applies them; predictions come from it.
-
-    return apply
-
-
-def roster_applier(replica: Replica) -> Apply:
-    def apply(key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        if value is None:
-            tenant_id, kind, entity_id = _split_key(key)
-            if kind == "enrollment":
-                replica.remove_enrollment(tenant_id, entity_id)
-            elif kind == "school_class":
-                replica.remove_class(tenant_id, entity_id)
-            return
-        record = decode(roster_pb2.RosterRecord, value, headers)
-        entity = record.WhichOneof("entity")
-        if entity == "enrollment":
-            e = record.enrollment
-            replica.put_enrollment(
-                record.tenant_id, e.sourced_id, Enrollment(e.class_id, e.user_id, e.role)
-            )
-        elif entity == "school_class":
-            replica.put_class(
-                record.tenant_id, record.school_class.sourced_id, record.school_class.school_id
-            )
 
     return apply

@@ -93,8 +93,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
                 raise Unavailable("no pseudonym key for this tenant") from exc
             authorize_enrolled(
                 principal,
-                self._replica.learner_classes(tenant_id, pseudonym),
-                lambda class_id: self._replica.class_school(tenant_id, class_id),
+                self._replica.roster.learner_classes(tenant_id, pseudonym),
+                lambda class_id: self._replica.roster.school_of(tenant_id, class_id),
             )
 
     async def NextActivities(
@@ -155,7 +155,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             raise InvalidArgument(violations)
         authorize_class(principal, request.class_id)
         authorize_class_school(
-            principal, self._replica.class_school(request.tenant_id, request.class_id)
+            principal, self._replica.roster.school_of(request.tenant_id, request.class_id)
         )
         try:
             grouping = await self._service.group_learners(
