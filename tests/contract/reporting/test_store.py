@@ -174,9 +174,11 @@ class ReportingStoreContract:
             "t",
         )
 
-        assert store.positions(MASTERY_HISTORY) == {(MASTERY_TOPIC, 0): 9, (MASTERY_TOPIC, 1): 3}
-        assert store.positions(MASTERY_LATEST) == {(MASTERY_TOPIC, 0): 9, (MASTERY_TOPIC, 1): 3}
-        assert store.positions(ACTIVITY) == {}
+        assert store.positions([MASTERY_HISTORY, MASTERY_LATEST, ACTIVITY]) == {
+            MASTERY_HISTORY: {(MASTERY_TOPIC, 0): 9, (MASTERY_TOPIC, 1): 3},
+            MASTERY_LATEST: {(MASTERY_TOPIC, 0): 9, (MASTERY_TOPIC, 1): 3},
+            ACTIVITY: {},
+        }
 
     def test_unknown_tables_are_refused(self, store: ReportingStore) -> None:
         with pytest.raises(ValueError, match="unknown table"):

@@ -317,8 +317,8 @@ class FlakyStore(ReportingStore):
     def migrate(self) -> list[int]:
         return self._store.migrate()
 
-    def positions(self, table: str) -> dict[PartitionKey, int]:
-        return self._store.positions(table)
+    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]:
+        return self._store.positions(tables)
 
     def learner_progress(self, tenant_id: str, learner_id: str, **scope: Any) -> Any:
         return self._store.learner_progress(tenant_id, learner_id, **scope)

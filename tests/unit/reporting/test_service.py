@@ -50,8 +50,8 @@ class FakeStore(ReportingStore):
     def migrate(self) -> list[int]:
         return []
 
-    def positions(self, table: str) -> dict[PartitionKey, int]:
-        return {}
+    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]:
+        return {table: {} for table in tables}
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:
         pass

@@ -480,7 +480,7 @@ class ReportingSink:
             stale, self._positions_stale = self._positions_stale, False
         if stale:
             try:
-                self._positions = {table: self._store.positions(table) for table in TABLE_ORDER}
+                self._positions = self._store.positions(TABLE_ORDER)
                 self._erased = self._store.erased_learners()
             except Exception:
                 with self._lock:

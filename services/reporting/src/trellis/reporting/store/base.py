@@ -186,8 +186,9 @@ class ReportingStore(ABC):
         """Apply the migrations not applied yet; returns their versions (empty: up to date)."""
 
     @abstractmethod
-    def positions(self, table: str) -> dict[PartitionKey, int]:
-        """The highest Kafka offset stored in `table`, per (topic, partition)."""
+    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]:
+        """Per table, the highest Kafka offset stored, per (topic, partition); every table named
+        is in the answer (empty if it holds no rows)."""
 
     @abstractmethod
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from operator import itemgetter
@@ -206,13 +207,24 @@ class ClickHouseStore(ReportingStore):
             done.append(migration.version)
         return done
 
-    def positions(self, table: str) -> dict[PartitionKey, int]:
-        _check_table(table)
+    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]:
+        # One query for all tables (UNION ALL): a query per table took five times as long in
+        # chDB (about 50 vs 10 ms for the sink's nine tables), paid after every assignment.
+        for table in tables:
+            _check_table(table)
+        found: dict[str, dict[PartitionKey, int]] = {table: {} for table in tables}
+        if not tables:
+            return found
         rows = self._query(
-            f"SELECT source_topic, source_partition, max(source_offset) FROM {{db}}.{table} "
-            "GROUP BY source_topic, source_partition"
+            " UNION ALL ".join(
+                f"SELECT '{table}', source_topic, source_partition, max(source_offset) "
+                f"FROM {{db}}.{table} GROUP BY source_topic, source_partition"
+                for table in tables
+            )
         )
-        return {(str(topic), int(partition)): int(offset) for topic, partition, offset in rows}
+        for table, topic, partition, offset in rows:
+            found[str(table)][(str(topic), int(partition))] = int(offset)
+        return found
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:
         _check_table(table)
@@ -237,17 +249,17 @@ class ClickHouseStore(ReportingStore):
             raise StoreError(f"insert into {table} failed: {exc}") from exc
 
     def _column_wire_types(self, table: str) -> dict[str, str]:
-        """Column -> the type its values are sent as; read from the table once."""
-        types = self._wire_types.get(table)
-        if types is None:
+        """Column -> the type its values are sent as; read once, for every table at once."""
+        if table not in self._wire_types:
             described = self._query(
-                "SELECT name, type FROM system.columns "
-                "WHERE database = {database:String} AND table = {table:String}",
-                {"database": self.database, "table": table},
+                "SELECT table, name, type FROM system.columns WHERE database = {database:String}",
+                {"database": self.database},
             )
-            types = {str(name): _wire_type(str(kind)) for name, kind in described}
-            self._wire_types[table] = types
-        return types
+            wire_types: dict[str, dict[str, str]] = defaultdict(dict)
+            for owner, name, kind in described:
+                wire_types[str(owner)][str(name)] = _wire_type(str(kind))
+            self._wire_types = {**wire_types, table: wire_types.get(table, {})}
+        return self._wire_types[table]
 
     def learner_progress(
         self,
