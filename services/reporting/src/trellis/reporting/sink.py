@@ -611,20 +611,40 @@ def _new_rows(
     rows: Iterable[Row], stored: Mapping[PartitionKey, int]
 ) -> tuple[list[Row], dict[PartitionKey, tuple[int, int]]]:
     """Rows above the stored position of their partition, each position once, and the offset
-    range of each partition among them (one pass: it runs over every row of every batch)."""
+    range of each partition among them (one pass: it runs over every row of every batch).
+
+    A partition's rows normally come in offset order, so a row above the highest fresh offset of
+    its partition cannot repeat one: the set of offsets taken is built only for a partition whose
+    offsets go back (records read twice, as around a rebalance)."""
     fresh: list[Row] = []
-    ranges: dict[PartitionKey, tuple[int, int]] = {}
-    seen: set[tuple[PartitionKey, int]] = set()
+    # Per partition: [stored position, lowest, highest fresh offset (-1: none yet)].
+    spans: dict[PartitionKey, list[int]] = {}
+    taken: dict[PartitionKey, set[int]] = {}
     for row in rows:
         key = (row["source_topic"], row["source_partition"])
         offset = row["source_offset"]
-        if offset <= stored.get(key, -1) or (key, offset) in seen:
-            continue
-        seen.add((key, offset))
-        fresh.append(row)
-        span = ranges.get(key)
+        span = spans.get(key)
         if span is None:
-            ranges[key] = (offset, offset)
-        elif not span[0] <= offset <= span[1]:
-            ranges[key] = (min(span[0], offset), max(span[1], offset))
+            span = spans[key] = [stored.get(key, -1), -1, -1]
+        if offset <= span[0]:
+            continue
+        offsets = taken.get(key)
+        if offset > span[2]:
+            if span[2] < 0:
+                span[1] = offset
+            span[2] = offset
+        else:
+            if offsets is None:
+                offsets = taken[key] = {
+                    r["source_offset"]
+                    for r in fresh
+                    if (r["source_topic"], r["source_partition"]) == key
+                }
+            if offset in offsets:
+                continue
+            span[1] = min(span[1], offset)
+        if offsets is not None:
+            offsets.add(offset)
+        fresh.append(row)
+    ranges = {key: (low, high) for key, (_, low, high) in spans.items() if high >= 0}
     return fresh, ranges
