@@ -17,6 +17,10 @@ from trellis.mastery.domain import MASTERY_THRESHOLD, BktParameters, ParamsForSk
 from trellis.mastery.model_parameters import from_proto
 from trellis.mastery.prediction import ModelSet
 
+#: A tenant's parameter set until one is published: one object, so that what it derives once
+#: (its default parameters) is not derived again on every event.
+DEFAULT_MODEL = ModelSet()
+
 
 @dataclass(frozen=True, slots=True)
 class ItemInfo:
@@ -49,7 +53,7 @@ class CatalogView:
         return self.items.get((tenant_id, item_id))
 
     def model(self, tenant_id: str) -> ModelSet:
-        return self.models.get(tenant_id) or ModelSet()
+        return self.models.get(tenant_id) or DEFAULT_MODEL
 
     def params_for(self, tenant_id: str) -> ParamsForSkill:
         """The tenant's parameters per skill, with the skill's own mastery threshold."""
