@@ -951,9 +951,9 @@ def _utc(value: datetime) -> datetime:
 def _columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[Sequence[Any]]:
     """Rows pivoted to one list per column (a C loop each): clickhouse-connect's Native writer
     takes columns as they are, about twice as fast as rows. One `map(itemgetter(name))` per column
-    allocates no tuple per row: `zip(*map(itemgetter(*names), rows))` did, and the garbage
-    collections those tuples set off made the pivot three times slower (0.25 vs 0.08 s per
-    60,000 rows)."""
+    allocates no tuple per row, where `zip(*map(itemgetter(*names), rows))` holds a tuple per row
+    at once: its time swung with the garbage collections they set off (0.06-0.19 s per 60,000
+    rows in the insert stage, 0.25 s at 10,000-row blocks alone); this takes 0.07-0.08 s."""
     return [list(map(itemgetter(name), rows)) for name in names]
 
 
