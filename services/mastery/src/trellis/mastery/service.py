@@ -9,7 +9,7 @@ their events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
@@ -60,10 +60,6 @@ class LearnerStore(Protocol):
 
     def owns_all(self) -> bool:
         """Whether this process holds every learner's state (every partition, none recovering)."""
-        ...
-
-    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
-        """Every state of the tenant held here (keys `tenant/...`)."""
         ...
 
     def erase(self, key: bytes, erased_at: datetime) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 
-from trellis.common.codec import learner_key
 from trellis.mastery.domain import LearnerState
 
 
@@ -27,12 +25,6 @@ class InMemoryLearnerStore:
 
     def owns_all(self) -> bool:
         return True
-
-    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
-        prefix = learner_key(tenant_id, "")
-        for key, state in list(self.states.items()):
-            if key.startswith(prefix):
-                yield key, state
 
     def erase(self, key: bytes, erased_at: datetime) -> None:
         self.states.pop(key, None)

@@ -11,7 +11,7 @@ window, and their outputs already on the topic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 
@@ -50,9 +50,6 @@ class StagedWrites:
 
     def owns_all(self) -> bool:
         return self._store.owns_all()
-
-    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
-        return self._store.learners(tenant_id)
 
     async def flush(self, acting_for: Callable[[bytes], AbstractContextManager[object]]) -> None:
         """Write every change to the table (changelog records stored before the local store,

@@ -12,7 +12,7 @@ changelog sees it (mutating a stored value in place would not reach the changelo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,10 +21,9 @@ from typing import cast
 import faust
 from faust.types import TP, StoreT, TableT
 
-from trellis.common.codec import learner_key
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.partitioning import partition_of
-from trellis.mastery.adapters.state_codec import EncodedState, decode, decode_state, encode
+from trellis.mastery.adapters.state_codec import EncodedState, decode, encode
 from trellis.mastery.domain import LearnerState
 from trellis.mastery.stream.sending import Outgoing, kafka_producer, send_all
 
@@ -187,21 +186,6 @@ class TableLearnerStore:
         self._decoded[key] = state
         if len(self._decoded) > DECODED_CACHE_SIZE:
             del self._decoded[next(iter(self._decoded))]  # the least recently stored
-
-    def learners(self, tenant_id: str) -> Iterator[tuple[bytes, LearnerState]]:
-        """The tenant's states in this worker's active partitions (a scan of the local store,
-        each state as `get` gives it: the decoded one when held, which may be newer than the
-        disk while a batch's changelog records are on their way)."""
-        prefix = learner_key(tenant_id, "")
-        scanned = set()
-        for key, stored in list(self._table.items()):
-            if stored is not None and key.startswith(prefix):
-                scanned.add(key)
-                cached = self._decoded.get(key)
-                yield key, decode_state(stored) if cached is None else cached.state
-        for key, held in list(self._decoded.items()):
-            if key.startswith(prefix) and key not in scanned:
-                yield key, held.state
 
     def erase(self, key: bytes, erased_at: datetime) -> None:
         if self._erased is None:
