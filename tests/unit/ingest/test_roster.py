@@ -1,5 +1,6 @@
-"""The roster view: class schools and learners' enrollments, with the topic's tombstones; and the
-servicer's rule built on it: a teacher writes only about the learners of their classes."""
+"""The servicer's rules built on the roster view (the view itself: tests/unit/common/
+test_roster_view.py): who writes about which learners, which schools' roster, the catalog, and
+erasure requests."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ import pytest
 from pydantic import SecretStr
 
 from tests.unit.ingest.test_properties import TENANT, MemoryPublisher, call_as, valid_event
-from trellis.common.codec import encode_roster
 from trellis.common.grpc.errors import PermissionDenied
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2
 from trellis.common.pseudonym import Pseudonymizer
-from trellis.common.roster import roster_applier
 from trellis.common.settings import Principal
 from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.catalog import CatalogView
@@ -33,38 +32,6 @@ def enrollment(
             sourced_id=sourced_id, class_id=class_id, user_id=user_id, role=role
         ),
     )
-
-
-def test_enrollments_of_learners_are_kept_moved_and_removed() -> None:
-    view = RosterView()
-    view.apply(enrollment("e1", "c1", "p1"))
-    view.apply(enrollment("e2", "c1", "p1"))  # two records for the same pair
-    view.apply(enrollment("e3", "c1", "t1", role="teacher"))
-    assert view.enrolled(TENANT, "c1", "p1")
-    assert not view.enrolled(TENANT, "c1", "t1") and not view.enrolled("other", "c1", "p1")
-    view.apply(enrollment("e1", "c2", "p1"))  # e1 moves to c2; e2 still enrols p1 in c1
-    assert view.enrolled(TENANT, "c1", "p1") and view.enrolled(TENANT, "c2", "p1")
-    view.remove(TENANT, "enrollment", "e2")
-    assert not view.enrolled(TENANT, "c1", "p1") and view.enrolled(TENANT, "c2", "p1")
-    view.remove(TENANT, "enrollment", "unknown")
-
-
-def test_the_applier_follows_records_and_tombstones() -> None:
-    view = RosterView()
-    apply = roster_applier(view)
-    for record in (
-        enrollment("e1", "c1", "p1"),
-        roster_pb2.RosterRecord(
-            tenant_id=TENANT, school_class=roster_pb2.SchoolClass(sourced_id="c1", school_id="s1")
-        ),
-    ):
-        encoded = encode_roster(record)
-        apply(encoded.key, encoded.value, encoded.headers)
-    assert view.enrolled(TENANT, "c1", "p1") and view.school_of(TENANT, "c1") == "s1"
-    apply(f"{TENANT}/enrollment/e1".encode(), None, [])
-    apply(f"{TENANT}/school_class/c1".encode(), None, [])
-    apply(b"not-a-roster-key", None, [])
-    assert not view.enrolled(TENANT, "c1", "p1") and view.school_of(TENANT, "c1") is None
 
 
 def servicer_with(view: RosterView) -> IngestServicer:
