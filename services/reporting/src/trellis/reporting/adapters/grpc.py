@@ -15,10 +15,12 @@ them reads as having no evidence, and no goals), see docs/authorization.md.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trellis.common.grpc.auth import (
@@ -75,6 +77,15 @@ def _skill(progress: SkillProgress) -> reporting_pb2.SkillProgress:
     )
 
 
+_M = TypeVar("_M", bound=Message)
+
+
+def _copied(message_type: type[_M], row: Any) -> _M:
+    """The message of a store row (a dataclass) whose fields it has, by the same names and with
+    plain values (an enum field takes the row's int). A field the message lacks raises."""
+    return message_type(**{f.name: getattr(row, f.name) for f in fields(row)})
+
+
 class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
     """Progress, heatmap and statistics."""
 
@@ -123,15 +134,7 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         )
         return reporting_pb2.ClassHeatmap(
             class_id=request.class_id,
-            cells=[
-                reporting_pb2.HeatmapCell(
-                    learner_id=cell.learner_id,
-                    skill_id=cell.skill_id,
-                    p_mastered=cell.p_mastered,
-                    level=cell.level,  # type: ignore[arg-type]
-                )
-                for cell in page.cells
-            ],
+            cells=[_copied(reporting_pb2.HeatmapCell, cell) for cell in page.cells],
             next_page_token=page.next_page_token,
         )
 
@@ -291,14 +294,7 @@ class ReportingServicer(_CoreServicer):
             )
         )
         return reporting_pb2.ReadyToAccelerate(
-            learners=[
-                reporting_pb2.ReadyLearner(
-                    learner_id=r.learner_id,
-                    skills_started=r.skills_started,
-                    skills_mastered=r.skills_mastered,
-                )
-                for r in page.items
-            ],
+            learners=[_copied(reporting_pb2.ReadyLearner, r) for r in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -319,16 +315,7 @@ class ReportingServicer(_CoreServicer):
             )
         )
         return reporting_pb2.SkillGaps(
-            skills=[
-                reporting_pb2.SkillGap(
-                    skill_id=g.skill_id,
-                    learners=g.learners,
-                    below=g.below,
-                    mastered=g.mastered,
-                    mean_mastery=g.mean_mastery,
-                )
-                for g in page.items
-            ],
+            skills=[_copied(reporting_pb2.SkillGap, g) for g in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -400,15 +387,7 @@ class ReportingServicer(_CoreServicer):
             )
         )
         return reporting_pb2.ErrorBreakdown(
-            errors=[
-                reporting_pb2.ErrorCount(
-                    skill_id=e.skill_id,
-                    error_tag=e.error_tag,
-                    attempts=e.attempts,
-                    learners=e.learners,
-                )
-                for e in page.items
-            ],
+            errors=[_copied(reporting_pb2.ErrorCount, e) for e in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -433,16 +412,7 @@ class ReportingServicer(_CoreServicer):
             )
         )
         return reporting_pb2.GrowthReport(
-            rows=[
-                reporting_pb2.Growth(
-                    learner_id=g.learner_id,
-                    skill_id=g.skill_id,
-                    p_start=g.p_start,
-                    p_end=g.p_end,
-                    updates=g.updates,
-                )
-                for g in page.items
-            ],
+            rows=[_copied(reporting_pb2.Growth, g) for g in page.items],
             next_page_token=page.next_page_token,
         )
 
