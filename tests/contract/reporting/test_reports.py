@@ -17,6 +17,7 @@ from pytest import approx
 
 from tests.contract.reporting import dataset
 from tests.contract.reporting.dataset import AS_OF, OTHER, SINCE, TENANT, at
+from trellis.common.pb.events.v1 import roster_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.store.base import ReportingStore, Target
 from trellis.reporting.store.chdb import ChdbStore
@@ -327,6 +328,26 @@ class ReportsContract:
             ("n05", "low_engagement"),
         ]
 
+    # --- roster scope of a learner ---
+
+    def test_a_learner_is_enrolled_in_the_roster_s_classes_and_their_schools(
+        self, store: ReportingStore
+    ) -> None:
+        # n01 is enrolled in c1, which the roster places in school-n.
+        assert store.learner_enrolled(TENANT, "n01", classes=["c2", "c1"])
+        assert store.learner_enrolled(TENANT, "n01", schools=["school-n"])
+        assert store.learner_enrolled(TENANT, "n01", classes=["c1"], schools=["school-n"])
+        assert store.learner_enrolled(TENANT, "n01")
+        assert not store.learner_enrolled(TENANT, "n01", classes=["c2"])
+        assert not store.learner_enrolled(TENANT, "n01", schools=["school-s", "school-e"])
+        assert not store.learner_enrolled(TENANT, "n01", classes=[])
+        # s01 is on the roster of school-s but enrolled in no class; t1 teaches c1.
+        assert not store.learner_enrolled(TENANT, "s01", schools=["school-s"])
+        assert not store.learner_enrolled(TENANT, "t1", classes=["c1"])
+        # Another tenant's n01 and an unknown learner.
+        assert not store.learner_enrolled(OTHER, "n01", classes=["c1"])
+        assert not store.learner_enrolled(TENANT, "nobody", classes=["c1"], timeout_s=5)
+
 
 class TestChdbReports(ReportsContract):
     @classmethod
@@ -367,6 +388,28 @@ def test_erasure_removes_the_learner_from_every_table_and_rollup(tmp_path: Path)
         assert [r[0] for r in support(store)] == ["n03", "n05"]
         # Other tenants' n02 (none) and other learners are untouched.
         assert store.rollup(OTHER, "school").total[0] == 1
+    finally:
+        store.close()
+
+
+def test_an_ended_enrollment_and_a_moved_class_end_the_scope(tmp_path: Path) -> None:
+    store = ChdbStore(tmp_path / "chdb", "trellis_enrolled")
+    try:
+        store.migrate()
+        dataset.load(store)
+        later = dataset.Builder()
+        later.offsets[dataset.ROSTER_TOPIC] = 1_000  # after the dataset on the roster topic
+        later.tombstone(TENANT, "enrollment", "en-n01")
+        later.roster(
+            TENANT, "school_class", roster_pb2.SchoolClass(sourced_id="c1", school_id="school-s")
+        )
+        for table, rows in later.tables.items():
+            store.insert(table, rows, f"later/{table}")
+
+        assert not store.learner_enrolled(TENANT, "n01", classes=["c1"])
+        assert store.learner_enrolled(TENANT, "n02", classes=["c1"])
+        assert not store.learner_enrolled(TENANT, "n02", schools=["school-n"])
+        assert store.learner_enrolled(TENANT, "n02", schools=["school-s"])
     finally:
         store.close()
 

@@ -13,18 +13,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.conftest import TEST_TENANT
 from trellis.common.grpc.server import ServiceBinding, create_server
-from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
+from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2, roster_pb2
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal, Settings
 from trellis.reporting.adapters.grpc import SERVICE_NAME, ReportingServicer
-from trellis.reporting.rows import Position, mastery_rows
+from trellis.reporting.rows import Position, mastery_rows, roster_rows
 from trellis.reporting.service import ReportingService
 from trellis.reporting.store.chdb import ChdbStore
 
 T0 = datetime(2025, 9, 1, 8, 0, tzinfo=UTC)
 TOKENS = {
     "admin": Principal(tenant_id=TEST_TENANT, role="district_admin"),
+    "admin-school-1": Principal(tenant_id=TEST_TENANT, role="district_admin", schools=["school-1"]),
     "admin-school-2": Principal(tenant_id=TEST_TENANT, role="district_admin", schools=["school-2"]),
     "teacher": Principal(tenant_id=TEST_TENANT, role="teacher", classes=["class-a"]),
     "learner": Principal(tenant_id=TEST_TENANT, role="learner", learner_id="sis-1"),
@@ -67,7 +68,31 @@ def store(tmp_path: Path, settings: Settings) -> Iterator[ChdbStore]:
                 )
                 pairs += mastery_rows(envelope, Position("mastery", 0, offset))
                 offset += 1
-    for table in ("mastery_history", "mastery_latest"):
+    # The roster: class-a and class-b in school-1; sis-1, sis-2 enrolled in class-a, sis-3 in
+    # class-b; sis-4 has evidence in class-b but no enrollment (reachable by unscoped callers).
+    records = [
+        roster_pb2.RosterRecord(
+            tenant_id=TEST_TENANT,
+            school_class=roster_pb2.SchoolClass(sourced_id=class_id, school_id="school-1"),
+        )
+        for class_id in ("class-a", "class-b")
+    ] + [
+        roster_pb2.RosterRecord(
+            tenant_id=TEST_TENANT,
+            enrollment=roster_pb2.Enrollment(
+                sourced_id=f"en-{n}",
+                class_id=class_id,
+                user_id=pseudonym.pseudonymize(TEST_TENANT, f"sis-{n}"),
+                role="student",
+            ),
+        )
+        for n, class_id in ((1, "class-a"), (2, "class-a"), (3, "class-b"))
+    ]
+    for n, record in enumerate(records):
+        kind = record.WhichOneof("entity")
+        key = f"{TEST_TENANT}/{kind}/{getattr(record, kind).sourced_id}".encode()
+        pairs += roster_rows(key, record, Position("roster", 0, n))
+    for table in ("mastery_history", "mastery_latest", "roster_classes", "roster_enrollments"):
         store.insert(table, [row for t, row in pairs if t == table], f"seed/{table}")
     try:
         yield store
@@ -134,8 +159,15 @@ async def test_learner_progress_follows_the_callers_scope(stub: Stub) -> None:
     assert await progress(stub, "learner", "sis-1") == [0.61, 0.61]
     assert await code_of(progress(stub, "learner", "sis-2")) == grpc.StatusCode.PERMISSION_DENIED
     assert await progress(stub, "teacher", "sis-2") == [0.62, 0.62]
-    assert await progress(stub, "teacher", "sis-3") == []  # not in the teacher's classes
-    assert await progress(stub, "admin-school-2", "sis-3") == []
+    assert await progress(stub, "admin-school-1", "sis-3") == [0.63, 0.63]
+    # Outside the caller's classes or schools: refused, not answered empty (DESIGN.md §3a).
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    assert await code_of(progress(stub, "teacher", "sis-3")) == denied
+    assert await code_of(progress(stub, "admin-school-2", "sis-3")) == denied
+    # sis-4 has rows but no enrollment: only unscoped callers reach them.
+    assert await code_of(progress(stub, "admin-school-1", "sis-4")) == denied
+    assert await code_of(progress(stub, "teacher", "sis-404")) == denied
+    assert await progress(stub, "admin", "sis-4") == [0.64, 0.64]
     assert await progress(stub, "platform", "sis-4") == [0.64, 0.64]
     assert await code_of(progress(stub, "tool", "sis-1")) == grpc.StatusCode.PERMISSION_DENIED
     assert await code_of(progress(stub, "admin", "sis-1", "other")) == (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -250,18 +251,32 @@ async def test_a_learner_sees_their_own_view_and_timeline_only(stub: Stub) -> No
     assert await code_of(other) == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_a_learner_view_out_of_scope_shows_no_evidence_and_no_goals(stub: Stub) -> None:
-    async def view(token: str) -> reporting_pb2.LearnerView:
-        return await stub.GetLearnerView(
+async def test_a_learner_out_of_scope_is_refused(stub: Stub) -> None:
+    def view(token: str) -> Any:
+        return stub.GetLearnerView(
             R.GetLearnerViewRequest(tenant_id=TENANT, learner_id="n02"), metadata=auth(token)
+        )
+
+    def timeline(token: str) -> Any:
+        return stub.GetLearnerTimeline(
+            R.GetLearnerTimelineRequest(tenant_id=TENANT, learner_id="n02"), metadata=auth(token)
+        )
+
+    def engagement(token: str) -> Any:
+        target = R.ReportTarget(tenant_id=TENANT, school_id="school-n")
+        return stub.GetEngagement(
+            R.GetEngagementRequest(target=target, learner_id="n02"), metadata=auth(token)
         )
 
     # n02 is enrolled in c1 (school-n) and set goal g1.
     for token in ("teacher-c1", "admin"):
         assert [g.goal_id for g in (await view(token)).goals] == ["g1"]
+        assert (await timeline(token)).learner_id
+    # teacher-c2 teaches in school-n too, but not n02's class; admin-se has other schools.
     for token in ("teacher-c2", "admin-se"):
-        answer = await view(token)
-        assert (list(answer.skills), list(answer.goals)) == ([], [])
+        for call in (view, timeline):
+            assert await code_of(call(token)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code_of(engagement("teacher-c2")) == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_store_stats_are_for_admins_of_the_whole_tenant(stub: Stub) -> None:

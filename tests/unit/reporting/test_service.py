@@ -17,6 +17,7 @@ from trellis.reporting.service import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     BadPageToken,
+    LearnerOutOfScope,
     ReportingService,
     Scope,
     decode_cursor,
@@ -26,6 +27,7 @@ from trellis.reporting.service import (
     recent_window,
 )
 from trellis.reporting.store.base import (
+    GoalRow,
     HeatmapCell,
     PartitionKey,
     ReportingStore,
@@ -34,15 +36,17 @@ from trellis.reporting.store.base import (
     StoreStatus,
     SupportReason,
     Target,
+    TimelineEntry,
 )
 
 KEYS = {"d1": {1: SecretStr("k1")}}
 
 
 class FakeStore(ReportingStore):
-    def __init__(self, cells: int = 0) -> None:
+    def __init__(self, cells: int = 0, enrolled: bool = True) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.cells = [HeatmapCell(f"l{i:04d}", "s", 0.5, 2) for i in range(cells)]
+        self.enrolled = enrolled  # what the roster says of every learner
 
     def status(self) -> StoreStatus:
         return StoreStatus.OK
@@ -87,6 +91,18 @@ class FakeStore(ReportingStore):
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         return {"activity": 1}
 
+    def learner_enrolled(self, tenant_id: str, learner_id: str, **kw: Any) -> bool:
+        self.calls.append(("learner_enrolled", (tenant_id, learner_id), kw))
+        return self.enrolled
+
+    def learner_goals(self, tenant_id: str, learner_id: str, **kw: Any) -> list[GoalRow]:
+        self.calls.append(("learner_goals", (tenant_id, learner_id), kw))
+        return []
+
+    def timeline(self, tenant_id: str, learner_id: str, **kw: Any) -> list[TimelineEntry]:
+        self.calls.append(("timeline", (tenant_id, learner_id), kw))
+        return []
+
     def needs_support(self, target: Target, **kw: Any) -> list[SupportReason]:
         self.calls.append(("needs_support", (target,), kw))
         learners = [f"l{i}" for i in range(5) if f"l{i}" > kw["after"]][: kw["limit"]]
@@ -120,7 +136,12 @@ async def test_learner_progress_pseudonymizes_before_the_store_sees_the_id(
     expected = Pseudonymizer(KEYS).pseudonymize("d1", "sis-42")
     assert result.learner_id == expected
     assert store.calls == [
-        ("learner_progress", ("d1", expected), {"classes": ["c1"], "schools": None})
+        (
+            "learner_enrolled",
+            ("d1", expected),
+            {"classes": ["c1"], "schools": None, "timeout_s": 10.0},
+        ),
+        ("learner_progress", ("d1", expected), {"classes": ["c1"], "schools": None}),
     ]
     assert "sis-42" not in repr(store.calls)
 
@@ -174,6 +195,42 @@ def test_page_tokens_round_trip_and_are_bound_to_their_class() -> None:
 def test_foreign_page_tokens_are_refused(token: str) -> None:
     with pytest.raises(BadPageToken):
         decode_page_token("c1", token)
+
+
+async def test_a_scoped_caller_reaches_only_learners_the_roster_places_in_its_scope(
+    executor: ThreadPoolExecutor,
+) -> None:
+    outside = FakeStore(enrolled=False)
+    service = ReportingService(outside, Pseudonymizer(KEYS), executor)
+    since, until = datetime(2025, 9, 1, tzinfo=UTC), datetime(2025, 9, 15, tzinfo=UTC)
+    teacher = Scope(classes=["c1"], schools=["s1"])
+    school_admin = Scope(schools=["s1"])
+    target = Target("d1", school_id="s1")
+
+    with pytest.raises(LearnerOutOfScope):
+        await service.learner_progress("d1", "sis-1", teacher)
+    with pytest.raises(LearnerOutOfScope):
+        await service.learner_view("d1", "sis-1", school_admin)
+    with pytest.raises(LearnerOutOfScope):
+        await service.timeline("d1", "sis-1", since, until, 10, "", teacher)
+    with pytest.raises(LearnerOutOfScope):
+        await service.engagement(target, since.date(), until.date(), "sis-1", 10, "", teacher)
+
+    # Only the roster was asked: a teacher by their classes alone, an admin by its schools.
+    assert {name for name, _, _ in outside.calls} == {"learner_enrolled"}
+    scopes = [(kw["classes"], kw["schools"]) for _, _, kw in outside.calls]
+    assert scopes == [(["c1"], None), (None, ["s1"]), (["c1"], None), (["c1"], None)]
+
+    # Unscoped callers (whole-tenant and platform admins, a learner's own id) skip the roster.
+    unscoped = FakeStore(enrolled=False)
+    service = ReportingService(unscoped, Pseudonymizer(KEYS), executor)
+    await service.learner_view("d1", "sis-1", Scope())
+    await service.timeline("d1", "sis-1", since, until, 10, "", Scope())
+    assert [name for name, _, _ in unscoped.calls] == [
+        "learner_progress",
+        "learner_goals",
+        "timeline",
+    ]
 
 
 def test_scopes_follow_the_role() -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "GoalProgress",
     "HeatmapPage",
     "LearnerNeeds",
+    "LearnerOutOfScope",
     "LearnerProgress",
     "LearnerView",
     "Page",
@@ -65,6 +66,10 @@ _R = TypeVar("_R")
 
 class BadPageToken(ValueError):
     """A page token this service did not issue for this request."""
+
+
+class LearnerOutOfScope(Exception):
+    """A caller scoped to classes or schools named a learner the roster does not place there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +131,35 @@ class ReportingService:
     async def _run(self, call: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    async def _check_enrolled(
+        self, tenant_id: str, learner_id: str, scope: Scope, remaining_s: float | None
+    ) -> None:
+        """A scoped caller reaches a learner only through the roster (DESIGN.md §3a): a teacher
+        through one of their classes, a caller scoped to schools through a class of its schools.
+        Unscoped callers skip it; a learner principal is already limited to their own id."""
+        if scope.classes is None and scope.schools is None:
+            return
+        # A teacher's schools never widen or narrow their classes (as in authorize_enrolled).
+        schools = scope.schools if scope.classes is None else None
+        enrolled = await self._run(
+            lambda: self._store.learner_enrolled(
+                tenant_id,
+                learner_id,
+                classes=scope.classes,
+                schools=schools,
+                timeout_s=self._timeout(remaining_s),
+            )
+        )
+        if not enrolled:
+            raise LearnerOutOfScope("learner outside the caller's classes or schools")
+
     async def learner_progress(
-        self, tenant_id: str, sis_learner_id: str, scope: Scope
+        self, tenant_id: str, sis_learner_id: str, scope: Scope, remaining_s: float | None = None
     ) -> LearnerProgress:
-        """Latest mastery per skill; raises UnknownTenantKey if the tenant has no pseudonym key."""
+        """Latest mastery per skill; raises UnknownTenantKey if the tenant has no pseudonym key,
+        LearnerOutOfScope if a scoped caller names a learner outside its scope."""
         learner_id = self._pseudonymizer.pseudonymize(tenant_id, sis_learner_id)
+        await self._check_enrolled(tenant_id, learner_id, scope, remaining_s)
         skills = await self._run(
             lambda: self._store.learner_progress(
                 tenant_id, learner_id, classes=scope.classes, schools=scope.schools
@@ -272,6 +301,8 @@ class ReportingService:
             if sis_learner_id
             else ""
         )
+        if learner_id:
+            await self._check_enrolled(target.tenant_id, learner_id, scope, remaining_s)
         bound = f"{_target_bound(target)}|{since}|{until}|{learner_id}"
         after = decode_cursor("engagement", bound, page_token, 2)
         rows = await self._run(
@@ -364,6 +395,7 @@ class ReportingService:
             cursor = (datetime.fromisoformat(after[0]), after[1]) if after else None
         except ValueError as exc:
             raise BadPageToken("page_token is not valid") from exc
+        await self._check_enrolled(tenant_id, learner_id, scope, remaining_s)
         rows = await self._run(
             lambda: self._store.timeline(
                 tenant_id,
@@ -385,17 +417,12 @@ class ReportingService:
     async def learner_view(
         self, tenant_id: str, sis_learner_id: str, scope: Scope, remaining_s: float | None = None
     ) -> LearnerView:
-        progress = await self.learner_progress(tenant_id, sis_learner_id, scope)
-        # Goals are kept per learner, not per class: a caller scoped to classes or schools sees
-        # them only for a learner with evidence in its scope (else nothing makes them theirs).
-        limited = scope.classes is not None or scope.schools is not None
-        goals = (
-            []
-            if limited and not progress.skills
-            else await self._run(
-                lambda: self._store.learner_goals(
-                    tenant_id, progress.learner_id, timeout_s=self._timeout(remaining_s)
-                )
+        # Goals are kept per learner, not per class: learner_progress has checked that the
+        # roster places the learner in the caller's scope, which makes them the caller's.
+        progress = await self.learner_progress(tenant_id, sis_learner_id, scope, remaining_s)
+        goals = await self._run(
+            lambda: self._store.learner_goals(
+                tenant_id, progress.learner_id, timeout_s=self._timeout(remaining_s)
             )
         )
         by_skill = {p.skill_id: p for p in progress.skills}

@@ -8,8 +8,9 @@ Who may call what (DESIGN.md §3a), always within the caller's tenant:
 - GetStoreStats: district admins of the whole tenant (the counts are the tenant's) and platform
   admins.
 `service` principals (learning tools, SIS feeds) write; they read no reports.
-Rows outside a caller's classes or schools are filtered out of every answer (a learner outside
-them reads as having no evidence, and no goals), see docs/authorization.md.
+Rows outside a caller's classes or schools are filtered out of every answer; a learner the roster
+does not enrol in a teacher's classes (or a class of a scoped admin's schools) is refused with
+PERMISSION_DENIED, see docs/authorization.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from trellis.reporting.service import (
 )
 from trellis.reporting.service import (
     BadPageToken,
+    LearnerOutOfScope,
     ReportingService,
     Scope,
     recent_window,
@@ -231,6 +233,8 @@ async def _answer(call: Awaitable[_T]) -> _T:
         return await call
     except BadPageToken as exc:
         raise InvalidArgument([("page_token", str(exc))]) from exc
+    except LearnerOutOfScope as exc:
+        raise PermissionDenied(str(exc)) from exc
     except UnknownTenantKey as exc:
         raise NotFound("no pseudonymization key for this tenant") from exc
     except StoreError as exc:

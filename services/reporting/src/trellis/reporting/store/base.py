@@ -238,6 +238,19 @@ class ReportingStore(ABC):
     # --- reports (implemented by the ClickHouse stores; fakes need not) ---
     # Each runs within `timeout_s` (None: no limit) and pages by the cursor it returns rows in.
 
+    def learner_enrolled(
+        self,
+        tenant_id: str,
+        learner_id: str,
+        *,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Whether the roster enrols this (pseudonymous) learner, as a learner, in one of
+        `classes` and/or in a class the roster places in one of `schools` (None: any)."""
+        raise NotImplementedError
+
     def needs_support(
         self,
         target: Target,

@@ -349,6 +349,43 @@ class ClickHouseStore(ReportingStore):
 
     # --- reports ---
 
+    def learner_enrolled(
+        self,
+        tenant_id: str,
+        learner_id: str,
+        *,
+        classes: Sequence[str] | None = None,
+        schools: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> bool:
+        # A class's school is the roster's class record (as in the other services' roster
+        # views), not the enrollment's own school_id, which a feed may leave empty.
+        terms: list[str] = []
+        parameters: dict[str, Any] = {"tenant": tenant_id, "learner": learner_id}
+        if classes is not None:
+            terms.append("AND has({classes:Array(String)}, class_id)")
+            parameters["classes"] = list(classes)
+        if schools is not None:
+            terms.append(
+                """AND class_id IN (
+                    SELECT class_id FROM {db}.roster_classes FINAL
+                    WHERE tenant_id = {tenant:String} AND deleted = 0
+                      AND has({schools:Array(String)}, toString(school_id)))"""
+            )
+            parameters["schools"] = list(schools)
+        scope = " ".join(terms)
+        rows = self._query(
+            f"""
+            SELECT 1 FROM {{db}}.roster_enrollments FINAL
+            WHERE tenant_id = {{tenant:String}} AND learner_id = {{learner:String}}
+              AND deleted = 0 AND role IN ('student', 'learner') {scope}
+            LIMIT 1
+            """,
+            parameters,
+            timeout_s,
+        )
+        return bool(rows)
+
     def needs_support(
         self,
         target: Target,
