@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -27,6 +28,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def print_log_tails(run_dir: Path, lines: int = 60) -> None:
+    """Each service's warnings and errors, then its last lines (mostly the stop): pytest shows
+    them beside a failed test, and CI keeps only that output."""
+    for log in sorted(run_dir.glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        noted = [line for line in text if re.search(r"warning|error|traceback", line, re.I)]
+        print(f"--- {log.name}", *noted[-lines:], "[...]", *text[-10:], sep="\n")
 
 
 @pytest.fixture
@@ -69,5 +79,6 @@ def stack(tmp_path: Path) -> Iterator[dict[str, int]]:
         yield ports
     finally:
         subprocess.run([script, "services-down"], env=env, check=True, timeout=180)
+        print_log_tails(tmp_path / "run")
     leftovers = list((tmp_path / "run").glob("*.pid"))
     assert not leftovers, f"services still running: {leftovers}"
