@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import ReportingSettings
@@ -195,6 +195,37 @@ class ReportingService:
         limit = self.settings.query_timeout_s
         return limit if remaining_s is None else max(0.0, min(limit, remaining_s))
 
+    async def _page(
+        self,
+        report: _Report[_R],
+        bound: str,
+        size_requested: int,
+        page_token: str,
+        scope: Scope,
+        remaining_s: float | None,
+        fetch: Callable[[_Fetch], list[_R]],
+    ) -> Page[_R]:
+        """One page of a report: the cursor checked against the report and its request `bound`,
+        `fetch` (the store query, run off the loop) given the page's limit, the cursor's values
+        and the caller's filters, and the next cursor made from the last row served."""
+        size = page_size(size_requested)
+        after = decode_cursor(report.kind, bound, page_token, report.cursor_size)
+        # One row more than the page tells whether another page follows.
+        request = _Fetch(
+            limit=size + 1,
+            after=after,
+            filters={
+                "classes": scope.classes,
+                "schools": scope.schools,
+                "timeout_s": self._timeout(remaining_s),
+            },
+        )
+        rows = await self._run(lambda: fetch(request))
+        if len(rows) <= size:
+            return Page(rows, "")
+        rows = rows[:size]
+        return Page(rows, encode_cursor(report.kind, bound, report.key(rows[-1])))
+
     async def needs_support(
         self,
         target: Target,
@@ -204,32 +235,27 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[LearnerNeeds]:
-        size = page_size(size_requested)
-        bound = _target_bound(target)
-        after = decode_cursor("needs", bound, page_token, 1)
         since, until = recent_window(as_of, self.settings.recent_days)
         cfg = self.settings
-        reasons = await self._run(
-            lambda: self._store.needs_support(
-                target,
-                since=since,
-                until=until,
-                low_p=cfg.low_mastery_p,
-                min_attempts=cfg.low_mastery_min_attempts,
-                min_events=cfg.low_engagement_min_events,
-                limit=size + 1,
-                after=after[0] if after else "",
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+
+        def fetch(page: _Fetch) -> list[LearnerNeeds]:
+            return _by_learner(
+                self._store.needs_support(
+                    target,
+                    since=since,
+                    until=until,
+                    low_p=cfg.low_mastery_p,
+                    min_attempts=cfg.low_mastery_min_attempts,
+                    min_events=cfg.low_engagement_min_events,
+                    limit=page.limit,
+                    after=page.after_key,
+                    **page.filters,
+                )
             )
+
+        return await self._page(
+            _NEEDS, _target_bound(target), size_requested, page_token, scope, remaining_s, fetch
         )
-        learners: list[LearnerNeeds] = []
-        for reason in reasons:
-            if not learners or learners[-1].learner_id != reason.learner_id:
-                learners.append(LearnerNeeds(reason.learner_id, []))
-            learners[-1].reasons.append(reason)
-        return _paged(learners, size, "needs", bound, lambda n: [n.learner_id])
 
     async def ready_to_accelerate(
         self,
@@ -240,25 +266,23 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[ReadyLearner]:
-        size = page_size(size_requested)
-        bound = _target_bound(target)
-        after = decode_cursor("ready", bound, page_token, 1)
         since, until = recent_window(as_of, self.settings.recent_days)
-        rows = await self._run(
-            lambda: self._store.ready_to_accelerate(
+
+        def fetch(page: _Fetch) -> list[ReadyLearner]:
+            return self._store.ready_to_accelerate(
                 target,
                 since=since,
                 until=until,
                 mastered_share=self.settings.accelerate_mastered_share,
                 min_skills=self.settings.accelerate_min_skills,
-                limit=size + 1,
-                after=after[0] if after else "",
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+                limit=page.limit,
+                after=page.after_key,
+                **page.filters,
             )
+
+        return await self._page(
+            _READY, _target_bound(target), size_requested, page_token, scope, remaining_s, fetch
         )
-        return _paged(rows, size, "ready", bound, lambda r: [r.learner_id])
 
     async def skill_gaps(
         self,
@@ -268,21 +292,18 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[SkillGap]:
-        size = page_size(size_requested)
-        bound = _target_bound(target)
-        after = decode_cursor("gaps", bound, page_token, 1)
-        rows = await self._run(
-            lambda: self._store.skill_gaps(
+        def fetch(page: _Fetch) -> list[SkillGap]:
+            return self._store.skill_gaps(
                 target,
                 low_p=self.settings.low_mastery_p,
-                limit=size + 1,
-                after=after[0] if after else "",
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+                limit=page.limit,
+                after=page.after_key,
+                **page.filters,
             )
+
+        return await self._page(
+            _GAPS, _target_bound(target), size_requested, page_token, scope, remaining_s, fetch
         )
-        return _paged(rows, size, "gaps", bound, lambda r: [r.skill_id])
 
     async def engagement(
         self,
@@ -295,7 +316,6 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[EngagementDay]:
-        size = page_size(size_requested)
         learner_id = (
             self._pseudonymizer.pseudonymize(target.tenant_id, sis_learner_id)
             if sis_learner_id
@@ -303,22 +323,22 @@ class ReportingService:
         )
         if learner_id:
             await self._check_enrolled(target.tenant_id, learner_id, scope, remaining_s)
-        bound = f"{_target_bound(target)}|{since}|{until}|{learner_id}"
-        after = decode_cursor("engagement", bound, page_token, 2)
-        rows = await self._run(
-            lambda: self._store.engagement(
+
+        def fetch(page: _Fetch) -> list[EngagementDay]:
+            return self._store.engagement(
                 target,
                 since=since,
                 until=until,
                 learner_id=learner_id,
-                limit=size + 1,
-                after=(after[0], date.fromisoformat(after[1])) if after else None,
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+                limit=page.limit,
+                after=(page.after[0], date.fromisoformat(page.after[1])) if page.after else None,
+                **page.filters,
             )
+
+        bound = f"{_target_bound(target)}|{since}|{until}|{learner_id}"
+        return await self._page(
+            _ENGAGEMENT, bound, size_requested, page_token, scope, remaining_s, fetch
         )
-        return _paged(rows, size, "engagement", bound, lambda r: [r.learner_id, str(r.day)])
 
     async def error_breakdown(
         self,
@@ -331,23 +351,21 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[ErrorCount]:
-        size = page_size(size_requested)
-        bound = f"{_target_bound(target)}|{since.isoformat()}|{until.isoformat()}|{skill_id}"
-        after = decode_cursor("errors", bound, page_token, 2)
-        rows = await self._run(
-            lambda: self._store.error_breakdown(
+        def fetch(page: _Fetch) -> list[ErrorCount]:
+            return self._store.error_breakdown(
                 target,
                 since=since,
                 until=until,
                 skill_id=skill_id,
-                limit=size + 1,
-                after=(after[0], after[1]) if after else None,
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+                limit=page.limit,
+                after=page.after_pair,
+                **page.filters,
             )
+
+        bound = f"{_target_bound(target)}|{since.isoformat()}|{until.isoformat()}|{skill_id}"
+        return await self._page(
+            _ERRORS, bound, size_requested, page_token, scope, remaining_s, fetch
         )
-        return _paged(rows, size, "errors", bound, lambda r: [r.skill_id, r.error_tag])
 
     async def growth(
         self,
@@ -359,22 +377,20 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[GrowthRow]:
-        size = page_size(size_requested)
-        bound = f"{_target_bound(target)}|{since.isoformat()}|{until.isoformat()}"
-        after = decode_cursor("growth", bound, page_token, 2)
-        rows = await self._run(
-            lambda: self._store.growth(
+        def fetch(page: _Fetch) -> list[GrowthRow]:
+            return self._store.growth(
                 target,
                 since=since,
                 until=until,
-                limit=size + 1,
-                after=(after[0], after[1]) if after else None,
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+                limit=page.limit,
+                after=page.after_pair,
+                **page.filters,
             )
+
+        bound = f"{_target_bound(target)}|{since.isoformat()}|{until.isoformat()}"
+        return await self._page(
+            _GROWTH, bound, size_requested, page_token, scope, remaining_s, fetch
         )
-        return _paged(rows, size, "growth", bound, lambda r: [r.learner_id, r.skill_id])
 
     async def timeline(
         self,
@@ -387,30 +403,23 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> tuple[str, Page[TimelineEntry]]:
-        size = page_size(size_requested)
         learner_id = self._pseudonymizer.pseudonymize(tenant_id, sis_learner_id)
-        bound = f"{tenant_id}|{learner_id}|{since.isoformat()}|{until.isoformat()}"
-        after = decode_cursor("timeline", bound, page_token, 2)
-        try:
-            cursor = (datetime.fromisoformat(after[0]), after[1]) if after else None
-        except ValueError as exc:
-            raise BadPageToken("page_token is not valid") from exc
         await self._check_enrolled(tenant_id, learner_id, scope, remaining_s)
-        rows = await self._run(
-            lambda: self._store.timeline(
+
+        def fetch(page: _Fetch) -> list[TimelineEntry]:
+            return self._store.timeline(
                 tenant_id,
                 learner_id,
                 since=since,
                 until=until,
-                limit=size + 1,
-                after=cursor,
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+                limit=page.limit,
+                after=_timeline_cursor(page.after),
+                **page.filters,
             )
-        )
-        page = _paged(
-            rows, size, "timeline", bound, lambda r: [r.occurred_at.isoformat(), r.event_id]
+
+        bound = f"{tenant_id}|{learner_id}|{since.isoformat()}|{until.isoformat()}"
+        page = await self._page(
+            _TIMELINE, bound, size_requested, page_token, scope, remaining_s, fetch
         )
         return learner_id, page
 
@@ -450,20 +459,14 @@ class ReportingService:
         scope: Scope,
         remaining_s: float | None = None,
     ) -> Page[LearnerGoalsRow]:
-        size = page_size(size_requested)
-        bound = _target_bound(target)
-        after = decode_cursor("goals", bound, page_token, 1)
-        rows = await self._run(
-            lambda: self._store.class_goals(
-                target,
-                limit=size + 1,
-                after=after[0] if after else "",
-                classes=scope.classes,
-                schools=scope.schools,
-                timeout_s=self._timeout(remaining_s),
+        def fetch(page: _Fetch) -> list[LearnerGoalsRow]:
+            return self._store.class_goals(
+                target, limit=page.limit, after=page.after_key, **page.filters
             )
+
+        return await self._page(
+            _GOALS, _target_bound(target), size_requested, page_token, scope, remaining_s, fetch
         )
-        return _paged(rows, size, "goals", bound, lambda r: [r.learner_id])
 
     async def district_rollup(
         self,
@@ -575,11 +578,58 @@ def _target_bound(target: Target) -> str:
     return f"{target.tenant_id}|{target.class_id}|{target.school_id}"
 
 
-def _paged(
-    rows: list[_R], size: int, kind: str, bound: str, key: Callable[[_R], list[str]]
-) -> Page[_R]:
-    """A page of `size` rows out of `size + 1` fetched, with the cursor of its last row."""
-    if len(rows) <= size:
-        return Page(rows, "")
-    rows = rows[:size]
-    return Page(rows, encode_cursor(kind, bound, key(rows[-1])))
+@dataclass(frozen=True, slots=True)
+class _Report(Generic[_R]):
+    """A paged report: its cursor kind, and the key (`cursor_size` values) of a row it serves."""
+
+    kind: str
+    cursor_size: int
+    key: Callable[[_R], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetch:
+    """What a page asks of its store query besides the query's own arguments."""
+
+    limit: int
+    after: list[str] | None  # the cursor's values; None: the first page
+    filters: dict[str, Any]  # the caller's scope and the time limit, as the store's keywords
+
+    @property
+    def after_key(self) -> str:
+        """A one-value cursor as the store takes it ("": from the start)."""
+        return self.after[0] if self.after else ""
+
+    @property
+    def after_pair(self) -> tuple[str, str] | None:
+        return (self.after[0], self.after[1]) if self.after else None
+
+
+_NEEDS: _Report[LearnerNeeds] = _Report("needs", 1, lambda n: [n.learner_id])
+_READY: _Report[ReadyLearner] = _Report("ready", 1, lambda r: [r.learner_id])
+_GAPS: _Report[SkillGap] = _Report("gaps", 1, lambda r: [r.skill_id])
+_ENGAGEMENT: _Report[EngagementDay] = _Report("engagement", 2, lambda r: [r.learner_id, str(r.day)])
+_ERRORS: _Report[ErrorCount] = _Report("errors", 2, lambda r: [r.skill_id, r.error_tag])
+_GROWTH: _Report[GrowthRow] = _Report("growth", 2, lambda r: [r.learner_id, r.skill_id])
+_TIMELINE: _Report[TimelineEntry] = _Report(
+    "timeline", 2, lambda r: [r.occurred_at.isoformat(), r.event_id]
+)
+_GOALS: _Report[LearnerGoalsRow] = _Report("goals", 1, lambda r: [r.learner_id])
+
+
+def _by_learner(reasons: list[SupportReason]) -> list[LearnerNeeds]:
+    """Support reasons (by learner) grouped per learner: a page holds whole learners."""
+    learners: list[LearnerNeeds] = []
+    for reason in reasons:
+        if not learners or learners[-1].learner_id != reason.learner_id:
+            learners.append(LearnerNeeds(reason.learner_id, []))
+        learners[-1].reasons.append(reason)
+    return learners
+
+
+def _timeline_cursor(after: list[str] | None) -> tuple[datetime, str] | None:
+    """(time, event id) of a timeline cursor; a time that does not parse is not our token."""
+    try:
+        return (datetime.fromisoformat(after[0]), after[1]) if after else None
+    except ValueError as exc:
+        raise BadPageToken("page_token is not valid") from exc
