@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import fields
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -197,6 +197,21 @@ def _remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return None if remaining is None else float(remaining)
 
 
+class _PagedRequest(Protocol):
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def page_token(self) -> str: ...
+
+
+def _paging(
+    request: _PagedRequest, principal: Principal, context: grpc.aio.ServicerContext[Any, Any]
+) -> tuple[int, str, Scope, float | None]:
+    """The last arguments of every paged report: page size and token, the caller's scope and
+    the time left before the caller's deadline."""
+    return request.page_size, request.page_token, scope_of(principal), _remaining(context)
+
+
 def authorize_target(principal: Principal, target: reporting_pb2.ReportTarget) -> Target:
     """A report target of the caller's tenant and scope: exactly one of class and school."""
     require_role(principal, *REPORT_READERS)
@@ -255,10 +270,7 @@ class ReportingServicer(_CoreServicer):
             self._service.needs_support(
                 target,
                 _when(request.as_of, datetime.now(UTC)),
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
+                *_paging(request, principal, context),
             )
         )
         return reporting_pb2.NeedsSupport(
@@ -291,10 +303,7 @@ class ReportingServicer(_CoreServicer):
             self._service.ready_to_accelerate(
                 target,
                 _when(request.as_of, datetime.now(UTC)),
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
+                *_paging(request, principal, context),
             )
         )
         return reporting_pb2.ReadyToAccelerate(
@@ -310,13 +319,7 @@ class ReportingServicer(_CoreServicer):
         principal = current_principal()
         target = authorize_target(principal, request.target)
         page = await _answer(
-            self._service.skill_gaps(
-                target,
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
-            )
+            self._service.skill_gaps(target, *_paging(request, principal, context))
         )
         return reporting_pb2.SkillGaps(
             skills=[_copied(reporting_pb2.SkillGap, g) for g in page.items],
@@ -344,10 +347,7 @@ class ReportingServicer(_CoreServicer):
                 since.date(),
                 until.date(),
                 request.learner_id,
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
+                *_paging(request, principal, context),
             )
         )
         return reporting_pb2.Engagement(
@@ -380,14 +380,7 @@ class ReportingServicer(_CoreServicer):
         )
         page = await _answer(
             self._service.error_breakdown(
-                target,
-                since,
-                until,
-                request.skill_id,
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
+                target, since, until, request.skill_id, *_paging(request, principal, context)
             )
         )
         return reporting_pb2.ErrorBreakdown(
@@ -405,15 +398,7 @@ class ReportingServicer(_CoreServicer):
         now = datetime.now(UTC)
         since, until = _period(request.since, request.until, now, 30)
         page = await _answer(
-            self._service.growth(
-                target,
-                since,
-                until,
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
-            )
+            self._service.growth(target, since, until, *_paging(request, principal, context))
         )
         return reporting_pb2.GrowthReport(
             rows=[_copied(reporting_pb2.Growth, g) for g in page.items],
@@ -439,10 +424,7 @@ class ReportingServicer(_CoreServicer):
                 request.learner_id,
                 since,
                 until,
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
+                *_paging(request, principal, context),
             )
         )
         entries = []
@@ -504,13 +486,7 @@ class ReportingServicer(_CoreServicer):
         principal = current_principal()
         target = authorize_target(principal, request.target)
         page = await _answer(
-            self._service.class_goals(
-                target,
-                request.page_size,
-                request.page_token,
-                scope_of(principal),
-                _remaining(context),
-            )
+            self._service.class_goals(target, *_paging(request, principal, context))
         )
         learners = []
         for row in page.items:
