@@ -107,7 +107,7 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         authorize_learner(principal, request.learner_id)
         progress = await _answer(
             self._service.learner_progress(
-                request.tenant_id, request.learner_id, scope_of(principal)
+                request.tenant_id, request.learner_id, scope_of(principal), _remaining(context)
             )
         )
         return reporting_pb2.LearnerProgress(
