@@ -21,9 +21,9 @@ def enrollment(
     )
 
 
-def school_class(class_id: str, school_id: str) -> roster_pb2.RosterRecord:
+def school_class(class_id: str, school_id: str, tenant: str = TENANT) -> roster_pb2.RosterRecord:
     return roster_pb2.RosterRecord(
-        tenant_id=TENANT,
+        tenant_id=tenant,
         school_class=roster_pb2.SchoolClass(sourced_id=class_id, school_id=school_id),
     )
 

@@ -4,10 +4,13 @@ erasure requests."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import grpc
 import pytest
 from pydantic import SecretStr
 
+from tests.unit.common import test_roster_view as roster_records
 from tests.unit.ingest.test_properties import TENANT, MemoryPublisher, call_as, valid_event
 from trellis.common.grpc.errors import PermissionDenied
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
@@ -23,15 +26,9 @@ from trellis.ingest.service import IngestService
 PSEUDONYMS = Pseudonymizer({TENANT: {1: SecretStr("k")}})
 
 
-def enrollment(
-    sourced_id: str, class_id: str, user_id: str, role: str = "learner"
-) -> roster_pb2.RosterRecord:
-    return roster_pb2.RosterRecord(
-        tenant_id=TENANT,
-        enrollment=roster_pb2.Enrollment(
-            sourced_id=sourced_id, class_id=class_id, user_id=user_id, role=role
-        ),
-    )
+# The shared roster view's record builders, in this module's tenant.
+enrollment = partial(roster_records.enrollment, tenant=TENANT)
+school_class = partial(roster_records.school_class, tenant=TENANT)
 
 
 def servicer_with(view: RosterView) -> IngestServicer:
@@ -78,13 +75,6 @@ def test_a_teachers_stream_is_checked_per_event() -> None:
 
     with pytest.raises(PermissionDenied):
         call_as(TEACHER, lambda _r, _c: consume(), None)
-
-
-def school_class(class_id: str, school_id: str) -> roster_pb2.RosterRecord:
-    return roster_pb2.RosterRecord(
-        tenant_id=TENANT,
-        school_class=roster_pb2.SchoolClass(sourced_id=class_id, school_id=school_id),
-    )
 
 
 def test_the_schools_a_roster_record_writes_into() -> None:
