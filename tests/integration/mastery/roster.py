@@ -44,19 +44,22 @@ def publish_roster(settings: Settings, members: Mapping[str, Iterable[str]]) -> 
         for learner in learners
     ]
     encoded = [encode_roster(r) for r in records]
-    _send(settings, [(e.key, e.value, e.headers) for e in encoded])
+    send_records(settings, "roster", [(e.key, e.value, e.headers) for e in encoded])
 
 
 def end_enrollment(settings: Settings, class_id: str, pseudonym: str) -> None:
     """The enrollment's tombstone, as ingest would send when the SIS drops it."""
     key = entity_key(TEST_TENANT, "enrollment", enrollment_id(class_id, pseudonym))
-    _send(settings, [(key, None, [])])
+    send_records(settings, "roster", [(key, None, [])])
 
 
-def _send(settings: Settings, records: list[tuple[bytes, bytes | None, Headers]]) -> None:
+def send_records(
+    settings: Settings, topic_name: str, records: list[tuple[bytes, bytes | None, Headers]]
+) -> None:
+    """(key, value or None for a tombstone, headers) to the topic `topic_name`, then flushed."""
     producer = create_producer(settings.kafka)
     try:
-        topic = settings.kafka.topics.name("roster")
+        topic = settings.kafka.topics.name(topic_name)
         for key, value, headers in records:
             producer.send(topic, key=key, value=value, headers=headers)
         producer.flush()

@@ -15,10 +15,9 @@ import pytest
 
 from tests.conftest import TEST_TENANT
 from tests.integration.mastery.envelopes import learner_event
-from tests.integration.mastery.roster import end_enrollment, publish_roster
+from tests.integration.mastery.roster import end_enrollment, publish_roster, send_records
 from tests.integration.mastery.workers import TOKEN, Worker, wait_until_serving
 from trellis.common.codec import encode_envelope
-from trellis.common.kafka import create_producer
 from trellis.common.pb.events.v1 import activity_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2 as api_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
@@ -49,17 +48,7 @@ def _send(settings: Settings, event_id: str, learner: str) -> None:
         item_attempted=activity_pb2.ItemAttempted(skill_ids=["fractions.add"], correct=True),
     )
     encoded = encode_envelope(attempt)
-    producer = create_producer(settings.kafka)
-    try:
-        producer.send(
-            settings.kafka.topics.name("activity"),
-            key=encoded.key,
-            value=encoded.value,
-            headers=encoded.headers,
-        )
-        producer.flush()
-    finally:
-        producer.close()
+    send_records(settings, "activity", [(encoded.key, encoded.value, encoded.headers)])
 
 
 def test_reads_follow_the_rosters_enrollments(
