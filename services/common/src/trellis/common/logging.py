@@ -114,9 +114,11 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric)
-    # kafka-python logs every connection and metadata step at INFO: only its warnings count.
-    # (aiokafka, under Faust, stays at the configured level: its group joins and leaves matter.)
+    # kafka-python logs every connection and metadata step at INFO: only its warnings count,
+    # except its group coordinator's (joins, syncs, assignments: rare, and what explains an idle
+    # consumer). aiokafka, under Faust, stays at the configured level for the same reason.
     logging.getLogger("kafka").setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("kafka.coordinator").setLevel(numeric)
 
 
 def get_logger(name: str) -> Any:

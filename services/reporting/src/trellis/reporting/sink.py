@@ -56,7 +56,6 @@ from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Histogram
 
@@ -116,6 +115,10 @@ RETRIES = Counter(
     "Failed store or Kafka operations retried, by operation.",
     ["op"],
 )
+REJOINS = Counter(
+    "trellis_reporting_sink_rejoins",
+    "Fresh group joins asked for because a rebalance did not complete (kafka-python bug).",
+)
 FLUSH_SECONDS = Histogram(
     "trellis_reporting_sink_flush_seconds",
     "Time to flush one batch: dead letters, inserts and offset commit.",
@@ -141,6 +144,7 @@ class SinkStats:
     flushes: int = 0
     commits: int = 0
     retries: int = 0
+    rejoins: int = 0
 
 
 @dataclass
@@ -220,7 +224,9 @@ class ReportingSink:
         self._lock = threading.Lock()
         self._revoked: set[PartitionKey] = set()
         self._assigned: set[PartitionKey] = set()
-        self._rebalancing = False  # revoked, the new assignment not known yet
+        # When partitions were revoked with the new assignment not known yet (None: not
+        # rebalancing).
+        self._rebalancing_since: float | None = None
         self._positions_stale = True
         # Highest offset stored per table and partition; loaded lazily after each assignment.
         self._positions: dict[str, dict[PartitionKey, int]] = {}
@@ -234,7 +240,6 @@ class ReportingSink:
         # away): committed with the next batch, or retried while idle.
         self._uncommitted: dict[PartitionKey, int] = {}
         self._commit_retry_at = 0.0
-        self._rebalancing_since: float | None = None  # commits refused as rebalancing since
         self._failing = False
         self.running = threading.Event()
         self.stats = SinkStats()
@@ -283,6 +288,7 @@ class ReportingSink:
             while not self._stop.is_set():
                 try:
                     self._poll_once(consumer)
+                    self._unstick_rebalance(consumer)
                     self._reap(consumer, wait=False)
                     self._retry_commit(consumer)
                     if self._due():
@@ -353,12 +359,13 @@ class ReportingSink:
         with self._lock:
             self._revoked |= partitions
             self._assigned = set()  # what counts is the assignment that follows
-            self._rebalancing = True
+            if self._rebalancing_since is None:
+                self._rebalancing_since = time.monotonic()
 
     def _note_assigned(self, partitions: set[PartitionKey]) -> None:
         with self._lock:
             self._assigned |= partitions
-            self._rebalancing = False
+            self._rebalancing_since = None
             self._positions_stale = True
 
     # --- consuming ---
@@ -387,7 +394,7 @@ class ReportingSink:
     def _apply_revocations(self) -> None:
         """Drop the records of revoked partitions that the new assignment did not give back."""
         with self._lock:
-            if self._rebalancing:
+            if self._rebalancing_since is not None:
                 return
             lost = self._revoked - self._assigned
             self._revoked, self._assigned = set(), set()
@@ -541,25 +548,33 @@ class ReportingSink:
             # fetch position survives a rebalance), so its offsets must be committed later.
             _log.warning("offset commit failed; retried later", error=str(exc))
             self._commit_retry_at = time.monotonic() + _BACKOFF_MAX_S / 10
-            if isinstance(exc, RebalanceInProgressError):
-                self._unstick_rebalance(consumer)
             return
         pending.clear()
-        self._rebalancing_since = None
         self.stats.commits += 1
 
     def _unstick_rebalance(self, consumer: KafkaConsumer) -> None:
         """Work around a kafka-python 3.0.12 bug: when a rebalance started by a metadata change
         (topics just created) is in its SyncGroup round trip as a poll's timeout expires, the join
-        is never completed and the member stays rebalancing for good (commits refused, nothing
-        fetched). After two session timeouts of that, ask for a fresh join."""
-        now = time.monotonic()
-        if self._rebalancing_since is None:
-            self._rebalancing_since = now
-        elif now - self._rebalancing_since > 2 * self._kafka.session_timeout_ms / 1000:
-            _log.warning("rebalance not completing; joining the group again")
-            consumer._coordinator.request_rejoin()
-            self._rebalancing_since = None
+        is never completed: the member stays rebalancing for good, with heartbeats off, so the
+        broker drops it, and it fetches nothing (and commits nothing) from then on. When the
+        partitions revoked at a rebalance's start have not been followed by an assignment within
+        two session timeouts, ask for a fresh join (a join still in flight is awaited, not sent
+        twice)."""
+        with self._lock:
+            since = self._rebalancing_since
+            if (
+                since is None
+                or time.monotonic() - since <= 2 * self._kafka.session_timeout_ms / 1000
+            ):
+                return
+            self._rebalancing_since = time.monotonic()
+        _log.warning(
+            "rebalance not completing; joining the group again",
+            waited_s=round(time.monotonic() - since, 1),
+        )
+        consumer._coordinator.request_rejoin()
+        self.stats.rejoins += 1
+        REJOINS.inc()
 
     def _retry_commit(self, consumer: KafkaConsumer) -> None:
         """While no batch is being inserted, retry a failed commit now and then."""
