@@ -9,8 +9,9 @@ Data, generated inside chDB with `INSERT ... SELECT FROM numbers()` (no Python r
 (June to September 2025); N `activity` rows (attempts, resources, goals) spread uniformly over
 learners and time, which feed `engagement_daily` through the materialized view; 250,000
 `mastery_latest` cells (every learner x skill), 50,000 `mastery_events` (struggling), roster of
-5,000 learners and enrollments. The store is cached in the work dir keyed by N: a rerun on the same
-work dir reuses it (the `__main__` run keeps it in `.local/bench/reporting_queries`).
+5,000 learners and enrollments. The store is cached in the work dir keyed by N and a data
+version: a rerun on the same work dir reuses it (the `__main__` run keeps it in
+`.local/bench/reporting_queries`).
 
 Baseline: none (an absolute target). Target (issue 8): p95 < 50 ms for each query.
 Sizes: quick 1,000,000 activity rows, 40 runs per query; full 10,000,000 rows, 100 runs.
@@ -118,7 +119,7 @@ def _generate(store: ChdbStore, rows: int) -> None:
         f"""
         INSERT INTO {db}.roster_enrollments
         SELECT '{TENANT}', concat('n', toString(number)), {_CLASS.format(l=n)},
-            {_LEARNER.format(l=n)}, 'student', {_SCHOOL.format(l=n)}, 0, 'bench.roster', 0,
+            {_LEARNER.format(l=n)}, 'learner', {_SCHOOL.format(l=n)}, 0, 'bench.roster', 0,
             {LEARNERS} + number
         FROM numbers({LEARNERS})
         """,
@@ -129,6 +130,10 @@ def _generate(store: ChdbStore, rows: int) -> None:
         c.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
     c.command(f"CREATE TABLE {db}.bench_generated (rows UInt64) ENGINE = Log")
     c.command(f"INSERT INTO {db}.bench_generated VALUES ({rows})")
+
+
+# Part of the cache's path: bump it when _generate's data changes (2: roster role 'learner').
+_DATA_VERSION = 2
 
 
 def _cached(store: ChdbStore, rows: int) -> bool:
@@ -149,7 +154,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 def run(ctx: BenchContext) -> list[BenchResult]:
     rows = 1_000_000 if ctx.quick else 10_000_000
     runs = 40 if ctx.quick else 100
-    path: Path = ctx.work_dir / f"chdb-activity-{rows}"
+    path: Path = ctx.work_dir / f"chdb-activity-{rows}-v{_DATA_VERSION}"
     store = ChdbStore(path, database="bench")
     started = time.perf_counter()
     try:

@@ -218,7 +218,7 @@ def build(ids: Callable[[str], str] = str) -> dict[str, list[Row]]:
                 sourced_id=f"en-{learner}",
                 class_id="c1",
                 user_id=learner,
-                role="student",
+                role="learner",
                 school_id="school-n",
             ),
         )

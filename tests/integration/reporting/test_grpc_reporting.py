@@ -83,7 +83,7 @@ def store(tmp_path: Path, settings: Settings) -> Iterator[ChdbStore]:
                 sourced_id=f"en-{n}",
                 class_id=class_id,
                 user_id=pseudonym.pseudonymize(TEST_TENANT, f"sis-{n}"),
-                role="student",
+                role="learner",
             ),
         )
         for n, class_id in ((1, "class-a"), (2, "class-a"), (3, "class-b"))

@@ -483,7 +483,7 @@ def test_roster_and_erasure_through_the_broker_and_a_replay_does_not_bring_them_
             roster_record(
                 "enrollment",
                 roster_pb2.Enrollment(
-                    sourced_id=f"e-{learner}", class_id="class-0", user_id=learner, role="student"
+                    sourced_id=f"e-{learner}", class_id="class-0", user_id=learner, role="learner"
                 ),
             )
             for learner in LEARNERS

@@ -185,7 +185,7 @@ def test_roster_records_become_rows_and_tombstones_deleted_rows() -> None:
     enrollment = roster_pb2.RosterRecord(
         tenant_id="district-a",
         enrollment=roster_pb2.Enrollment(
-            sourced_id="e1", class_id="c1", user_id="l1", role="student", school_id="sch"
+            sourced_id="e1", class_id="c1", user_id="l1", role="learner", school_id="sch"
         ),
     )
     source = {"source_topic": "trellis.mastery.v1", "source_partition": 3, "source_offset": 42}

@@ -378,7 +378,7 @@ class ClickHouseStore(ReportingStore):
             f"""
             SELECT 1 FROM {{db}}.roster_enrollments FINAL
             WHERE tenant_id = {{tenant:String}} AND learner_id = {{learner:String}}
-              AND deleted = 0 AND role IN ('student', 'learner') {scope}
+              AND deleted = 0 AND role = 'learner' {scope}
             LIMIT 1
             """,
             parameters,
@@ -409,7 +409,7 @@ class ClickHouseStore(ReportingStore):
             roster = f"""
                 SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_enrollments FINAL
                 WHERE tenant_id = {{tenant:String}} AND class_id = {{target_class:String}}
-                  AND deleted = 0 AND role IN ('student', 'learner') {scope}"""
+                  AND deleted = 0 AND role = 'learner' {scope}"""
         elif classes is None:
             roster = f"""
                 SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_learners FINAL
@@ -420,7 +420,7 @@ class ClickHouseStore(ReportingStore):
             roster = f"""
                 SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_enrollments FINAL
                 WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
-                  AND deleted = 0 AND role IN ('student', 'learner') {scope}"""
+                  AND deleted = 0 AND role = 'learner' {scope}"""
         rows = self._query(
             f"""
             WITH reasons AS (
