@@ -80,6 +80,9 @@ class FakeBatch:
     def record_count(self) -> int:
         return len(self.records)
 
+    def close(self) -> None:
+        pass
+
 
 class FakeKafkaProducer:
     """aiokafka's producer under the app: each record of a batch goes to `produce`, which gives

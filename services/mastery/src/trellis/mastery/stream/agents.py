@@ -2,7 +2,8 @@
 failures dead-lettered.
 
 One agent (concurrency 1: with more, Faust can commit offsets past events still in flight) takes
-up to `BATCH_MAX` events, waiting at most `BATCH_WITHIN_S` for them. Per batch, in this order:
+up to `BATCH_MAX` events, the batch going once nothing more is buffered after `BATCH_LINGER_S`
+(`stream.batching`). Per batch, in this order:
 1. each event is decoded and applied in the order read (a learner's events are in one partition,
    so in their order), over `StagedWrites`: a learner's state is read once per batch, and a bad
    event becomes a dead letter (original bytes, error, source topic/partition/offset);
@@ -42,16 +43,19 @@ from trellis.common.kafka import dead_letter
 from trellis.common.logging import get_logger
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService
+from trellis.mastery.stream.batching import adaptive_batches
 from trellis.mastery.stream.sending import Outgoing, kafka_producer, send_all
 from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.topics import Topics
 
 CONSUMER = "trellis-mastery"
-#: Events per micro-batch at most, and how long a batch waits to fill (the latency it adds). While
-#: a batch is processed no event is read, so bigger batches pay off through fewer state writes
-#: (a learner's events of a batch are written once) and fewer waits for the broker; measured
-#: against 50 ms / 2,000 in docs/mastery-performance.md.
+#: Events per micro-batch at most; how long a batch waits for more after its first event (the
+#: latency it adds at low rates), and at most while events keep coming. Under load batches grow
+#: by themselves (the events that arrive while one is processed form the next), and bigger
+#: batches pay off through fewer state writes (a learner's events of a batch are written once)
+#: and fewer waits for the broker. Measured in docs/mastery-performance.md.
 BATCH_MAX = 4_000
+BATCH_LINGER_S = 0.01
 BATCH_WITHIN_S = 0.2
 #: Pause before sending a batch's records again when the broker did not acknowledge them.
 RESEND_PAUSE_S = 1.0
@@ -76,11 +80,9 @@ def register_agents(
     `service` must write through `staged` (see `trellis.mastery.stream.app`)."""
 
     async def process_activity(stream: faust.StreamT[bytes]) -> None:
-        # noack_take: the events are acked here, once stored (take_events would ack a batch
-        # cut short by a stop or a crash too).
-        batches = cast(faust.Stream[bytes], stream).noack_take(BATCH_MAX, within=BATCH_WITHIN_S)
-        async for batch in batches:
-            events = cast(list[EventT[bytes]], batch)
+        # Not acked by the stream: the events are acked here, once stored.
+        batches = adaptive_batches(stream, BATCH_MAX, BATCH_LINGER_S, BATCH_WITHIN_S)
+        async for events in batches:
             await handle_batch(events, topics, service, staged)
             for event in events:
                 await stream.ack(event)

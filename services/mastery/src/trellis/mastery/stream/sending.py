@@ -3,7 +3,8 @@
 aiokafka's `send` costs, per record, a coroutine, a future, the partitioner (murmur2 in pure
 Python), size checks and the accumulator's bookkeeping; Faust's wrapper adds its own. Sending a
 batch built with the producer's `create_batch` costs one append per record and one future per
-partition. Records keep their order within a partition (a learner's outputs stay in order).
+partition, and no wait for the producer's linger. Records keep their order within a partition
+(a learner's outputs stay in order).
 """
 
 from __future__ import annotations
@@ -81,5 +82,8 @@ def _append(batch: Any, key: bytes | None, value: bytes | None, headers: Headers
 async def _submit(
     producer: AIOKafkaProducer, batch: Any, where: TopicPartition
 ) -> tuple[TopicPartition, int, asyncio.Future[Any]]:
+    # Closed: complete, so the producer sends it at once instead of letting it linger for
+    # records that will not come (and no other sender can add to it).
+    batch.close()
     future = await producer.send_batch(batch, where.topic, partition=where.partition)
     return where, batch.record_count(), future
