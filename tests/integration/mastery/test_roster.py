@@ -33,10 +33,21 @@ def _as(token: str) -> tuple[tuple[str, str]]:
 
 def _until(check: Callable[[], bool], what: str, worker: Worker) -> None:
     deadline = time.monotonic() + WAIT_S
-    while not check():
+    while not _answered(check):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}:\n{worker.output()}")
         time.sleep(0.2)
+
+
+def _answered(check: Callable[[], bool]) -> bool:
+    """`check()`, where UNAVAILABLE (a worker catching up after its first assignment, the read
+    API's retryable answer) counts as not yet."""
+    try:
+        return check()
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
 
 
 def _send(settings: Settings, event_id: str, learner: str) -> None:
