@@ -232,8 +232,8 @@ def _measure_baseline(path: Path, batches: list[dict[str, list[Row]]]) -> float:
         blocks = []
         for rows in batches:
             for table, table_rows in rows.items():
-                columns = list(table_rows[0])
-                blocks.append((table, columns, [[r[c] for r in table_rows] for c in columns]))
+                columns = list(table_rows[0]._fields)
+                blocks.append((table, columns, [list(c) for c in zip(*table_rows, strict=True)]))
         started = time.perf_counter()
         for table, columns, data in blocks:
             client.insert(

@@ -8,6 +8,7 @@ erasure runs on a store of its own.
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.contract.reporting import dataset
 from tests.contract.reporting.dataset import AS_OF, OTHER, SINCE, TENANT, at
 from trellis.common.pb.events.v1 import roster_pb2
 from trellis.common.settings import Settings
+from trellis.reporting.rows import ActivityRow
 from trellis.reporting.store.base import ReportingStore, Target
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.reporting.store.clickhouse import ClickHouseStore
@@ -422,7 +424,7 @@ def test_a_retried_block_is_not_counted_twice_in_the_rollups(tmp_path: Path) -> 
         store.insert("activity", rows, "same-token")
         store.insert("activity", rows, "same-token")
         days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 17), limit=100)
-        assert sum(d.events for d in days) == len([r for r in rows if r["tenant_id"] == TENANT])
+        assert sum(d.events for d in days) == len([r for r in rows if r.tenant_id == TENANT])
     finally:
         store.close()
 
@@ -458,10 +460,13 @@ def test_migration_2_starts_the_rollups_from_activity_stored_before_it(
         monkeypatch.setattr(clickhouse, "MIGRATIONS", clickhouse.MIGRATIONS[:1])
         assert store.migrate() == [1]
         new_columns = {"recommendation_id", "option_index", "target_date", "confidence"}
+        # Activity rows as version 1 had them: without the columns version 2 added.
+        v1_columns = [c for c in ActivityRow._fields if c not in new_columns]
+        v1_row = namedtuple("v1_row", v1_columns)  # type: ignore[misc]
         rows = [
-            {k: v for k, v in row.items() if k not in new_columns}
+            v1_row(*(getattr(row, c) for c in v1_columns))
             for row in dataset.build()["activity"]
-            if row["tenant_id"] == TENANT
+            if row.tenant_id == TENANT
         ]
         store.insert("activity", rows, "before-v2")
         monkeypatch.undo()

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from trellis.reporting.rows import ErasedLearnerRow, Row
 from trellis.reporting.sink import _new_rows
 
 
-def row(partition: int, offset: int, topic: str = "t") -> dict[str, object]:
-    return {"source_topic": topic, "source_partition": partition, "source_offset": offset}
+def row(partition: int, offset: int, topic: str = "t") -> Row:
+    return ErasedLearnerRow("district-a", "l1", f"e{offset}", 0, topic, partition, offset)
 
 
-def offsets(rows: list[dict[str, object]]) -> list[tuple[object, object]]:
-    return [(r["source_partition"], r["source_offset"]) for r in rows]
+def offsets(rows: list[Row]) -> list[tuple[int, int]]:
+    return [(r.source_partition, r.source_offset) for r in rows]
 
 
 def test_rows_in_order_above_the_stored_position_are_all_taken() -> None:

@@ -17,6 +17,9 @@ from trellis.reporting.rows import (
     MASTERY_LATEST,
     ROSTER_CLASSES,
     ROSTER_LEARNERS,
+    ClassRow,
+    ErasedLearnerRow,
+    LearnerRow,
     Position,
     RowError,
     activity_rows,
@@ -72,7 +75,7 @@ def test_mastery_updated_becomes_a_history_row_and_a_latest_row() -> None:
 
     assert [table for table, _ in rows] == [MASTERY_HISTORY, MASTERY_LATEST]
     history, latest = rows[0][1], rows[1][1]
-    assert history == {
+    assert history._asdict() == {
         "event_id": "evt-1",
         "tenant_id": "district-a",
         "school_id": "school-1",
@@ -91,12 +94,12 @@ def test_mastery_updated_becomes_a_history_row_and_a_latest_row() -> None:
         "source_partition": 3,
         "source_offset": 42,
     }
-    assert latest["p_mastered"] == 0.55
-    assert latest["updated_at"] == OCCURRED_MS
-    assert latest["event_id"] == "evt-1"
-    assert (latest["source_partition"], latest["source_offset"]) == (3, 42)
+    assert latest.p_mastered == 0.55
+    assert latest.updated_at == OCCURRED_MS
+    assert latest.event_id == "evt-1"
+    assert (latest.source_partition, latest.source_offset) == (3, 42)
     # the latest table is keyed by tenant, class, learner, skill
-    assert {"tenant_id", "class_id", "learner_id", "skill_id"} <= latest.keys()
+    assert {"tenant_id", "class_id", "learner_id", "skill_id"} <= set(latest._fields)
 
 
 def test_timestamps_are_epoch_milliseconds_truncated() -> None:
@@ -104,7 +107,7 @@ def test_timestamps_are_epoch_milliseconds_truncated() -> None:
     envelope = _mastery()
     envelope.occurred_at.CopyFrom(ts)
 
-    occurred = mastery_rows(envelope, POSITION)[0][1]["occurred_at"]
+    occurred = mastery_rows(envelope, POSITION)[0][1].occurred_at
 
     assert occurred == 1_756_715_415_123
     assert datetime.fromtimestamp(occurred / 1000, UTC) == datetime(
@@ -116,7 +119,7 @@ def test_missing_event_time_falls_back_to_ingest_time() -> None:
     envelope = _mastery()
     envelope.ClearField("occurred_at")
 
-    assert mastery_rows(envelope, POSITION)[0][1]["occurred_at"] == INGESTED_MS
+    assert mastery_rows(envelope, POSITION)[0][1].occurred_at == INGESTED_MS
 
 
 def test_other_mastery_events_become_mastery_event_rows() -> None:
@@ -134,14 +137,14 @@ def test_other_mastery_events_become_mastery_event_rows() -> None:
 
     [(table, row)] = mastery_rows(mastered, POSITION)
     assert table == MASTERY_EVENTS
-    assert (row["kind"], row["skill_id"], row["p"], row["reason"]) == (
+    assert (row.kind, row.skill_id, row.p, row.reason) == (
         "skill_mastered",
         "s",
         0.96,
         "",
     )
     [(_, row)] = mastery_rows(struggling, POSITION)
-    assert (row["kind"], row["reason"], row["error_tag"], row["attempts"]) == (
+    assert (row.kind, row.reason, row.error_tag, row.attempts) == (
         "struggling_detected",
         "repeated_error",
         "sign",
@@ -149,7 +152,7 @@ def test_other_mastery_events_become_mastery_event_rows() -> None:
     )
     [(_, row)] = mastery_rows(overridden, POSITION)
     # The teacher's free text never reaches a table.
-    assert (row["kind"], row["reason"], row["p"]) == ("mastery_overridden", "teacher_override", 0.9)
+    assert (row.kind, row.reason, row.p) == ("mastery_overridden", "teacher_override", 0.9)
 
 
 def test_erasure_requests_and_erased_learners_become_erasure_rows() -> None:
@@ -158,15 +161,15 @@ def test_erasure_requests_and_erased_learners_become_erasure_rows() -> None:
     )
     erased = _envelope(learner_erased=mastery_pb2.LearnerErased(cause_event_id="x"))
 
-    expected = {
-        "tenant_id": "district-a",
-        "learner_id": "0f" * 16,
-        "event_id": "evt-1",
-        "erased_at": OCCURRED_MS,
-        "source_topic": "trellis.mastery.v1",
-        "source_partition": 3,
-        "source_offset": 42,
-    }
+    expected = ErasedLearnerRow(
+        tenant_id="district-a",
+        learner_id="0f" * 16,
+        event_id="evt-1",
+        erased_at=OCCURRED_MS,
+        source_topic="trellis.mastery.v1",
+        source_partition=3,
+        source_offset=42,
+    )
     assert activity_rows(requested, POSITION) == [(ERASED_LEARNERS, expected)]
     assert mastery_rows(erased, POSITION) == [(ERASED_LEARNERS, expected)]
 
@@ -188,37 +191,37 @@ def test_roster_records_become_rows_and_tombstones_deleted_rows() -> None:
             sourced_id="e1", class_id="c1", user_id="l1", role="learner", school_id="sch"
         ),
     )
-    source = {"source_topic": "trellis.mastery.v1", "source_partition": 3, "source_offset": 42}
-
     assert roster_rows(b"district-a/learner/l1", learner, POSITION) == [
         (
             ROSTER_LEARNERS,
-            {
-                "tenant_id": "district-a",
-                "learner_id": "l1",
-                "deleted": 0,
-                "school_id": "sch",
-                "grade": "4",
-                "subgroups": ["ell", "iep"],
-                **source,
-            },
+            LearnerRow(
+                tenant_id="district-a",
+                learner_id="l1",
+                deleted=0,
+                school_id="sch",
+                grade="4",
+                subgroups=("ell", "iep"),
+                source_topic="trellis.mastery.v1",
+                source_partition=3,
+                source_offset=42,
+            ),
         )
     ]
-    assert (
-        roster_rows(b"district-a/enrollment/e1", enrollment, POSITION)[0][1]["learner_id"] == "l1"
-    )
+    assert roster_rows(b"district-a/enrollment/e1", enrollment, POSITION)[0][1].learner_id == "l1"
     assert roster_rows(b"district-a/school_class/c9", None, POSITION) == [
         (
             ROSTER_CLASSES,
-            {
-                "tenant_id": "district-a",
-                "class_id": "c9",
-                "deleted": 1,
-                "school_id": "",
-                "grade": "",
-                "subject": "",
-                **source,
-            },
+            ClassRow(
+                tenant_id="district-a",
+                class_id="c9",
+                deleted=1,
+                school_id="",
+                grade="",
+                subject="",
+                source_topic="trellis.mastery.v1",
+                source_partition=3,
+                source_offset=42,
+            ),
         )
     ]
     with pytest.raises(RowError, match="does not match"):
@@ -266,20 +269,20 @@ def test_item_attempted_becomes_an_activity_row() -> None:
     [(table, row)] = activity_rows(envelope, Position("trellis.activity.v1", 0, 7))
 
     assert table == ACTIVITY
-    assert row["kind"] == "item_attempted"
-    assert row["activity_id"] == "item-3"
-    assert row["skill_ids"] == ["s1", "s2"]
-    assert row["correct"] is False
-    assert row["score"] == 0.0  # no score: 1.0 if correct else 0.0
-    assert (row["attempt_number"], row["hints_used"], row["duration_seconds"]) == (2, 1, 31.5)
-    assert (row["error_tag"], row["assignment_id"], row["self_chosen"]) == (
+    assert row.kind == "item_attempted"
+    assert row.activity_id == "item-3"
+    assert row.skill_ids == ("s1", "s2")
+    assert row.correct is False
+    assert row.score == 0.0  # no score: 1.0 if correct else 0.0
+    assert (row.attempt_number, row.hints_used, row.duration_seconds) == (2, 1, 31.5)
+    assert (row.error_tag, row.assignment_id, row.self_chosen) == (
         "sign-error",
         "hw-4",
         False,
     )
-    assert (row["actor"], row["source_system"]) == ("learner", "practice-app")
-    assert (row["school_id"], row["class_id"]) == ("school-1", "class-7")
-    assert (row["source_topic"], row["source_partition"], row["source_offset"]) == (
+    assert (row.actor, row.source_system) == ("learner", "practice-app")
+    assert (row.school_id, row.class_id) == ("school-1", "class-7")
+    assert (row.source_topic, row.source_partition, row.source_offset) == (
         "trellis.activity.v1",
         0,
         7,
@@ -293,8 +296,8 @@ def test_partial_credit_wins_and_an_unknown_outcome_stays_null() -> None:
     scored_row = activity_rows(scored, POSITION)[0][1]
     unknown_row = activity_rows(unknown, POSITION)[0][1]
 
-    assert (scored_row["correct"], scored_row["score"]) == (None, 0.5)
-    assert (unknown_row["correct"], unknown_row["score"]) == (None, None)
+    assert (scored_row.correct, scored_row.score) == (None, 0.5)
+    assert (unknown_row.correct, unknown_row.score) == (None, None)
 
 
 def test_resource_engaged_records_time_and_completion() -> None:
@@ -306,8 +309,8 @@ def test_resource_engaged_records_time_and_completion() -> None:
 
     row = activity_rows(envelope, POSITION)[0][1]
 
-    assert (row["kind"], row["activity_id"]) == ("resource_engaged", "video-1")
-    assert (row["duration_seconds"], row["completion"]) == (90.0, 0.75)
+    assert (row.kind, row.activity_id) == ("resource_engaged", "video-1")
+    assert (row.duration_seconds, row.completion) == (90.0, 0.75)
 
 
 def test_free_text_never_reaches_a_row() -> None:
@@ -319,7 +322,7 @@ def test_free_text_never_reaches_a_row() -> None:
 
     row = activity_rows(envelope, POSITION)[0][1]
 
-    assert row["skill_ids"] == ["s1"]
+    assert row.skill_ids == ("s1",)
     assert "Jane" not in repr(row)
 
 

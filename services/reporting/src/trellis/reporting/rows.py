@@ -22,15 +22,20 @@ Free text (reflections, goal descriptions, override reasons) never reaches a tab
 Times are epoch milliseconds (ints): the ticks of the `DateTime64(3, 'UTC')` columns, sent as they
 are, which spares building a datetime per value here and taking it apart again in the store's
 writer (a tenth of the sink's time per record).
+
+Rows are named tuples, one type per table, fields in the order they are sent: cheaper to build than
+dicts (a third of the time), turned into columns by one `zip(*rows)`, and, holding only strings,
+numbers and tuples, dropped from the garbage collector's tracking at its first pass, so that a
+batch waiting for its insert does not pile up objects for full collections to walk (arrays are
+tuples for that reason).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -41,9 +46,18 @@ __all__ = [
     "MASTERY_HISTORY",
     "MASTERY_LATEST",
     "STREAM_TABLES",
+    "ActivityRow",
+    "ClassRow",
+    "EnrollmentRow",
+    "ErasedLearnerRow",
+    "LearnerRow",
+    "MasteryEventRow",
+    "MasteryHistoryRow",
+    "MasteryLatestRow",
     "Position",
     "Row",
     "RowError",
+    "SchoolRow",
     "Stream",
     "activity_rows",
     "mastery_rows",
@@ -71,15 +85,184 @@ STREAM_TABLES: Mapping[Stream, tuple[str, ...]] = {
     "activity": (ACTIVITY, ERASED_LEARNERS),
     "roster": (ROSTER_SCHOOLS, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_LEARNERS),
 }
-# Roster record kind (the oneof field, as in the compacted key) -> table and id column.
-ROSTER_TABLES: Mapping[str, tuple[str, str]] = {
-    "org": (ROSTER_SCHOOLS, "school_id"),
-    "school_class": (ROSTER_CLASSES, "class_id"),
-    "enrollment": (ROSTER_ENROLLMENTS, "enrollment_id"),
-    "learner": (ROSTER_LEARNERS, "learner_id"),
-}
 
-Row = dict[str, Any]
+
+class MasteryHistoryRow(NamedTuple):
+    event_id: str
+    tenant_id: str
+    school_id: str
+    class_id: str
+    learner_id: str
+    skill_id: str
+    p_before: float
+    p_after: float
+    level: int
+    cause_event_id: str
+    model_version: str
+    attempts: int
+    occurred_at: int
+    ingested_at: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class MasteryLatestRow(NamedTuple):
+    tenant_id: str
+    school_id: str
+    class_id: str
+    learner_id: str
+    skill_id: str
+    p_mastered: float
+    level: int
+    attempts: int
+    model_version: str
+    event_id: str
+    updated_at: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class MasteryEventRow(NamedTuple):
+    event_id: str
+    tenant_id: str
+    school_id: str
+    class_id: str
+    learner_id: str
+    kind: str
+    skill_id: str
+    reason: str
+    error_tag: str
+    attempts: int
+    p: float
+    occurred_at: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class ErasedLearnerRow(NamedTuple):
+    tenant_id: str
+    learner_id: str
+    event_id: str
+    erased_at: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class ActivityDetails(NamedTuple):
+    """The columns of `activity` that depend on the kind of activity, with their defaults."""
+
+    activity_id: str = ""
+    skill_ids: tuple[str, ...] = ()
+    correct: bool | None = None
+    score: float | None = None
+    attempt_number: int = 0
+    hints_used: int = 0
+    duration_seconds: float = 0.0
+    completion: float | None = None
+    error_tag: str = ""
+    assignment_id: str = ""
+    self_chosen: bool = False
+    recommendation_id: str = ""
+    option_index: int = 0
+    target_date: str = ""
+    confidence: float | None = None
+
+
+class ActivityRow(NamedTuple):
+    event_id: str
+    tenant_id: str
+    school_id: str
+    class_id: str
+    learner_id: str
+    occurred_at: int
+    ingested_at: int
+    kind: str
+    source_system: str
+    actor: str
+    activity_id: str
+    skill_ids: tuple[str, ...]
+    correct: bool | None
+    score: float | None
+    attempt_number: int
+    hints_used: int
+    duration_seconds: float
+    completion: float | None
+    error_tag: str
+    assignment_id: str
+    self_chosen: bool
+    recommendation_id: str
+    option_index: int
+    target_date: str
+    confidence: float | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class SchoolRow(NamedTuple):
+    tenant_id: str
+    school_id: str
+    deleted: int
+    name: str
+    type: str
+    parent_id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class ClassRow(NamedTuple):
+    tenant_id: str
+    class_id: str
+    deleted: int
+    school_id: str
+    grade: str
+    subject: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class EnrollmentRow(NamedTuple):
+    tenant_id: str
+    enrollment_id: str
+    deleted: int
+    class_id: str
+    learner_id: str
+    role: str
+    school_id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class LearnerRow(NamedTuple):
+    tenant_id: str
+    learner_id: str
+    deleted: int
+    school_id: str
+    grade: str
+    subgroups: tuple[str, ...]
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+Row = (
+    MasteryHistoryRow
+    | MasteryLatestRow
+    | MasteryEventRow
+    | ErasedLearnerRow
+    | ActivityRow
+    | SchoolRow
+    | ClassRow
+    | EnrollmentRow
+    | LearnerRow
+)
 
 # DateTime64 covers 1900..2299; anything outside is a producer bug, not an event.
 _MIN_MS = int(datetime(1900, 1, 2, tzinfo=UTC).timestamp()) * 1000
@@ -110,13 +293,22 @@ class RowError(ValueError):
     """An envelope that cannot become a valid row: it belongs on the dead-letter topic."""
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a record was read: the sink's unit of progress and of insert deduplication."""
+class Position(NamedTuple):
+    """Where a record was read: the sink's unit of progress and of insert deduplication (every
+    row ends with these three columns)."""
 
     topic: str
     partition: int
     offset: int
+
+
+# Roster record kind (the oneof field, as in the compacted key) -> table and row type.
+ROSTER_TABLES: Mapping[str, tuple[str, type[SchoolRow | ClassRow | EnrollmentRow | LearnerRow]]] = {
+    "org": (ROSTER_SCHOOLS, SchoolRow),
+    "school_class": (ROSTER_CLASSES, ClassRow),
+    "enrollment": (ROSTER_ENROLLMENTS, EnrollmentRow),
+    "learner": (ROSTER_LEARNERS, LearnerRow),
+}
 
 
 def rows_for(
@@ -145,47 +337,46 @@ def mastery_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[tu
     skill_id = update.skill_id
     if not skill_id:
         raise RowError("mastery_updated.skill_id is empty")
-    p_before = _unit("mastery_updated.p_before", update.p_before)
     p_after = _unit("mastery_updated.p_after", update.p_after)
     occurred_at, ingested_at = _times(envelope)
-    level, attempts, model_version = int(update.level), update.attempts, update.model_version
+    event_id, level = envelope.event_id, int(update.level)
+    attempts, model_version = update.attempts, update.model_version
     topic, partition, offset = position.topic, position.partition, position.offset
-    # Literal dicts, not merged ones: this runs for every mastery update.
-    history: Row = {
-        "event_id": envelope.event_id,
-        "tenant_id": tenant_id,
-        "school_id": school_id,
-        "class_id": class_id,
-        "learner_id": learner_id,
-        "skill_id": skill_id,
-        "p_before": p_before,
-        "p_after": p_after,
-        "level": level,
-        "cause_event_id": update.cause_event_id,
-        "model_version": model_version,
-        "attempts": attempts,
-        "occurred_at": occurred_at,
-        "ingested_at": ingested_at,
-        "source_topic": topic,
-        "source_partition": partition,
-        "source_offset": offset,
-    }
-    latest: Row = {
-        "tenant_id": tenant_id,
-        "school_id": school_id,
-        "class_id": class_id,
-        "learner_id": learner_id,
-        "skill_id": skill_id,
-        "p_mastered": p_after,
-        "level": level,
-        "attempts": attempts,
-        "model_version": model_version,
-        "event_id": envelope.event_id,
-        "updated_at": occurred_at,
-        "source_topic": topic,
-        "source_partition": partition,
-        "source_offset": offset,
-    }
+    history = MasteryHistoryRow(
+        event_id,
+        tenant_id,
+        school_id,
+        class_id,
+        learner_id,
+        skill_id,
+        _unit("mastery_updated.p_before", update.p_before),
+        p_after,
+        level,
+        update.cause_event_id,
+        model_version,
+        attempts,
+        occurred_at,
+        ingested_at,
+        topic,
+        partition,
+        offset,
+    )
+    latest = MasteryLatestRow(
+        tenant_id,
+        school_id,
+        class_id,
+        learner_id,
+        skill_id,
+        p_after,
+        level,
+        attempts,
+        model_version,
+        event_id,
+        occurred_at,
+        topic,
+        partition,
+        offset,
+    )
     return [(MASTERY_HISTORY, history), (MASTERY_LATEST, latest)]
 
 
@@ -202,41 +393,26 @@ def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[t
     tenant_id, school_id, class_id, learner_id = _identity(envelope)
     occurred_at, ingested_at = _times(envelope)
     source = envelope.source
-    row: Row = {
-        "event_id": envelope.event_id,
-        "tenant_id": tenant_id,
-        "school_id": school_id,
-        "class_id": class_id,
-        "learner_id": learner_id,
-        "occurred_at": occurred_at,
-        "ingested_at": ingested_at,
-        "kind": kind,
-        "source_system": source.system,
-        "actor": _actor(source.actor),
-        "activity_id": "",
-        "skill_ids": [],
-        "correct": None,
-        "score": None,
-        "attempt_number": 0,
-        "hints_used": 0,
-        "duration_seconds": 0.0,
-        "completion": None,
-        "error_tag": "",
-        "assignment_id": "",
-        "self_chosen": False,
-        "recommendation_id": "",
-        "option_index": 0,
-        "target_date": "",
-        "confidence": None,
-        "source_topic": position.topic,
-        "source_partition": position.partition,
-        "source_offset": position.offset,
-    }
-    row.update(_activity_details(envelope, kind))
+    row = ActivityRow(
+        envelope.event_id,
+        tenant_id,
+        school_id,
+        class_id,
+        learner_id,
+        occurred_at,
+        ingested_at,
+        kind,
+        source.system,
+        _actor(source.actor),
+        *_activity_details(envelope, kind),
+        position.topic,
+        position.partition,
+        position.offset,
+    )
     return [(ACTIVITY, row)]
 
 
-def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> Row:
+def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> ActivityDetails:
     if kind == "item_attempted":
         item = envelope.item_attempted
         correct = item.correct if item.HasField("correct") else None
@@ -244,34 +420,34 @@ def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> Row:
             score: float | None = _unit("item_attempted.score", item.score)
         else:
             score = None if correct is None else (1.0 if correct else 0.0)
-        return {
-            "activity_id": item.item_id,
-            "skill_ids": list(item.skill_ids),
-            "correct": correct,
-            "score": score,
-            "attempt_number": item.attempt_number,
-            "hints_used": item.hints_used,
-            "duration_seconds": _non_negative(
+        return ActivityDetails(
+            activity_id=item.item_id,
+            skill_ids=tuple(item.skill_ids),
+            correct=correct,
+            score=score,
+            attempt_number=item.attempt_number,
+            hints_used=item.hints_used,
+            duration_seconds=_non_negative(
                 "item_attempted.duration_seconds", item.duration_seconds
             ),
-            "error_tag": item.error_tag,
-            "assignment_id": item.assignment_id,
-            "self_chosen": item.self_chosen,
-        }
+            error_tag=item.error_tag,
+            assignment_id=item.assignment_id,
+            self_chosen=item.self_chosen,
+        )
     if kind == "resource_engaged":
         resource = envelope.resource_engaged
-        return {
-            "activity_id": resource.resource_id,
-            "duration_seconds": _non_negative("resource_engaged.seconds", resource.seconds),
-            "completion": _unit("resource_engaged.completion", resource.completion),
-        }
+        return ActivityDetails(
+            activity_id=resource.resource_id,
+            duration_seconds=_non_negative("resource_engaged.seconds", resource.seconds),
+            completion=_unit("resource_engaged.completion", resource.completion),
+        )
     if kind == "goal_set":
         goal = envelope.goal_set
-        return {
-            "activity_id": goal.goal_id,
-            "skill_ids": _skills(goal.skill_id),
-            "target_date": goal.target_date,
-        }
+        return ActivityDetails(
+            activity_id=goal.goal_id,
+            skill_ids=_skills(goal.skill_id),
+            target_date=goal.target_date,
+        )
     if kind == "reflection_submitted":
         reflection = envelope.reflection_submitted
         confidence = (
@@ -279,32 +455,37 @@ def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> Row:
             if reflection.HasField("confidence")
             else None
         )
-        return {
-            "activity_id": reflection.reflection_id,
-            "skill_ids": _skills(reflection.skill_id),
-            "confidence": confidence,
-        }
+        return ActivityDetails(
+            activity_id=reflection.reflection_id,
+            skill_ids=_skills(reflection.skill_id),
+            confidence=confidence,
+        )
     if kind == "teacher_override":
-        return {"skill_ids": _skills(envelope.teacher_override.skill_id)}
+        return ActivityDetails(skill_ids=_skills(envelope.teacher_override.skill_id))
     if kind == "activity_assigned":
         assigned = envelope.activity_assigned
-        return {"activity_id": assigned.activity_id, "skill_ids": _skills(assigned.skill_id)}
+        return ActivityDetails(
+            activity_id=assigned.activity_id, skill_ids=_skills(assigned.skill_id)
+        )
     if kind == "recommendation_chosen":
         chosen = envelope.recommendation_chosen
-        return {
-            "activity_id": chosen.activity_id,
-            "recommendation_id": chosen.recommendation_id,
-            "option_index": chosen.option_index,
-        }
-    return {}
+        return ActivityDetails(
+            activity_id=chosen.activity_id,
+            recommendation_id=chosen.recommendation_id,
+            option_index=chosen.option_index,
+        )
+    return _NO_DETAILS
 
 
+_NO_DETAILS = ActivityDetails()
 _MASTERY_EVENT_KINDS = frozenset(
     {"skill_mastered", "struggling_detected", "mastery_overridden", "review_due"}
 )
 
 
-def _mastery_event(envelope: envelope_pb2.Envelope, kind: str, position: Position) -> Row:
+def _mastery_event(
+    envelope: envelope_pb2.Envelope, kind: str, position: Position
+) -> MasteryEventRow:
     """One row of `mastery_events`; the override's free-text reason is left out (PII risk)."""
     tenant_id, school_id, class_id, learner_id = _identity(envelope)
     occurred_at, _ = _times(envelope)
@@ -320,21 +501,21 @@ def _mastery_event(envelope: envelope_pb2.Envelope, kind: str, position: Positio
         reason, p = "teacher_override", _unit("mastery_overridden.p_after", payload.p_after)
     else:
         p = _unit("review_due.p_recall", payload.p_recall)
-    return {
-        "event_id": envelope.event_id,
-        "tenant_id": tenant_id,
-        "school_id": school_id,
-        "class_id": class_id,
-        "learner_id": learner_id,
-        "kind": kind,
-        "skill_id": payload.skill_id,
-        "reason": reason,
-        "error_tag": error_tag,
-        "attempts": attempts,
-        "p": p,
-        "occurred_at": occurred_at,
-        **_source(position),
-    }
+    return MasteryEventRow(
+        envelope.event_id,
+        tenant_id,
+        school_id,
+        class_id,
+        learner_id,
+        kind,
+        payload.skill_id,
+        reason,
+        error_tag,
+        attempts,
+        p,
+        occurred_at,
+        *position,
+    )
 
 
 def _erasure(envelope: envelope_pb2.Envelope, position: Position) -> tuple[str, Row]:
@@ -342,13 +523,7 @@ def _erasure(envelope: envelope_pb2.Envelope, position: Position) -> tuple[str, 
     occurred_at, _ = _times(envelope)
     return (
         ERASED_LEARNERS,
-        {
-            "tenant_id": tenant_id,
-            "learner_id": learner_id,
-            "event_id": envelope.event_id,
-            "erased_at": occurred_at,
-            **_source(position),
-        },
+        ErasedLearnerRow(tenant_id, learner_id, envelope.event_id, occurred_at, *position),
     )
 
 
@@ -366,42 +541,46 @@ def roster_rows(
         raise RowError(f"roster key {key!r} is not tenant/kind/id") from exc
     if kind not in ROSTER_TABLES or not tenant_id or not entity_id:
         raise RowError(f"roster key {key!r} names no known entity")
-    table, id_column = ROSTER_TABLES[kind]
-    row: Row = {"tenant_id": tenant_id, id_column: entity_id, "deleted": 1}
-    if record is not None:
-        if record.tenant_id != tenant_id or record.WhichOneof("entity") != kind:
-            raise RowError("roster value does not match its key")
-        entity = getattr(record, kind)
-        if entity.sourced_id != entity_id:
-            raise RowError("roster value does not match its key")
-        row["deleted"] = 0
-    entity = getattr(record, kind) if record is not None else None
+    table, row_type = ROSTER_TABLES[kind]
+    if record is None:
+        # A tombstone: the entity's key, deleted, every other column empty.
+        blanks = [() if name == "subgroups" else "" for name in row_type._fields[3:-3]]
+        return [(table, row_type._make((tenant_id, entity_id, 1, *blanks, *position)))]
+    if record.tenant_id != tenant_id or record.WhichOneof("entity") != kind:
+        raise RowError("roster value does not match its key")
+    entity = getattr(record, kind)
+    if entity.sourced_id != entity_id:
+        raise RowError("roster value does not match its key")
+    row: Row
     if table == ROSTER_SCHOOLS:
-        row.update(
-            name=entity.name if entity else "",
-            type=entity.type if entity else "",
-            parent_id=entity.parent_id if entity else "",
+        row = SchoolRow(
+            tenant_id, entity_id, 0, entity.name, entity.type, entity.parent_id, *position
         )
     elif table == ROSTER_CLASSES:
-        row.update(
-            school_id=entity.school_id if entity else "",
-            grade=entity.grade if entity else "",
-            subject=entity.subject if entity else "",
+        row = ClassRow(
+            tenant_id, entity_id, 0, entity.school_id, entity.grade, entity.subject, *position
         )
     elif table == ROSTER_ENROLLMENTS:
-        row.update(
-            class_id=entity.class_id if entity else "",
-            learner_id=entity.user_id if entity else "",
-            role=entity.role if entity else "",
-            school_id=entity.school_id if entity else "",
+        row = EnrollmentRow(
+            tenant_id,
+            entity_id,
+            0,
+            entity.class_id,
+            entity.user_id,
+            entity.role,
+            entity.school_id,
+            *position,
         )
     else:
-        row.update(
-            school_id=entity.school_id if entity else "",
-            grade=entity.grade if entity else "",
-            subgroups=sorted(set(entity.subgroups)) if entity else [],
+        row = LearnerRow(
+            tenant_id,
+            entity_id,
+            0,
+            entity.school_id,
+            entity.grade,
+            tuple(sorted(set(entity.subgroups))),
+            *position,
         )
-    row.update(_source(position))
     return [(table, row)]
 
 
@@ -440,14 +619,6 @@ def _millis(name: str, ts: Timestamp) -> int | None:
     return value
 
 
-def _source(position: Position) -> Row:
-    return {
-        "source_topic": position.topic,
-        "source_partition": position.partition,
-        "source_offset": position.offset,
-    }
-
-
 def _unit(name: str, value: float) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise RowError(f"{name} {value!r} is not in [0, 1]")
@@ -460,8 +631,8 @@ def _non_negative(name: str, value: float) -> float:
     return value
 
 
-def _skills(skill_id: str) -> list[str]:
-    return [skill_id] if skill_id else []
+def _skills(skill_id: str) -> tuple[str, ...]:
+    return (skill_id,) if skill_id else ()
 
 
 def _actor(actor: int) -> str:

@@ -49,9 +49,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -102,6 +103,8 @@ _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 10.0
 
 _log = get_logger("trellis.reporting.sink")
+# (tenant, learner) of a row that has a learner (attrgetter: one C call per row).
+_tenant_learner = attrgetter("tenant_id", "learner_id")
 _T = TypeVar("_T")
 
 ROWS_INSERTED = Counter(
@@ -165,7 +168,7 @@ class _Batch:
         for key in partitions & set(self.next_offsets):
             del self.next_offsets[key]
         for table, rows in self.rows.items():
-            kept = [r for r in rows if (r["source_topic"], r["source_partition"]) not in partitions]
+            kept = [r for r in rows if (r.source_topic, r.source_partition) not in partitions]
             dropped += len(rows) - len(kept)
             self.rows[table] = kept
         self.letters = [(key, letter) for key, letter in self.letters if key not in partitions]
@@ -494,15 +497,13 @@ class ReportingSink:
                     self._positions_stale = True
                 raise
         # Erasures of this batch apply to all of it, earlier offsets included.
-        erasures = {(r["tenant_id"], r["learner_id"]) for r in batch.rows.get(ERASED_LEARNERS, ())}
+        erasures = {_tenant_learner(r) for r in batch.rows.get(ERASED_LEARNERS, ())}
         erased = self._erased | erasures
         for table in TABLE_ORDER:
             stored = self._positions.setdefault(table, {})
             candidates = batch.rows.get(table, ())
-            if table != ERASED_LEARNERS and erased:
-                kept = [
-                    r for r in candidates if (r["tenant_id"], r.get("learner_id", "")) not in erased
-                ]
+            if table != ERASED_LEARNERS and erased and "learner_id" in _fields(candidates):
+                kept = [r for r in candidates if _tenant_learner(r) not in erased]
                 self.stats.erased_rows_dropped += len(candidates) - len(kept)
                 candidates = kept
             rows, ranges = _new_rows(candidates, stored)
@@ -515,7 +516,7 @@ class ReportingSink:
             self.stats.inserted[table] += len(rows)
             ROWS_INSERTED.labels(table).inc(len(rows))
             if table == ERASED_LEARNERS:
-                self._erased |= {(r["tenant_id"], r["learner_id"]) for r in rows}
+                self._erased |= {_tenant_learner(r) for r in rows}
         # Every erasure read in this batch is applied, even one already recorded: a crash
         # between recording it and deleting leaves the batch uncommitted, so it is redone here.
         by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -622,6 +623,11 @@ class ReportingSink:
         }
 
 
+def _fields(rows: Sequence[Row]) -> tuple[str, ...]:
+    """The columns of a table's rows (none if there are no rows)."""
+    return rows[0]._fields if rows else ()
+
+
 def _new_rows(
     rows: Iterable[Row], stored: Mapping[PartitionKey, int]
 ) -> tuple[list[Row], dict[PartitionKey, tuple[int, int]]]:
@@ -636,8 +642,8 @@ def _new_rows(
     spans: dict[PartitionKey, list[int]] = {}
     taken: dict[PartitionKey, set[int]] = {}
     for row in rows:
-        key = (row["source_topic"], row["source_partition"])
-        offset = row["source_offset"]
+        key = (row.source_topic, row.source_partition)
+        offset = row.source_offset
         span = spans.get(key)
         if span is None:
             span = spans[key] = [stored.get(key, -1), -1, -1]
@@ -651,9 +657,7 @@ def _new_rows(
         else:
             if offsets is None:
                 offsets = taken[key] = {
-                    r["source_offset"]
-                    for r in fresh
-                    if (r["source_topic"], r["source_partition"]) == key
+                    r.source_offset for r in fresh if (r.source_topic, r.source_partition) == key
                 }
             if offset in offsets:
                 continue

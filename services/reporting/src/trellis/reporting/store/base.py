@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+
+from trellis.reporting.rows import Row
 
 __all__ = [
     "EngagementDay",
@@ -191,8 +192,9 @@ class ReportingStore(ABC):
         is in the answer (empty if it holds no rows)."""
 
     @abstractmethod
-    def insert(self, table: str, rows: Sequence[Mapping[str, Any]], token: str) -> None:
-        """Insert rows in one block; a repeat of the same `token` is dropped by the store."""
+    def insert(self, table: str, rows: Sequence[Row], token: str) -> None:
+        """Insert rows of one table (its row type of `trellis.reporting.rows`) in one block; a
+        repeat of the same `token` is dropped by the store."""
 
     @abstractmethod
     def learner_progress(
