@@ -14,6 +14,8 @@ from tests.conftest import make_test_settings
 from trellis.common.codec import encode_envelope, learner_key
 from trellis.common.pb.events.v1 import activity_pb2, envelope_pb2
 from trellis.mastery.adapters.state_codec import decode_state
+from trellis.mastery.stream import agents
+from trellis.mastery.stream.agents import BATCH_WITHIN_S
 from trellis.mastery.stream.app import MasteryStream, create_stream
 
 KEY = learner_key("district-a", "pseudo-1")
@@ -108,7 +110,11 @@ class FakeKafkaProducer:
 
 
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sent]]:
+async def running(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Any, MasteryStream, Sent]]:
+    """The agent on its test context; `indirect` parameter: its batch window in seconds."""
+    window = mock.patch.object(agents, "BATCH_WITHIN_S", getattr(request, "param", BATCH_WITHIN_S))
     stream = create_stream(make_test_settings("unit"), store="memory://", datadir=tmp_path)
     sent = Sent()
 
@@ -136,7 +142,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Any, MasteryStream, Sen
 
     # Only the neighbour (the producer) is faked; table and agent are Faust's own.
     fake = FakeKafkaProducer(produce)
-    with mock.patch.object(stream.app.producer, "_ensure_producer", return_value=fake):
+    with window, mock.patch.object(stream.app.producer, "_ensure_producer", return_value=fake):
         async with stream.agent.test_context() as agent:
             yield agent, stream, sent
 
@@ -151,6 +157,17 @@ async def test_an_attempt_is_applied_and_published(
     [update] = sent.mastery
     assert update.mastery_updated.p_after == pytest.approx(0.6926829268)
     assert stream.store.get(KEY).skills["a"].attempts == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("running", [3_600.0], indirect=True)
+async def test_a_batch_goes_once_nothing_more_is_waiting(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, _, sent = running
+    encoded = encode_envelope(attempt("evt-1"))
+    # Within `put`'s 5 s, not after the hour's window: nothing else was waiting.
+    await put(agent, encoded.value, encoded.key, encoded.headers)
+    assert len(sent.mastery) == 1
 
 
 async def test_a_redelivered_attempt_is_counted_once(
