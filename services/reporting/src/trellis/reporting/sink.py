@@ -189,10 +189,17 @@ def insert_token(table: str, ranges: Mapping[PartitionKey, tuple[int, int]]) -> 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Runs on kafka-python's IO thread: records the change, does no I/O."""
 
-    def __init__(self, sink: ReportingSink) -> None:
+    def __init__(self, sink: ReportingSink, consumer: KafkaConsumer) -> None:
         self._sink = sink
+        self._consumer = consumer
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # Called as a join begins. Work around a kafka-python 3.0.12 bug: a join begun by a
+        # metadata change is wanted only until the leader's assignment takes the new metadata in,
+        # so if a poll's timeout leaves it in flight then, no later poll completes it (the member
+        # stays rebalancing, heartbeats off, fetching nothing). Marked as wanted, the join stays
+        # wanted until it completes. Only a flag is set here.
+        self._consumer._coordinator.request_rejoin()
         self._sink._note_revoked({(tp.topic, tp.partition) for tp in revoked})
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -285,7 +292,7 @@ class ReportingSink:
         try:
             if not self._await_topics(consumer):
                 return
-            consumer.subscribe(topics=self.topics, listener=_Listener(self))
+            consumer.subscribe(topics=self.topics, listener=_Listener(self, consumer))
             self.running.set()
             _log.info("sink started", topics=self.topics, group=self._group)
             while not self._stop.is_set():
