@@ -336,3 +336,11 @@ def test_settings_values_of_any_yaml_type_reach_the_processes(tmp_path: Path) ->
 def test_network_policies_are_optional() -> None:
     docs = render(Release(set_values=("networkPolicies.create=false",)))
     assert not of_kind(docs, "NetworkPolicy")
+
+
+def test_kafka_topics_are_optional() -> None:
+    docs = render(Release(set_values=("kafka.strimzi.manageTopics=false",)))
+    assert not of_kind(docs, "KafkaTopic")
+    assert {d["kind"] for d in docs} == {d["kind"] for d in _docs("default-values")} - {
+        "KafkaTopic"
+    }
