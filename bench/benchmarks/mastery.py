@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from kafka import TopicPartition
 
 from bench.framework import BenchContext, BenchResult, run_standalone
@@ -142,7 +143,7 @@ def bare_main(prefix: str, n: int, out: Path, bootstrap: str) -> None:
         key_serializer="raw",
         value_serializer="raw",
     )
-    seen = {"count": 0, "first": 0.0}
+    seen = {"count": 0, "first": 0.0, "first_cpu": 0.0}
 
     async def count(stream: Any) -> None:
         async for event in stream.events():
@@ -151,10 +152,11 @@ def bare_main(prefix: str, n: int, out: Path, bootstrap: str) -> None:
             decode_envelope(event.value, [(str(k), bytes(v)) for k, v in items])
             seen["count"] += 1
             if seen["count"] == 1:
-                seen["first"] = time.perf_counter()
+                seen["first"], seen["first_cpu"] = time.perf_counter(), time.process_time()
             if seen["count"] == n:
                 elapsed = time.perf_counter() - seen["first"]
-                out.write_text(json.dumps({"count": n, "seconds": elapsed}))
+                cpu = time.process_time() - seen["first_cpu"]
+                out.write_text(json.dumps({"count": n, "seconds": elapsed, "cpu_seconds": cpu}))
 
     app.agent(topic, name="bench.bare_count", concurrency=1)(count)
     faust.Worker(
@@ -162,7 +164,8 @@ def bare_main(prefix: str, n: int, out: Path, bootstrap: str) -> None:
     ).execute_from_commandline()
 
 
-def run_bare(ctx: BenchContext, prefix: str, n: int, round_no: int) -> float:
+def run_bare(ctx: BenchContext, prefix: str, n: int, round_no: int) -> dict[str, float]:
+    """The bare agent's events/s and its CPU time per event (us), from its first event on."""
     out = ctx.work_dir / f"bare-{round_no}.json"
     with (ctx.work_dir / f"bare-{round_no}.log").open("wb") as log:
         process = subprocess.Popen(
@@ -183,7 +186,10 @@ def run_bare(ctx: BenchContext, prefix: str, n: int, round_no: int) -> float:
     finally:
         _stop(process)
     result = json.loads(out.read_text())
-    return float(n - 1) / float(result["seconds"])
+    return {
+        "rate": float(n - 1) / float(result["seconds"]),
+        "cpu_us": 1e6 * float(result["cpu_seconds"]) / (n - 1),
+    }
 
 
 # --- the subject: the mastery worker ---------------------------------------------------------
@@ -212,7 +218,9 @@ def _worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
 
 
 def run_worker(ctx: BenchContext, settings: Settings, n: int, round_no: int) -> dict[str, Any]:
-    """Start the worker on its own group; the attempts answered per second of output span."""
+    """Start the worker on its own group; the attempts answered per second of output span, and
+    its CPU time per attempt answered (us) between the first and the last poll that saw outputs
+    (its process sampled by psutil, so startup and shutdown are left out)."""
     topic = settings.kafka.topics.name("mastery")
     consumer = create_consumer(settings.kafka, None)
     partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -229,6 +237,7 @@ def run_worker(ctx: BenchContext, settings: Settings, n: int, round_no: int) -> 
             cwd=REPO,
         )
     causes: set[str] = set()
+    cpu_samples: list[tuple[float, int]] = []  # (worker CPU seconds, attempts answered)
     first_ms = last_ms = 0
     outputs = 0
     try:
@@ -247,11 +256,21 @@ def run_worker(ctx: BenchContext, settings: Settings, n: int, round_no: int) -> 
                     causes.add(envelope.mastery_updated.cause_event_id)
                     first_ms = record.timestamp if not first_ms else min(first_ms, record.timestamp)
                     last_ms = max(last_ms, record.timestamp)
+            if causes and (not cpu_samples or cpu_samples[-1][1] < len(causes)):
+                times = psutil.Process(process.pid).cpu_times()
+                cpu_samples.append((times.user + times.system, len(causes)))
     finally:
         consumer.close()
         _stop(process)
     span = (last_ms - first_ms) / 1000
-    return {"rate": (n - min(BATCH_MAX, n - 1)) / span, "seconds": span, "outputs": outputs}
+    (cpu_first, answered_first), (cpu_last, answered_last) = cpu_samples[0], cpu_samples[-1]
+    cpu_us = 1e6 * (cpu_last - cpu_first) / max(1, answered_last - answered_first)
+    return {
+        "rate": (n - min(BATCH_MAX, n - 1)) / span,
+        "seconds": span,
+        "outputs": outputs,
+        "cpu_us": cpu_us,
+    }
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -269,6 +288,8 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     rounds = 1 if ctx.quick else 2
     worker_rates: list[float] = []
     bare_rates: list[float] = []
+    worker_cpu: list[float] = []
+    bare_cpu: list[float] = []
     outputs = 0
     for r in range(rounds):
         prefix = f"bench-mastery-{uuid.uuid4().hex[:8]}."
@@ -278,12 +299,19 @@ def run(ctx: BenchContext) -> list[BenchResult]:
         size = sum(len(rec.value) for rec in records) / n
         fill(settings, records)
         print(f"mastery bench round {r + 1}: {n} events on {PARTITIONS} partitions", flush=True)
-        bare_rates.append(run_bare(ctx, prefix, n, r))
-        print(f"  bare Faust agent {bare_rates[-1]:,.0f} events/s", flush=True)
+        bare = run_bare(ctx, prefix, n, r)
+        bare_rates.append(bare["rate"])
+        bare_cpu.append(bare["cpu_us"])
+        print(f"  bare Faust agent {bare['rate']:,.0f} events/s, {bare['cpu_us']:.0f} us CPU/event")
         measured = run_worker(ctx, settings, n, r)
         worker_rates.append(measured["rate"])
+        worker_cpu.append(measured["cpu_us"])
         outputs = measured["outputs"]
-        print(f"  mastery worker {worker_rates[-1]:,.0f} events/s", flush=True)
+        print(
+            f"  mastery worker {measured['rate']:,.0f} events/s,"
+            f" {measured['cpu_us']:.0f} us CPU/event",
+            flush=True,
+        )
     value, baseline = max(worker_rates), max(bare_rates)
     return [
         BenchResult(
@@ -303,6 +331,9 @@ def run(ctx: BenchContext) -> list[BenchResult]:
                 "outputs_last_round": outputs,
                 "worker_rounds": [round(x) for x in worker_rates],
                 "bare_rounds": [round(x) for x in bare_rates],
+                # CPU time per event (us), which the machine's load moves less than the rates.
+                "worker_cpu_us_rounds": [round(x) for x in worker_cpu],
+                "bare_cpu_us_rounds": [round(x) for x in bare_cpu],
                 "stretch_20k": value >= 20_000,
             },
         )
