@@ -2,8 +2,8 @@
 failures dead-lettered.
 
 One agent (concurrency 1: with more, Faust can commit offsets past events still in flight) takes
-up to `BATCH_MAX` events, the batch going once nothing more is buffered after `BATCH_LINGER_S`
-(`stream.batching`). Per batch, in this order:
+up to `BATCH_MAX` events, the batch going once no more are waiting after its wait (at least
+`BATCH_LINGER_S`, longer under load: `stream.batching`). Per batch, in this order:
 1. each event is decoded and applied in the order read (a learner's events are in one partition,
    so in their order), over `StagedWrites`: a learner's state is read once per batch, and a bad
    event becomes a dead letter (original bytes, error, source topic/partition/offset);
@@ -49,11 +49,11 @@ from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.topics import Topics
 
 CONSUMER = "trellis-mastery"
-#: Events per micro-batch at most; how long a batch waits for more after its first event (the
-#: latency it adds at low rates), and at most while events keep coming. Under load batches grow
-#: by themselves (the events that arrive while one is processed form the next), and bigger
-#: batches pay off through fewer state writes (a learner's events of a batch are written once)
-#: and fewer waits for the broker. Measured in docs/mastery-performance.md.
+#: Events per micro-batch at most; how long a batch waits for more after its first event at least
+#: (the latency it adds at low rates), and at most. Under load batches wait longer and grow
+#: (`stream.batching`), and bigger batches pay off through fewer state writes (a learner's events
+#: of a batch are written once) and fewer waits for the broker. Measured in
+#: docs/mastery-performance.md.
 BATCH_MAX = 4_000
 BATCH_LINGER_S = 0.01
 BATCH_WITHIN_S = 0.2
