@@ -16,11 +16,7 @@ Run alone: `.venv/bin/python -m bench.benchmarks.ingest [--full]` (broker on 127
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,10 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from bench.framework import BenchContext, BenchResult, run_standalone
+from bench.service_process import free_port, start_service, wait_serving
 from trellis.common.codec import Encoded, encode_envelope
 from trellis.common.kafka import create_producer, ensure_topics
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
@@ -48,12 +44,6 @@ CONCURRENCY = 4
 LEARNERS = 2_000
 ITEMS = 200
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_events(n: int, run: str, now: datetime) -> list[envelope_pb2.Envelope]:
@@ -182,47 +172,6 @@ async def seed(target: str) -> None:
         )
 
 
-def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ingest exited with {process.returncode}")
-        with grpc.insecure_channel(target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=2
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.2)
-    raise TimeoutError("ingest did not turn SERVING")
-
-
-def start_ingest(bootstrap: str, prefix: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "TRELLIS_KAFKA__TOPICS__PREFIX": prefix,
-        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TENANT, "role": "service"}}),
-        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TENANT: {"1": KEY}}),
-        "TRELLIS_SERVICES__INGEST__PORT": str(port),
-        "TRELLIS_SERVICES__INGEST__METRICS_PORT": str(_free_port()),
-        "TRELLIS_INGEST__MAX_BATCH_SIZE": str(BATCH),
-        "TRELLIS_INGEST__UNKNOWN_REFERENCES": "reject",
-        "TRELLIS_LOG_LEVEL": "WARNING",
-    }
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "trellis.ingest", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
 def run(ctx: BenchContext) -> list[BenchResult]:
     n = 20_000 if ctx.quick else 200_000
     rounds = 1 if ctx.quick else 2
@@ -239,10 +188,23 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     )
     ensure_topics(kafka)
     ensure_topics(baseline_kafka)
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     print(f"ingest bench: {n} events x {rounds} round(s), starting ingest on {target}", flush=True)
-    process = start_ingest(ctx.bootstrap_servers, prefix, port, ctx.work_dir / "ingest.log")
+    process = start_service(
+        "ingest",
+        ctx.work_dir / "ingest.log",
+        bootstrap=ctx.bootstrap_servers,
+        prefix=prefix,
+        port=port,
+        tenant=TENANT,
+        token=TOKEN,
+        key=KEY,
+        env={
+            "TRELLIS_INGEST__MAX_BATCH_SIZE": str(BATCH),
+            "TRELLIS_INGEST__UNKNOWN_REFERENCES": "reject",
+        },
+    )
     ingest_rates: list[float] = []
     bare_rates: list[float] = []
     try:

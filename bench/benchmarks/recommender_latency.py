@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,10 +38,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from bench.framework import BenchContext, BenchResult, run_standalone
+from bench.service_process import free_port, start_service, wait_serving
 from trellis.common.codec import encode_catalog
 from trellis.common.kafka import create_producer, ensure_topics
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -64,12 +62,6 @@ TOKEN = "bench-token"
 KEY = "bench-pseudonym-key"
 CONCURRENCY = 8
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -219,48 +211,6 @@ class MasteryServer:
         self._thread.join(10)
 
 
-def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"recommender exited with {process.returncode}")
-        with grpc.insecure_channel(target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=2
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.2)
-    raise TimeoutError("recommender did not turn SERVING")
-
-
-def start_recommender(
-    bootstrap: str, prefix: str, port: int, mastery_port: int, log_path: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "TRELLIS_KAFKA__TOPICS__PREFIX": prefix,
-        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TENANT, "role": "service"}}),
-        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TENANT: {"1": KEY}}),
-        "TRELLIS_SERVICES__RECOMMENDER__PORT": str(port),
-        "TRELLIS_SERVICES__RECOMMENDER__METRICS_PORT": str(_free_port()),
-        "TRELLIS_RECOMMENDER__MASTERY_ADDRESS": f"127.0.0.1:{mastery_port}",
-        "TRELLIS_LOG_LEVEL": "WARNING",
-    }
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "trellis.recommender", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
 async def load(
     target: str, learners: list[str], n: int, concurrency: int
 ) -> tuple[list[float], float, dict[str, int], dict[str, int]]:
@@ -333,10 +283,18 @@ def run_fake(ctx: BenchContext, n: int) -> dict[str, Any]:
         producer.close()
     server = MasteryServer(fake)
     server.start()
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
-    process = start_recommender(
-        ctx.bootstrap_servers, prefix, port, server.port, ctx.work_dir / "recommender.log"
+    process = start_service(
+        "recommender",
+        ctx.work_dir / "recommender.log",
+        bootstrap=ctx.bootstrap_servers,
+        prefix=prefix,
+        port=port,
+        tenant=TENANT,
+        token=TOKEN,
+        key=KEY,
+        env={"TRELLIS_RECOMMENDER__MASTERY_ADDRESS": f"127.0.0.1:{server.port}"},
     )
     phases: dict[str, dict[str, Any]] = {}
     try:
@@ -425,7 +383,7 @@ def run_real_stack(ctx: BenchContext, n: int) -> dict[str, Any]:
     )
     ensure_topics(kafka)
     sim = simulated(300)
-    ports = {service: _free_port() for service in SERVICES}
+    ports = {service: free_port() for service in SERVICES}
     env = {
         **os.environ,
         "STACK_RUN_DIR": str(ctx.work_dir / "run"),
@@ -443,7 +401,7 @@ def run_real_stack(ctx: BenchContext, n: int) -> dict[str, Any]:
     }
     for service, port in ports.items():
         env[f"TRELLIS_SERVICES__{service.upper()}__PORT"] = str(port)
-        env[f"TRELLIS_SERVICES__{service.upper()}__METRICS_PORT"] = str(_free_port())
+        env[f"TRELLIS_SERVICES__{service.upper()}__METRICS_PORT"] = str(free_port())
     script = str(REPO / "deploy" / "local" / "stack.sh")
     out: dict[str, Any] = {"events": len(sim.events)}
     subprocess.run([script, "services-up"], env=env, check=True, timeout=180, cwd=REPO)
