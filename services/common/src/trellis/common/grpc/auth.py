@@ -131,12 +131,20 @@ def authorize_class(principal: Principal, class_id: str) -> None:
         raise PermissionDenied("class outside the caller's scope")
 
 
+def scoped_to_schools(principal: Principal) -> bool:
+    """Whether the caller's scope is a list of schools: a district admin or a service with one.
+    Teachers are scoped by their classes, learners by their own id, platform admins and callers
+    without a school list by their tenant."""
+    return principal.role not in ("platform_admin", "teacher", "learner") and bool(
+        principal.schools
+    )
+
+
 def authorize_class_school(principal: Principal, school_id: str | None) -> None:
-    """After authorize_class: a caller scoped to schools (a district admin or a service with a
-    school list) passes only if the class's school, as the servicer's roster knows it, is one of
-    theirs; None (the roster lacks the class, or the service keeps no schools) is refused.
-    Teachers are scoped by their classes, unscoped callers by their tenant."""
-    if principal.role in ("platform_admin", "teacher", "learner") or not principal.schools:
+    """After authorize_class: a caller scoped to schools passes only if the class's school, as
+    the servicer's roster knows it, is one of theirs; None (the roster lacks the class, or the
+    service keeps no schools) is refused. Other callers pass (see scoped_to_schools)."""
+    if not scoped_to_schools(principal):
         return
     if school_id is None or school_id not in principal.schools:
         raise PermissionDenied("class outside the caller's schools")
@@ -155,9 +163,7 @@ def authorize_learner(principal: Principal, learner_id: str) -> None:
 def scoped_by_roster(principal: Principal) -> bool:
     """Whether reaching a learner needs the learner's classes: teachers (their classes) and
     callers scoped to schools. Learners (own id) and unscoped callers need no roster."""
-    if principal.role in ("platform_admin", "learner"):
-        return False
-    return principal.role == "teacher" or bool(principal.schools)
+    return principal.role == "teacher" or scoped_to_schools(principal)
 
 
 def authorize_enrolled(

@@ -24,6 +24,7 @@ from trellis.common.grpc.auth import (
     authorize_tenant,
     current_principal,
     require_role,
+    scoped_to_schools,
 )
 from trellis.common.grpc.errors import (
     InvalidArgument,
@@ -33,7 +34,7 @@ from trellis.common.grpc.errors import (
 )
 from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from trellis.common.settings import Principal, Role
+from trellis.common.settings import Role
 from trellis.ingest.adapters.metrics import count_outcomes
 from trellis.ingest.service import (
     IngestService,
@@ -127,7 +128,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """A caller scoped to schools writes the roster of its schools only: no record of
         another school, and no class (or enrollment in one) that the roster places elsewhere."""
         principal = current_principal()
-        if not _scoped_to_schools(principal):
+        if not scoped_to_schools(principal):
             return
         for record in records:
             for school_id in self._service.roster_schools(tenant_id, record):
@@ -200,7 +201,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.UpsertCatalogRequest, context: Context
     ) -> ingest_pb2.UpsertResponse:
         self._check_batch(request.tenant_id, "records", len(request.records), ROSTER_WRITERS)
-        if _scoped_to_schools(current_principal()):
+        if scoped_to_schools(current_principal()):
             raise PermissionDenied(
                 "the catalog is tenant-wide: callers scoped to schools may not write it"
             )
@@ -212,10 +213,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.UpsertResponse(
             results=await self._answer(request.tenant_id, "catalog", outcomes)
         )
-
-
-def _scoped_to_schools(principal: Principal) -> bool:
-    return principal.role != "platform_admin" and bool(principal.schools)
 
 
 def _authorize_schools(events: Sequence[envelope_pb2.Envelope]) -> None:

@@ -43,6 +43,7 @@ from trellis.common.grpc.auth import (
     authorize_tenant,
     current_principal,
     scoped_by_roster,
+    scoped_to_schools,
 )
 from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from trellis.common.logging import get_logger
@@ -340,8 +341,7 @@ class MasteryServicer(mastery_pb2_grpc.MasteryServiceServicer):
             own = self._placement.partition_of(learner_key(request.tenant_id, pseudonym))
             start = {own: start[own]}
         # A service or admin scoped to schools receives the events of its schools only.
-        scoped = principal.role in ("service", "district_admin")
-        schools = frozenset(principal.schools) if scoped else frozenset()
+        schools = frozenset(principal.schools) if scoped_to_schools(principal) else frozenset()
         wanted = EventFilter(request.tenant_id, request.class_id, pseudonym, schools)
         reader = topic.reader(start)
         try:
