@@ -31,6 +31,7 @@ from trellis.common.grpc.auth import (
     authorize_tenant,
     current_principal,
     require_role,
+    scoped_to_schools,
 )
 from trellis.common.grpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from trellis.common.pb.reporting.v1 import reporting_pb2, reporting_pb2_grpc
@@ -148,7 +149,7 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
         principal = current_principal()
         require_role(principal, *ADMINS)
         authorize_tenant(principal, request.tenant_id)
-        if principal.role != "platform_admin" and principal.schools:
+        if scoped_to_schools(principal):
             raise PermissionDenied("store statistics cover the whole tenant, not only its schools")
         counts = await _answer(self._service.store_stats(request.tenant_id))
         return reporting_pb2.StoreStats(
