@@ -16,6 +16,10 @@ Baseline: a bare Faust agent (the same `create_app` settings, concurrency 1, `st
 `memory://` store) that only decodes each envelope with the event codec and counts; its rate is
 the events divided by the span between its first and its last event, timed inside the process.
 
+Both also report their CPU time per event (the worker's process sampled with psutil at the first
+and the last poll that saw its outputs; the bare agent's process time from its first to its last
+event), which the machine's load moves less than the rates.
+
 Sizes: quick 20,000 events (40 per learner); full 100,000 events (200 per learner), best of two
 rounds. Target: worker events/s >= 0.5 x the bare agent's (stretch: >= 20,000 events/s).
 
