@@ -16,6 +16,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
+# The benchmarks' district: its one service token and pseudonym key.
+TENANT = "bench-district"
+TOKEN = "bench-token"
+KEY = "bench-pseudonym-key"
 
 
 def free_port() -> int:
@@ -31,20 +35,17 @@ def start_service(
     bootstrap: str,
     prefix: str,
     port: int,
-    tenant: str,
-    token: str,
-    key: str,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`python -m trellis.<service> serve` on `port`, with one service token for `tenant`, its
+    """`python -m trellis.<service> serve` on `port`, with the service token of TENANT and its
     pseudonym key, the topics under `prefix`, warnings only, logging to `log_path`; `env` adds or
     overrides settings."""
     name = service.upper()
     settings = {
         "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "TRELLIS_KAFKA__TOPICS__PREFIX": prefix,
-        "TRELLIS_AUTH__TOKENS": json.dumps({token: {"tenant_id": tenant, "role": "service"}}),
-        "TRELLIS_PSEUDONYM__KEYS": json.dumps({tenant: {"1": key}}),
+        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TENANT, "role": "service"}}),
+        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TENANT: {"1": KEY}}),
         f"TRELLIS_SERVICES__{name}__PORT": str(port),
         f"TRELLIS_SERVICES__{name}__METRICS_PORT": str(free_port()),
         "TRELLIS_LOG_LEVEL": "WARNING",

@@ -28,7 +28,7 @@ import grpc
 from pydantic import SecretStr
 
 from bench.framework import BenchContext, BenchResult, run_standalone
-from bench.service_process import free_port, start_service, wait_serving
+from bench.service_process import KEY, TENANT, TOKEN, free_port, start_service, wait_serving
 from trellis.common.codec import Encoded, encode_envelope
 from trellis.common.kafka import create_producer, ensure_topics
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
@@ -36,9 +36,6 @@ from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import KafkaSettings, Settings
 
-TENANT = "bench-district"
-TOKEN = "bench-token"
-KEY = "bench-pseudonym-key"
 BATCH = 500
 CONCURRENCY = 4
 LEARNERS = 2_000
@@ -197,9 +194,6 @@ def run(ctx: BenchContext) -> list[BenchResult]:
         bootstrap=ctx.bootstrap_servers,
         prefix=prefix,
         port=port,
-        tenant=TENANT,
-        token=TOKEN,
-        key=KEY,
         env={
             "TRELLIS_INGEST__MAX_BATCH_SIZE": str(BATCH),
             "TRELLIS_INGEST__UNKNOWN_REFERENCES": "reject",

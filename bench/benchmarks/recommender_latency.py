@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from bench.framework import BenchContext, BenchResult, run_standalone
-from bench.service_process import free_port, start_service, wait_serving
+from bench.service_process import KEY, TENANT, TOKEN, free_port, start_service, wait_serving
 from trellis.common.codec import encode_catalog
 from trellis.common.kafka import create_producer, ensure_topics
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -57,9 +57,6 @@ from trellis.simulator.learners import BehaviourConfig
 from trellis.simulator.load import setup_district
 from trellis.simulator.simulation import Simulation, simulate
 
-TENANT = "bench-district"
-TOKEN = "bench-token"
-KEY = "bench-pseudonym-key"
 CONCURRENCY = 8
 REPO = Path(__file__).resolve().parents[2]
 
@@ -291,9 +288,6 @@ def run_fake(ctx: BenchContext, n: int) -> dict[str, Any]:
         bootstrap=ctx.bootstrap_servers,
         prefix=prefix,
         port=port,
-        tenant=TENANT,
-        token=TOKEN,
-        key=KEY,
         env={"TRELLIS_RECOMMENDER__MASTERY_ADDRESS": f"127.0.0.1:{server.port}"},
     )
     phases: dict[str, dict[str, Any]] = {}
