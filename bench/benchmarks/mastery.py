@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ import psutil
 from kafka import TopicPartition
 
 from bench.framework import BenchContext, BenchResult, run_standalone
+from bench.service_process import free_port
 from trellis.common.codec import Encoded, decode_envelope, encode_envelope, learner_key
 from trellis.common.faust_app import create_app
 from trellis.common.kafka import create_consumer, create_producer, ensure_topics
@@ -57,12 +57,6 @@ SKILLS = 20
 PARTITIONS = 6
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _settings(bootstrap: str, prefix: str) -> Settings:
@@ -211,8 +205,8 @@ def _worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "TRELLIS_MASTERY__BROKER_SESSION_TIMEOUT_S": str(mastery.broker_session_timeout_s),
         "TRELLIS_MASTERY__BROKER_HEARTBEAT_INTERVAL_S": str(mastery.broker_heartbeat_interval_s),
         "TRELLIS_MASTERY__DATA_DIR": str(data_dir),
-        "TRELLIS_SERVICES__MASTERY__PORT": str(_free_port()),
-        "TRELLIS_SERVICES__MASTERY__METRICS_PORT": str(_free_port()),
+        "TRELLIS_SERVICES__MASTERY__PORT": str(free_port()),
+        "TRELLIS_SERVICES__MASTERY__METRICS_PORT": str(free_port()),
         "TRELLIS_SERVICES__MASTERY__GRACE_SECONDS": "2",
         "TRELLIS_PSEUDONYM__KEYS": json.dumps({TENANT: {"1": "bench-pseudonym-key"}}),
         "TRELLIS_AUTH__TOKENS": json.dumps(
