@@ -102,10 +102,21 @@ stop_all() {
   exit 0
 }
 
+# A start that fails (a service that never serves, the demo not loaded) stops what it started,
+# so nothing is left holding the ports; its logs stay in $RUN_DIR.
+stop_after_failed_start() {
+  local status=$?
+  ((status == 0)) && return
+  echo "start failed (exit $status): stopping what started" >&2
+  down >&2 || true
+}
+
 run() {
   trap stop_all INT TERM
+  trap stop_after_failed_start EXIT
   up
   $PY -m trellis.ingest load deploy/local/demo --tenant demo-district --token "$DEV_SERVICE_TOKEN"
+  trap - EXIT
   cat <<INFO
 
 Trellis is running (Ctrl-C stops everything):
