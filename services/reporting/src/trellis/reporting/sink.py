@@ -561,13 +561,11 @@ class ReportingSink:
         self.stats.commits += 1
 
     def _unstick_rebalance(self, consumer: KafkaConsumer) -> None:
-        """Work around a kafka-python 3.0.12 bug: when a rebalance started by a metadata change
-        (topics just created) is in its SyncGroup round trip as a poll's timeout expires, the join
-        is never completed: the member stays rebalancing for good, with heartbeats off, so the
-        broker drops it, and it fetches nothing (and commits nothing) from then on. When the
-        partitions revoked at a rebalance's start have not been followed by an assignment within
-        two session timeouts, ask for a fresh join (a join still in flight is awaited, not sent
-        twice)."""
+        """A net under `_Listener`'s workaround of kafka-python 3.0.12's join left incomplete: when
+        the partitions revoked at a rebalance's start have not been followed by an assignment
+        within two session timeouts, ask for a fresh join. While a join is in flight the listener
+        has already asked (the join is awaited, not sent twice), so this acts only on a join that
+        ended without reporting its assignment."""
         with self._lock:
             since = self._rebalancing_since
             if (
