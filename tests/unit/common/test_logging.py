@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -105,3 +107,58 @@ def test_loggers_made_before_configuration_follow_it(capsys: pytest.CaptureFixtu
 
     (line,) = lines(capsys)
     assert line["event"] == "after" and line["logger"] == "trellis.early"
+
+
+# A service at DEBUG: the event loop churns through grpc AsyncIO channels left in reference cycles
+# (freed by the collector, in whichever thread it runs) while other threads log DEBUG records whose
+# formatting makes cyclic garbage, as kafka-python's threads do. With grpc's AIO diagnostics at
+# DEBUG this stalled within seconds (grpc/grpc#43421); the watchdog exits 3 on a stall.
+_CHURN_AT_DEBUG = """
+import asyncio, logging, os, threading, time
+import grpc
+from trellis.common.logging import configure_logging
+
+configure_logging("DEBUG")
+progress = 0
+
+class Cyclic:
+    def __str__(self):
+        for _ in range(200):
+            cycle = []
+            cycle.append(cycle)
+        return "record"
+
+def chatter():
+    while True:
+        logging.getLogger("aiokafka.conn").debug("sent %s", Cyclic())
+
+def watchdog():
+    last = -1
+    for _ in range(3):
+        time.sleep(2.5)
+        if progress == last:
+            os._exit(3)
+        last = progress
+    os._exit(0)
+
+async def churn():
+    global progress
+    while True:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")
+        channel.cycle = channel
+        del channel
+        progress += 1
+        await asyncio.sleep(0)
+
+for _ in range(3):
+    threading.Thread(target=chatter, daemon=True).start()
+threading.Thread(target=watchdog, daemon=True).start()
+asyncio.run(churn())
+"""
+
+
+def test_debug_logging_beside_grpc_aio_does_not_deadlock() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _CHURN_AT_DEBUG], stdout=subprocess.DEVNULL, timeout=60
+    )
+    assert run.returncode == 0, "the event loop stalled: lock inversion with grpc's AIO lock"

@@ -15,7 +15,13 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["GRPC_AIO_LOGGER", "configure_logging", "get_logger"]
+
+# grpcio (1.75.1 and later, grpc/grpc#43421) logs its AsyncIO loop diagnostics at DEBUG while
+# holding its global AIO lock, and a garbage collection in any thread that holds a logging lock
+# (kafka-python's, formatting a record) can finalize an AIO object, which waits for that lock: a
+# deadlock. Kept at INFO or above, the diagnostics never reach a handler, so no lock is taken.
+GRPC_AIO_LOGGER = "grpc._cython.cygrpc"
 
 # Keys never rendered in clear: credentials, and learner identity. `learner_id` is masked too:
 # at the edges it holds the SIS id; log the pseudonym under another key if it is ever needed.
@@ -119,6 +125,7 @@ def configure_logging(level: str = "INFO") -> None:
     # consumer). aiokafka, under Faust, stays at the configured level for the same reason.
     logging.getLogger("kafka").setLevel(max(numeric, logging.WARNING))
     logging.getLogger("kafka.coordinator").setLevel(numeric)
+    logging.getLogger(GRPC_AIO_LOGGER).setLevel(max(numeric, logging.INFO))
 
 
 def get_logger(name: str) -> Any:
