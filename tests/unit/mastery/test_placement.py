@@ -27,13 +27,23 @@ PEER = "http://10.0.0.2:50052"
 @dataclass
 class FakeConsumer:
     _committed_offset: dict[TP, int | None] = field(default_factory=dict)
-    ends: dict[TP, int] = field(default_factory=dict)
-    on_highwaters: Any = None
 
-    async def highwaters(self, *tps: TP) -> dict[TP, int]:
-        if self.on_highwaters is not None:
-            self.on_highwaters()
-        return {tp: self.ends.get(tp, 0) for tp in tps}
+
+@dataclass
+class FakeEnds:
+    ends: dict[int, int] = field(default_factory=dict)
+    asked: list[list[int]] = field(default_factory=list)
+    on_ask: Any = None
+
+    async def of(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        assert topic == TOPIC
+        self.asked.append(partitions)
+        if self.on_ask is not None:
+            self.on_ask()
+        return {p: self.ends.get(p, 0) for p in partitions}
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -54,6 +64,7 @@ class FakeApp:
     assignor: FakeAssignor = field(default_factory=FakeAssignor)
     consumer_generation_id: int = 1
     rebalancing: bool = False
+    rebalancing_count: int = 1
     in_recovery: bool = False
     conf: Any = field(default_factory=lambda: SimpleNamespace(canonical_url=URL(ME)))
 
@@ -90,8 +101,13 @@ def app() -> FakeApp:
 
 
 @pytest.fixture
-def offsets(app: FakeApp) -> AppliedOffsets:
-    return AppliedOffsets(app, TOPIC)  # type: ignore[arg-type]
+def ends() -> FakeEnds:
+    return FakeEnds()
+
+
+@pytest.fixture
+def offsets(app: FakeApp, ends: FakeEnds) -> AppliedOffsets:
+    return AppliedOffsets(app, TOPIC, ends)  # type: ignore[arg-type]
 
 
 def test_offsets_follow_writes_and_finished_events(app: FakeApp, offsets: AppliedOffsets) -> None:
@@ -122,14 +138,13 @@ def test_an_event_of_an_older_generation_counts_only_if_it_wrote(
 
 
 async def test_a_partition_is_read_once_applied_up_to_its_end_at_the_first_read(
-    app: FakeApp, offsets: AppliedOffsets
+    app: FakeApp, ends: FakeEnds, offsets: AppliedOffsets
 ) -> None:
-    tp = TP(TOPIC, 0)
-    app.consumer._committed_offset[tp] = 10
-    app.consumer.ends[tp] = 13  # the previous owner may have written 10..12
+    app.consumer._committed_offset[TP(TOPIC, 0)] = 10
+    ends.ends[0] = 13  # the previous owner may have written 10..12
     assert not await offsets.caught_up([0])
     done(offsets, event(0, 11))
-    app.consumer.ends[tp] = 20  # later arrivals do not move the mark of this generation
+    ends.ends[0] = 20  # later arrivals do not move the mark of this generation
     assert not await offsets.caught_up([0])
     done(offsets, event(0, 12))
     assert await offsets.caught_up([0])
@@ -137,13 +152,37 @@ async def test_a_partition_is_read_once_applied_up_to_its_end_at_the_first_read(
     assert not await offsets.caught_up([0])  # a new generation: the end is asked again
 
 
+async def test_the_ends_are_asked_as_the_rebalance_ends_not_by_the_first_read(
+    app: FakeApp, ends: FakeEnds, offsets: AppliedOffsets
+) -> None:
+    app.assignor.actives = {TP(TOPIC, 0), TP(TOPIC, 1), TP("other", 2)}
+    ends.ends = {0: 5, 1: 0}
+    offsets.on_rebalance_start(app)  # type: ignore[arg-type]
+    offsets.on_rebalance_end(app, {})  # type: ignore[arg-type]
+    assert not await offsets.caught_up([0])  # waits for the answer, 0..4 not applied
+    assert await offsets.caught_up([1])
+    assert [sorted(asked) for asked in ends.asked] == [[0, 1]]
+
+
 async def test_a_rebalance_during_the_question_is_not_caught_up(
-    app: FakeApp, offsets: AppliedOffsets
+    app: FakeApp, ends: FakeEnds, offsets: AppliedOffsets
 ) -> None:
     def rebalanced() -> None:
-        app.consumer_generation_id = 2
+        app.rebalancing_count += 1
 
-    app.consumer.on_highwaters = rebalanced
+    ends.on_ask = rebalanced
+    assert not await offsets.caught_up([0])
+    ends.on_ask = None
+    assert await offsets.caught_up([0])  # asked again: an empty partition
+
+
+async def test_a_broker_that_does_not_answer_means_not_caught_up(
+    ends: FakeEnds, offsets: AppliedOffsets
+) -> None:
+    def down() -> None:
+        raise TimeoutError("no broker")
+
+    ends.on_ask = down
     assert not await offsets.caught_up([0])
 
 
@@ -160,18 +199,18 @@ async def test_owners_come_from_the_assignment(app: FakeApp, offsets: AppliedOff
 @pytest.mark.parametrize(
     "change",
     [
-        lambda app: setattr(app, "rebalancing", True),
-        lambda app: setattr(app, "in_recovery", True),
-        lambda app: app.assignor.members.pop(PEER),  # partition 1 has no owner
-        lambda app: app.assignor.members.update({ME: {TOPIC: [0, 1]}, PEER: {}}),  # not held
-        lambda app: app.consumer.ends.update({TP(TOPIC, 0): 5}),  # not caught up
+        lambda app, ends: setattr(app, "rebalancing", True),
+        lambda app, ends: setattr(app, "in_recovery", True),
+        lambda app, ends: app.assignor.members.pop(PEER),  # partition 1 has no owner
+        lambda app, ends: app.assignor.members.update({ME: {TOPIC: [0, 1]}, PEER: {}}),  # not held
+        lambda app, ends: ends.ends.update({0: 5}),  # not caught up
     ],
 )
 async def test_no_owner_map_while_ownership_moves(
-    app: FakeApp, offsets: AppliedOffsets, change: Any
+    app: FakeApp, ends: FakeEnds, offsets: AppliedOffsets, change: Any
 ) -> None:
     app.assignor.actives = {TP(TOPIC, 0)}
     app.assignor.members = {ME: {TOPIC: [0]}, PEER: {TOPIC: [1]}}
-    change(app)
+    change(app, ends)
     with pytest.raises(Unavailable):
         await placement(app, offsets).owners()

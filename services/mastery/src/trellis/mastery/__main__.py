@@ -35,6 +35,7 @@ from trellis.common.roster import RosterView, roster_applier
 from trellis.common.settings import Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
 from trellis.mastery.adapters.mastery_topic import MasteryTopic
+from trellis.mastery.adapters.partition_ends import PartitionEnds
 from trellis.mastery.adapters.peers import Peers
 from trellis.mastery.adapters.placement import attach, canonical_url
 from trellis.mastery.catalog import CatalogView
@@ -81,7 +82,9 @@ def worker(settings: Settings) -> None:
     servicer = MasteryServicer(
         stream.service,
         Pseudonymizer(settings.pseudonym.all_keys()),
-        attach(stream.app, topics.name("activity"), topics.partitions),
+        attach(
+            stream.app, topics.name("activity"), topics.partitions, PartitionEnds(settings.kafka)
+        ),
         Peers(),
         MasteryTopic(settings.kafka),
         roster,

@@ -16,12 +16,14 @@ A partition that arrives here may hold more than its committed offset says: its 
 can have written the state of events it had not committed yet (a batch in flight at the
 rebalance, or a crash), and the changelog brought those writes here. So after each rebalance a
 partition is read only once this worker has itself applied everything up to the partition's end
-as it was at the first read (those events are re-read; the dedup by event id makes them no-ops).
-Until then its reads are UNAVAILABLE ("catching up").
+as it was when the rebalance ended (those events are re-read; the dedup by event id makes them
+no-ops). Until then its reads are UNAVAILABLE ("catching up"). The ends are asked for as the
+rebalance ends (`PartitionEnds`), so a first read rarely waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any, cast
 
@@ -30,23 +32,34 @@ from faust.types import TP, AppT, CollectionT, EventT, StreamT
 from yarl import URL
 
 from trellis.common.grpc.errors import Unavailable
+from trellis.common.logging import get_logger
+from trellis.mastery.adapters.partition_ends import PartitionEnds
 from trellis.mastery.adapters.partitioning import partition_of
+
+log = get_logger("trellis.mastery.placement")
 
 
 class AppliedOffsets(faust.Sensor):
     """Per partition of `topic`: the offset of the last event applied here (-1: none), and how far
     this worker must have applied before the partition is read in this generation."""
 
-    def __init__(self, app: faust.App, topic: str) -> None:
+    def __init__(self, app: faust.App, topic: str, ends: PartitionEnds) -> None:
         super().__init__()
         self._app = app
         self._topic = topic
+        self._ends = ends
         self._applied: dict[int, int] = {}
         self._must_reach: dict[int, int] = {}
+        self._ends_asked: asyncio.Future[bool] | None = None
 
     def on_rebalance_start(self, app: AppT) -> dict[Any, Any]:
         self._must_reach.clear()
         return super().on_rebalance_start(app)
+
+    def on_rebalance_end(self, app: AppT, state: dict[Any, Any]) -> None:
+        super().on_rebalance_end(app, state)
+        mine = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self._topic]
+        self._ends_asked = asyncio.ensure_future(self._learn_ends(mine))
 
     def on_table_set(self, table: CollectionT, key: Any, value: Any) -> None:
         # A write is an applied event whatever the generation it was fetched in.
@@ -79,17 +92,32 @@ class AppliedOffsets(faust.Sensor):
         return max(self._applied.get(partition, -1), floor)
 
     async def caught_up(self, partitions: list[int]) -> bool:
-        """Whether every partition is caught up (see the module docstring); the first call of a
-        generation asks the broker for the partitions' ends."""
+        """Whether every partition is caught up (see the module docstring); waits for the ends
+        asked for at the rebalance's end, or asks for those still unknown."""
+        if self._ends_asked is not None and any(p not in self._must_reach for p in partitions):
+            await asyncio.shield(self._ends_asked)
         unknown = [p for p in partitions if p not in self._must_reach]
-        if unknown:
-            generation = self._app.consumer_generation_id
-            ends = await self._app.consumer.highwaters(*(TP(self._topic, p) for p in unknown))
-            if generation != self._app.consumer_generation_id:
-                return False
-            for tp, end in ends.items():
-                self._must_reach.setdefault(tp.partition, end - 1)
+        if unknown and not await self._learn_ends(unknown):
+            return False
         return all(self.applied(p) >= self._must_reach[p] for p in partitions)
+
+    async def _learn_ends(self, partitions: list[int]) -> bool:
+        """Notes the partitions' current ends as what they must reach in this generation; False
+        (nothing noted) when a rebalance began meanwhile or the broker did not answer."""
+        rebalance = self._app.rebalancing_count
+        try:
+            ends = await self._ends.of(self._topic, partitions)
+        except Exception:  # the read that needs them asks again, and answers UNAVAILABLE till then
+            log.warning("partition ends unknown", partitions=partitions, exc_info=True)
+            return False
+        if rebalance != self._app.rebalancing_count or self._app.rebalancing:
+            return False
+        for partition, end in ends.items():
+            self._must_reach.setdefault(partition, end - 1)
+        return True
+
+    async def on_stop(self) -> None:
+        self._ends.close()
 
 
 class FaustPlacement:
@@ -149,9 +177,9 @@ def _address(url: URL) -> str:
     return f"{url.host}:{url.port}"
 
 
-def attach(app: faust.App, topic: str, partitions: int) -> FaustPlacement:
+def attach(app: faust.App, topic: str, partitions: int, ends: PartitionEnds) -> FaustPlacement:
     """The placement of a worker's app, its offsets sensor installed."""
-    offsets = AppliedOffsets(app, topic)
+    offsets = AppliedOffsets(app, topic, ends)
     app.sensors.add(offsets)
     return FaustPlacement(app, topic, partitions, offsets)
 
