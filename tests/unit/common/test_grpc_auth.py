@@ -153,3 +153,36 @@ def test_role() -> None:
     require_role(TEACHER, "teacher", "district_admin")
     with pytest.raises(PermissionDenied):
         require_role(LEARNER, "teacher", "district_admin")
+
+
+certified = Authenticator(
+    {"tok-teacher": TEACHER},
+    {"spiffe://cluster.local/ns/trellis/sa/recommender": SERVICE, "ops-tool": PLATFORM_ADMIN},
+)
+
+
+def test_a_known_certificate_identity_without_a_token_gives_its_principal() -> None:
+    uri = b"spiffe://cluster.local/ns/trellis/sa/recommender"
+    assert certified.authenticate((), [b"recommender.trellis.svc", uri]) == SERVICE
+    assert certified.authenticate(None, [b"ops-tool"]) == PLATFORM_ADMIN
+
+
+def test_a_token_decides_over_a_certificate() -> None:
+    identity = [b"ops-tool"]
+    assert certified.authenticate((("authorization", "Bearer tok-teacher"),), identity) == TEACHER
+    # An unknown or malformed token never falls back to the certificate's principal.
+    for header in ("Bearer tok-unknown", "tok-teacher", "Bearer "):
+        with pytest.raises(Unauthenticated):
+            certified.authenticate((("authorization", header),), identity)
+
+
+@pytest.mark.parametrize("identities", [None, [], [b"someone-else"]])
+def test_no_token_and_no_known_certificate_is_unauthenticated(identities: object) -> None:
+    with pytest.raises(Unauthenticated):
+        certified.authenticate((), identities)  # type: ignore[arg-type]
+
+
+def test_a_certificate_naming_two_principals_is_refused() -> None:
+    both = [b"ops-tool", b"spiffe://cluster.local/ns/trellis/sa/recommender"]
+    with pytest.raises(Unauthenticated):
+        certified.authenticate((), both)

@@ -66,17 +66,30 @@ class Principal(BaseModel):
     learner_id: str | None = None
 
 
+def _principals(inline: dict[str, Principal], file: Path | None) -> dict[str, Principal]:
+    """Inline entries over those of the file (a mounted secret: {key: principal})."""
+    if file is None:
+        return dict(inline)
+    loaded = json.loads(file.read_text())
+    return {**{k: Principal.model_validate(p) for k, p in loaded.items()}, **inline}
+
+
 class AuthSettings(BaseModel):
-    """Bearer tokens, inline (`TRELLIS_AUTH__TOKENS` as JSON) or from a mounted secret file."""
+    """Who a caller is: its bearer token, or its verified client certificate (mTLS, see
+    GrpcTlsSettings), each mapped to a Principal, inline (`TRELLIS_AUTH__TOKENS` as JSON) or from
+    a mounted secret file. A certificate is named by grpc's peer identity: its subject alternative
+    names (DNS, URI, e-mail, IP) if it has any, else its subject common name (docs/security.md)."""
 
     tokens: dict[str, Principal] = {}
     tokens_file: Path | None = None
+    certificates: dict[str, Principal] = {}
+    certificates_file: Path | None = None
 
     def all_tokens(self) -> dict[str, Principal]:
-        if self.tokens_file is None:
-            return dict(self.tokens)
-        loaded = json.loads(self.tokens_file.read_text())
-        return {**{t: Principal.model_validate(p) for t, p in loaded.items()}, **self.tokens}
+        return _principals(self.tokens, self.tokens_file)
+
+    def all_certificates(self) -> dict[str, Principal]:
+        return _principals(self.certificates, self.certificates_file)
 
 
 class PseudonymSettings(BaseModel):
@@ -96,6 +109,38 @@ class PseudonymSettings(BaseModel):
         return {**from_file, **self.keys}
 
 
+class GrpcTlsSettings(BaseModel):
+    """TLS of Trellis's gRPC: the servers, and the channels one service opens to another.
+    Off by default (plaintext, loopback). PEM files, e.g. from a mounted Secret."""
+
+    enabled: bool = False
+    # Serving: the certificate chain and key of this process's server.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # mTLS: every client must present a certificate signed by this CA. grpc's Python server cannot
+    # ask for an optional certificate, so a CA without the requirement would never see one.
+    client_ca_file: Path | None = None
+    require_client_cert: bool = False
+    # Calling another service: the CA that signed its certificate (unset: the system's roots) ...
+    ca_file: Path | None = None
+    # ... the certificate this process presents when the callee requires one ...
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    # ... and the name its certificate must carry when that is not the host being called (mastery
+    # workers call each other by pod IP: their certificate names the service).
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> GrpcTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("grpc_tls: cert_file and key_file go together")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("grpc_tls: client_cert_file and client_key_file go together")
+        if (self.client_ca_file is None) == self.require_client_cert:
+            raise ValueError("grpc_tls: require_client_cert and client_ca_file go together")
+        return self
+
+
 class ServerSettings(BaseModel):
     """Where one service listens. Loopback by default; a pod sets host 0.0.0.0."""
 
@@ -103,6 +148,9 @@ class ServerSettings(BaseModel):
     port: int
     metrics_port: int
     grace_seconds: float = 5.0
+    # A plaintext port serving only the health service, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes); unset: none.
+    health_port: int | None = None
 
 
 # One class per service so that overriding one field from the environment keeps the other defaults.
@@ -220,6 +268,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     auth: AuthSettings = AuthSettings()
+    grpc_tls: GrpcTlsSettings = GrpcTlsSettings()
     pseudonym: PseudonymSettings = PseudonymSettings()
     services: ServicesSettings = ServicesSettings()
     ingest: IngestSettings = IngestSettings()
@@ -231,9 +280,10 @@ class Settings(BaseSettings):
     def _tokens_name_known_tenants(self) -> Settings:
         keys = self.pseudonym.all_keys()
         if keys:
-            for principal in self.auth.all_tokens().values():
+            auth = self.auth
+            for principal in (*auth.all_tokens().values(), *auth.all_certificates().values()):
                 if principal.tenant_id not in keys:
                     raise ValueError(
-                        f"token for tenant {principal.tenant_id!r} has no pseudonym key"
+                        f"principal of tenant {principal.tenant_id!r} has no pseudonym key"
                     )
         return self

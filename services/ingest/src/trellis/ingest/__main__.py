@@ -44,7 +44,9 @@ def main() -> None:
     else:
         ingest = settings.services.ingest
         target = args.target or f"{ingest.host}:{ingest.port}"
-        counts = asyncio.run(load_directory(args.directory, args.tenant, args.token, target))
+        counts = asyncio.run(
+            load_directory(args.directory, args.tenant, args.token, target, settings.grpc_tls)
+        )
         print(", ".join(f"{name}: {n} stored" for name, n in counts.items()))
 
 

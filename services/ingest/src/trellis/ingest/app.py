@@ -109,6 +109,8 @@ def create_ingest(
                 servicer,
             )
         ],
+        tls=settings.grpc_tls,
+        certificates=settings.auth.all_certificates(),
     )
     return IngestApp(
         server, servicer, service, publisher, followers, dedup, catalog, roster, settings

@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
+from trellis.common.grpc.channels import open_channel
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from trellis.common.settings import GrpcTlsSettings
 
 BATCH = 500
 
@@ -40,11 +41,11 @@ async def _send_batches(
 
 
 async def load_directory(
-    directory: Path, tenant_id: str, token: str, target: str
+    directory: Path, tenant_id: str, token: str, target: str, tls: GrpcTlsSettings | None = None
 ) -> dict[str, int]:
     """Catalog first, then roster, then activity, so that every reference already exists."""
     metadata = (("authorization", f"Bearer {token}"),)
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         return {
             "catalog": await _send_batches(

@@ -32,7 +32,7 @@ from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.common.pb.mastery.v1 import mastery_pb2_grpc
 from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.roster import RosterView, roster_applier
-from trellis.common.settings import Settings
+from trellis.common.settings import GrpcTlsSettings, Settings
 from trellis.mastery.adapters.grpc import SERVICE_NAME, MasteryServicer
 from trellis.mastery.adapters.mastery_topic import MasteryTopic
 from trellis.mastery.adapters.partition_ends import PartitionEnds
@@ -85,7 +85,7 @@ def worker(settings: Settings) -> None:
         attach(
             stream.app, topics.name("activity"), topics.partitions, PartitionEnds(settings.kafka)
         ),
-        Peers(),
+        Peers(settings.grpc_tls),
         MasteryTopic(settings.kafka),
         roster,
     )
@@ -94,7 +94,13 @@ def worker(settings: Settings) -> None:
         binding = ServiceBinding(
             SERVICE_NAME, mastery_pb2_grpc.add_MasteryServiceServicer_to_server, servicer
         )
-        return create_server(server_settings, settings.auth.all_tokens(), [binding])
+        return create_server(
+            server_settings,
+            settings.auth.all_tokens(),
+            [binding],
+            tls=settings.grpc_tls,
+            certificates=settings.auth.all_certificates(),
+        )
 
     metrics_port = start_metrics_server(server_settings.metrics_port, server_settings.host)
     log.info(
@@ -176,7 +182,7 @@ def evaluate(
         )
 
 
-def publish(params: Path, tenant: str, target: str, token_file: Path) -> None:
+def publish(params: Path, tenant: str, target: str, token_file: Path, tls: GrpcTlsSettings) -> None:
     import asyncio
 
     from trellis.mastery.adapters.publish import publish as send
@@ -184,7 +190,7 @@ def publish(params: Path, tenant: str, target: str, token_file: Path) -> None:
 
     model = from_json(params.read_text())
     token = token_file.read_text().strip()
-    result = asyncio.run(send(target, token, tenant, model))
+    result = asyncio.run(send(target, token, tenant, model, tls=tls))
     status = "stored" if result.status == 1 else "already stored"
     print(f"parameter set {model.version} {status} for tenant {tenant}", file=sys.stderr)
 
@@ -247,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "publish":
         ingest = settings.services.ingest
         publish(args.params, args.tenant, args.target or f"{ingest.host}:{ingest.port}",
-                args.token_file)  # fmt: skip
+                args.token_file, settings.grpc_tls)  # fmt: skip
         return
     configure_logging(settings.log_level)
     if args.command == "replay":

@@ -50,6 +50,8 @@ async def serve(settings: Settings) -> None:
                 ReportingServicer(service),
             )
         ],
+        tls=settings.grpc_tls,
+        certificates=settings.auth.all_certificates(),
     )
     sink = ReportingSink(settings, store)
     await server.start()

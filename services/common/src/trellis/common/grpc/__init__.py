@@ -12,6 +12,7 @@ from trellis.common.grpc.auth import (
     require_role,
     scoped_by_roster,
 )
+from trellis.common.grpc.channels import open_channel
 from trellis.common.grpc.errors import (
     InvalidArgument,
     NotFound,
@@ -47,6 +48,7 @@ __all__ = [
     "bad_request_violations",
     "create_server",
     "current_principal",
+    "open_channel",
     "require_role",
     "retry_after_seconds",
     "run_until_signal",

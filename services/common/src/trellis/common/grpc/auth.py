@@ -1,4 +1,5 @@
-"""Bearer-token authentication and the scope checks every servicer calls (DESIGN.md §3a).
+"""Authentication (bearer token, or verified client certificate) and the scope checks every
+servicer calls (DESIGN.md §3a, docs/security.md).
 
 The interceptor authenticates each call and puts the caller's Principal in a contextvar;
 servicers read it with `current_principal()` and check the request against it with the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from trellis.common.grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from trellis.common.settings import Principal, Role
@@ -41,13 +42,31 @@ def _digest(token: str) -> bytes:
 
 
 class Authenticator:
-    """Maps the `authorization: Bearer <token>` metadata of a call to its Principal."""
+    """Maps a call to its Principal: by its `authorization: Bearer <token>` metadata, or, when it
+    carries none, by the identity of the client certificate that the TLS handshake verified.
 
-    def __init__(self, tokens: Mapping[str, Principal]) -> None:
+    An `authorization` header, when present, decides alone: an unknown or malformed one is refused
+    even over a known certificate, so a service that passes its caller's token on never lends the
+    caller its own identity.
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, Principal],
+        certificates: Mapping[str, Principal] | None = None,
+    ) -> None:
         self._principals = [(_digest(token), principal) for token, principal in tokens.items()]
+        self._certificates = dict(certificates or {})
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
-        """The caller's Principal; Unauthenticated if the token is missing or unknown."""
+    def authenticate(
+        self,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        peer_identities: Iterable[bytes] | None = None,
+    ) -> Principal:
+        """The caller's Principal; Unauthenticated if the token is unknown, or if there is no
+        token and no verified certificate identity (`peer_identities`) with a principal."""
+        if not any(key == "authorization" for key, _ in metadata or ()):
+            return self._by_certificate(peer_identities)
         presented = _bearer_token(metadata)
         if presented is None:
             raise Unauthenticated("missing bearer token")
@@ -60,6 +79,16 @@ class Authenticator:
         if found is None:
             raise Unauthenticated("unknown bearer token")
         return found
+
+    def _by_certificate(self, peer_identities: Iterable[bytes] | None) -> Principal:
+        names = [identity.decode(errors="replace") for identity in peer_identities or ()]
+        matched = {name: self._certificates[name] for name in names if name in self._certificates}
+        if not matched:
+            raise Unauthenticated("missing bearer token (and no known client certificate)")
+        if len({p.model_dump_json() for p in matched.values()}) > 1:
+            # Names of one certificate that map to different principals: refuse, never pick.
+            raise Unauthenticated("client certificate names several principals")
+        return next(iter(matched.values()))
 
 
 def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:

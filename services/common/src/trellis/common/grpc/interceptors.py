@@ -119,7 +119,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         try:
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             if not rpc.public:
-                principal = self._authenticator.authenticate(rpc.metadata)
+                principal = self._authenticator.authenticate(
+                    rpc.metadata, context.peer_identities()
+                )
                 set_current_principal(principal)
                 log_tokens.update(
                     structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id)

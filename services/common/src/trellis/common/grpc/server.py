@@ -2,6 +2,10 @@
 
 `create_server` binds the port (0 in tests: the bound one is `GrpcServer.port`), installs the
 interceptor of `trellis.common.grpc.interceptors`, the standard health service and reflection.
+With `grpc_tls.enabled` the port speaks TLS (and with `require_client_cert`, mTLS: the client
+certificate's identity can stand for a bearer token); otherwise plaintext, for loopback or a mesh
+that encrypts in front. Kubernetes' gRPC probes speak plaintext only: `health_port` serves the
+health service alone, in plaintext, for them (docs/security.md).
 Health starts NOT_SERVING for every service: a service calls `set_serving()` once it is truly
 ready (mastery after table recovery, recommender after loading its catalog). On SIGTERM,
 `run_until_signal` flips health to NOT_SERVING, lets in-flight calls finish, then stops.
@@ -21,9 +25,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from trellis.common.grpc.auth import Authenticator
+from trellis.common.grpc.channels import server_credentials
 from trellis.common.grpc.interceptors import RpcInterceptor
 from trellis.common.logging import get_logger
-from trellis.common.settings import Principal, ServerSettings
+from trellis.common.settings import GrpcTlsSettings, Principal, ServerSettings
 
 __all__ = ["GrpcServer", "ServiceBinding", "create_server", "run_until_signal"]
 
@@ -65,8 +70,12 @@ class GrpcServer:
         service_names: Sequence[str],
         port: int,
         grace_seconds: float,
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self._server = server
+        self._health_server = health_server
+        self.health_port = health_port
         self._health = health_servicer
         self._service_names = tuple(service_names)
         self.port = port
@@ -86,7 +95,14 @@ class GrpcServer:
         # Before start: the library servicer begins with the overall status SERVING.
         await self._set_health(_NOT_SERVING)
         await self._server.start()
-        _log.info("grpc server started", port=self.port, services=list(self._service_names))
+        if self._health_server is not None:
+            await self._health_server.start()
+        _log.info(
+            "grpc server started",
+            port=self.port,
+            health_port=self.health_port,
+            services=list(self._service_names),
+        )
 
     async def set_serving(self, serving: bool = True) -> None:
         """Report the overall status ("") and every service's. Ignored once stopping."""
@@ -104,6 +120,8 @@ class GrpcServer:
         await self._health.enter_graceful_shutdown()
         _log.info("grpc server stopping", grace_seconds=self._grace_seconds)
         await self._server.stop(self._grace_seconds)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         _log.info("grpc server stopped")
 
     async def _set_health(self, status: int) -> None:
@@ -115,9 +133,14 @@ def create_server(
     server_settings: ServerSettings,
     tokens: dict[str, Principal],
     services: Sequence[ServiceBinding],
+    *,
+    tls: GrpcTlsSettings | None = None,
+    certificates: dict[str, Principal] | None = None,
 ) -> GrpcServer:
-    """Build and bind (not start) the server; RuntimeError if the port is taken."""
-    server = grpc.aio.server(interceptors=[RpcInterceptor(Authenticator(tokens))], options=_OPTIONS)
+    """Build and bind (not start) the server; RuntimeError if the port is taken. `certificates`
+    maps client certificate identities to principals (used with `tls.require_client_cert`)."""
+    authenticator = Authenticator(tokens, certificates)
+    server = grpc.aio.server(interceptors=[RpcInterceptor(authenticator)], options=_OPTIONS)
     for binding in services:
         binding.add_to_server(binding.servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -130,18 +153,33 @@ def create_server(
         ),
         server,
     )
-    address = f"{server_settings.host}:{server_settings.port}"
-    # Loopback by default (ServerSettings.host); TLS ends at the mesh or ingress in front.
-    port = server.add_insecure_port(address)
-    if port == 0:  # older grpc returns 0 instead of raising
-        raise RuntimeError(f"could not bind {address}")
+    port = _bind(server, server_settings.host, server_settings.port, tls)
+    health_server, health_port = None, None
+    if server_settings.health_port is not None:
+        health_server = grpc.aio.server(options=_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = _bind(health_server, server_settings.host, server_settings.health_port, None)
     return GrpcServer(
         server,
         health_servicer,
         [binding.name for binding in services],
         port,
         server_settings.grace_seconds,
+        health_server,
+        health_port,
     )
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, tls: GrpcTlsSettings | None) -> int:
+    address = f"{host}:{port}"
+    if tls is not None and tls.enabled:
+        bound = server.add_secure_port(address, server_credentials(tls))
+    else:
+        # Loopback by default (ServerSettings.host), or a mesh that encrypts in front.
+        bound = server.add_insecure_port(address)
+    if bound == 0:  # older grpc returns 0 instead of raising
+        raise RuntimeError(f"could not bind {address}")
+    return bound
 
 
 async def run_until_signal(

@@ -4,10 +4,10 @@ topic; states updated from then on record its version."""
 
 from __future__ import annotations
 
-import grpc
-
+from trellis.common.grpc.channels import open_channel
 from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from trellis.common.settings import GrpcTlsSettings
 from trellis.mastery.model_parameters import to_proto
 from trellis.mastery.prediction import ModelSet
 
@@ -24,10 +24,15 @@ def upsert_request(tenant_id: str, model: ModelSet) -> ingest_pb2.UpsertCatalogR
 
 
 async def publish(
-    target: str, token: str, tenant_id: str, model: ModelSet, timeout_s: float = 30.0
+    target: str,
+    token: str,
+    tenant_id: str,
+    model: ModelSet,
+    timeout_s: float = 30.0,
+    tls: GrpcTlsSettings | None = None,
 ) -> ingest_pb2.ItemResult:
     """Send the set; returns ingest's answer for it (ACCEPTED or DUPLICATE), raises otherwise."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         response = await stub.UpsertCatalog(
             upsert_request(tenant_id, model),

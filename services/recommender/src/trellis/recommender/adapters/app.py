@@ -58,7 +58,7 @@ class Recommender:
         token = rec.mastery_token.get_secret_value() if rec.mastery_token else None
         mastery = settings.services.mastery
         address = rec.mastery_address or f"{mastery.host}:{mastery.port}"
-        self.mastery = MasteryClient(address, token, rec.mastery_deadline_s)
+        self.mastery = MasteryClient(address, token, rec.mastery_deadline_s, settings.grpc_tls)
         service = RecommenderService(
             self.replica, self.mastery, PolicyFor(rec), lambda: datetime.now(UTC)
         )
@@ -77,6 +77,8 @@ class Recommender:
                     ),
                 )
             ],
+            tls=settings.grpc_tls,
+            certificates=settings.auth.all_certificates(),
         )
 
     async def start(self) -> None:

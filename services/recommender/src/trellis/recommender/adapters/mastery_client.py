@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from trellis.common.grpc.channels import open_channel
 from trellis.common.pb.mastery.v1 import mastery_pb2, mastery_pb2_grpc
+from trellis.common.settings import GrpcTlsSettings
 from trellis.recommender.adapters import convert
 from trellis.recommender.model import LearnerState, Profile
 from trellis.recommender.service import MasteryDenied, MasteryUnavailable, MasteryUnimplemented
@@ -26,8 +28,14 @@ caller_authorization: contextvars.ContextVar[str | None] = contextvars.ContextVa
 
 
 class MasteryClient:
-    def __init__(self, address: str, token: str | None, deadline_s: float) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        deadline_s: float,
+        tls: GrpcTlsSettings | None = None,
+    ) -> None:
+        self._channel = open_channel(address, tls)
         self._stub = mastery_pb2_grpc.MasteryServiceStub(self._channel)
         self._token = token
         self._deadline_s = deadline_s
