@@ -13,10 +13,15 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _DAY = datetime.timedelta(days=1)
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    # RSA: the one key type that every reader of PEM here takes (grpc, Python's ssl, Kafka's JVM).
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,13 @@ class Issued:
     cert_file: Path
     key_file: Path
 
+    def keystore(self) -> Path:
+        """Key and certificate in one PEM file, as Kafka's `ssl.keystore.type=PEM` reads it."""
+        store = self.cert_file.with_suffix(".keystore.pem")
+        store.write_bytes(self.key_file.read_bytes() + self.cert_file.read_bytes())
+        store.chmod(0o600)
+        return store
+
 
 class Authority:
     """A throwaway CA that writes what it issues into `directory`."""
@@ -33,7 +45,7 @@ class Authority:
     def __init__(self, directory: Path, name: str = "trellis-test-ca") -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._key = _new_key()
         self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
         self._cert = (
@@ -74,7 +86,7 @@ class Authority:
         server: bool = False,
     ) -> Issued:
         """A leaf certificate: for a server (`server=True`) or a client."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = _new_key()
         now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()

@@ -15,6 +15,12 @@
 #   KAFKA_HEAP_OPTS         JVM heap (default "-Xms256m -Xmx1g")
 #   KAFKA_START_TIMEOUT     seconds to wait for the broker to answer (default 90)
 #   KAFKA_STOP_TIMEOUT      seconds to wait after SIGTERM before SIGKILL (default 30)
+#   KAFKA_EXTRA_CONFIG      a file of server properties appended to the rendered configuration; its
+#                           keys override the template's (more listeners, TLS, SASL: see
+#                           tests/integration/common/test_kafka_security.py). Keep the PLAINTEXT
+#                           listener on KAFKA_PORT: the readiness check uses it.
+#   KAFKA_FORMAT_ARGS       more arguments of the storage format (a fresh instance only), split on
+#                           spaces, e.g. "--add-scram SCRAM-SHA-512=[name=app,password=secret]"
 #   PYTHON                  interpreter with kafka-python, for the readiness check (default .venv/bin/python)
 #   JAVA_HOME / JAVA        the Java (>= 17) to run the broker with (default: java on PATH)
 #   MVN                     the Maven command for `fetch` (default mvn)
@@ -198,6 +204,11 @@ render_config() {
       -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
       -e "s|@KAFKA_DATA_DIR@|$DATA_DIR|g" \
       "$TEMPLATE" >"$CONFIG.tmp"
+  if [[ -n "${KAFKA_EXTRA_CONFIG:-}" ]]; then
+    [[ -r "$KAFKA_EXTRA_CONFIG" ]] || die "KAFKA_EXTRA_CONFIG is not a readable file: $KAFKA_EXTRA_CONFIG"
+    printf '\n# From KAFKA_EXTRA_CONFIG (%s)\n' "$KAFKA_EXTRA_CONFIG" >>"$CONFIG.tmp"
+    cat "$KAFKA_EXTRA_CONFIG" >>"$CONFIG.tmp"
+  fi
   mv "$CONFIG.tmp" "$CONFIG"
 }
 
@@ -221,11 +232,13 @@ format_storage() {
     fi
     return 0
   fi
-  local id
+  local id format_args
   id="$(cluster_id)"
+  read -ra format_args <<<"${KAFKA_FORMAT_ARGS:-}"
   say "formatting storage in $DATA_DIR (cluster id $id)"
   if ! "$JAVA" -Xmx256m -cp "$LIBS_DIR/*" "-Dlog4j2.configurationFile=$LOG4J_CONF" "-Dkafka.logs.dir=$LOG_DIR" \
-      kafka.tools.StorageTool format -t "$id" -c "$CONFIG" --standalone >"$LOG_DIR/format.out" 2>&1; then
+      kafka.tools.StorageTool format -t "$id" -c "$CONFIG" --standalone "${format_args[@]}" \
+      >"$LOG_DIR/format.out" 2>&1; then
     cat "$LOG_DIR/format.out" >&2
     die "formatting the storage failed"
   fi

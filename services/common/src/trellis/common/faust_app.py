@@ -12,6 +12,8 @@ What is fixed here, and why:
 - No Faust web server: the service's API is gRPC, its metrics are Prometheus on their own port.
 - Broker session and heartbeat from `MasterySettings` (the test profile shortens them); the
   request timeout is never below the session timeout, which Faust requires.
+- The connection's security (TLS, SASL) is the kafka-python clients' (`KafkaSettings`), given to
+  Faust's aiokafka clients as `broker_credentials` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from kafka import KafkaAdminClient
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.types.auth import CredentialsT
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from trellis.common.settings import Settings
+from trellis.common.kafka import create_admin, ssl_context
+from trellis.common.settings import KafkaSettings, Settings
 
 __all__ = [
+    "broker_credentials",
     "changelog_topic_name",
     "create_app",
     "ensure_internal_topics",
@@ -56,6 +61,7 @@ def create_app(
             if server.strip()
         ],
         "broker_client_id": kafka.client_id,
+        "broker_credentials": broker_credentials(kafka),
         "broker_session_timeout": session_s,
         "broker_heartbeat_interval": settings.mastery.broker_heartbeat_interval_s,
         "broker_request_timeout": max(kafka.request_timeout_ms / 1000, session_s),
@@ -76,6 +82,20 @@ def create_app(
     }
     config.update(overrides)
     return faust.App(app_id, **config)
+
+
+def broker_credentials(kafka: KafkaSettings) -> CredentialsT | None:
+    """Faust's form of `security_protocol` and its settings (None: PLAINTEXT)."""
+    if kafka.uses_sasl:
+        return SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_secret(),
+            ssl_context=ssl_context(kafka) if kafka.uses_ssl else None,
+            mechanism=kafka.sasl_mechanism,
+        )
+    if kafka.uses_ssl:
+        return SSLCredentials(ssl_context(kafka))
+    return None
 
 
 def changelog_topic_name(app_id: str, table_name: str) -> str:
@@ -100,8 +120,7 @@ def internal_topic_specs(app_id: str, table_names: list[str], settings: Settings
 
 def ensure_internal_topics(app_id: str, table_names: list[str], settings: Settings) -> list[str]:
     """Create the missing changelog topics of a worker's tables; returns the names created."""
-    kafka = settings.kafka
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=kafka.client_id)
+    admin = create_admin(settings.kafka)
     try:
         existing = set(admin.list_topics())
         created = []

@@ -1,7 +1,9 @@
-"""kafka-python producers, consumers and topic administration, one configuration for all."""
+"""kafka-python producers, consumers and topic administration, one configuration for all,
+including the security of the connection (`security_config`: TLS, SASL; docs/security.md)."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -20,11 +22,45 @@ COMPACTED = ("roster", "catalog")
 ALL_TOPICS = ("activity", "roster", "catalog", "mastery", "deadletter")
 
 
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    """TLS to the brokers: their certificates verified against `ssl_ca_file` (or the system's
+    roots) with host names checked; this client's certificate when one is configured (mTLS)."""
+    context = ssl.create_default_context(
+        cafile=None if kafka.ssl_ca_file is None else str(kafka.ssl_ca_file)
+    )
+    if kafka.ssl_cert_file is not None and kafka.ssl_key_file is not None:
+        context.load_cert_chain(kafka.ssl_cert_file, kafka.ssl_key_file)
+    return context
+
+
+def security_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """The connection options of every kafka-python client (producers, consumers, admin)."""
+    config: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.uses_ssl:
+        config["ssl_context"] = ssl_context(kafka)
+    if kafka.uses_sasl:
+        config["sasl_mechanism"] = kafka.sasl_mechanism
+        config["sasl_plain_username"] = kafka.sasl_username
+        config["sasl_plain_password"] = kafka.sasl_secret()
+    return config
+
+
+def _client_config(kafka: KafkaSettings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        **security_config(kafka),
+    }
+
+
+def create_admin(kafka: KafkaSettings, **overrides: Any) -> KafkaAdminClient:
+    return KafkaAdminClient(**{**_client_config(kafka), **overrides})
+
+
 def create_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
     """An idempotent producer that waits for all in-sync replicas: an ack means stored."""
     config: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": kafka.client_id,
+        **_client_config(kafka),
         "acks": "all",
         "enable_idempotence": True,
         "compression_type": kafka.compression_type,
@@ -38,8 +74,7 @@ def create_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
 def create_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) -> KafkaConsumer:
     """A consumer that commits only when told: offsets follow processing, never run ahead of it."""
     config: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": kafka.client_id,
+        **_client_config(kafka),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -73,7 +108,7 @@ def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
 def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
     """Create the topics of DESIGN.md §3 that do not exist yet and wait until the cluster lists
     them all (a created topic can be missing from metadata for a moment); returns those created."""
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=kafka.client_id)
+    admin = create_admin(kafka)
     try:
         specs = topic_specs(kafka)
         existing = set(admin.list_topics())

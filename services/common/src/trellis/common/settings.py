@@ -44,6 +44,44 @@ class KafkaSettings(BaseModel):
     delivery_timeout_ms: int = 120_000
     compression_type: str = "gzip"
     topics: TopicSettings = TopicSettings()
+    # Security of the connection to the brokers (docs/security.md), applied to every client by
+    # trellis.common.kafka. PLAINTEXT by default; Strimzi's listeners are usually SSL or SASL_SSL.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # SSL and SASL_SSL: the CA of the brokers' certificates (unset: the system's roots) ...
+    ssl_ca_file: Path | None = None
+    # ... and, for a listener with client authentication (mTLS), this client's certificate and key.
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    # SASL_PLAINTEXT and SASL_SSL: the mechanism, user and password (inline, or from a file such as
+    # a mounted Secret's key, like the tokens).
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    def sasl_secret(self) -> str:
+        """The SASL password: the file's content (trailing newline dropped) or the inline one."""
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().rstrip("\r\n")
+        return self.sasl_password.get_secret_value() if self.sasl_password else ""
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("kafka: ssl_cert_file and ssl_key_file go together")
+        if self.uses_sasl and not self.sasl_username:
+            raise ValueError(f"kafka: {self.security_protocol} needs sasl_username")
+        if self.uses_sasl and self.sasl_password is None and self.sasl_password_file is None:
+            raise ValueError(f"kafka: {self.security_protocol} needs a sasl_password(_file)")
+        return self
 
 
 class ClickHouseSettings(BaseModel):
