@@ -76,14 +76,16 @@ def effective_settings(docs: list[Doc], service: str, tmp_path: Path) -> Setting
     """The settings the service's container builds: its ConfigMap and env, with a placeholder
     for each value taken from a Secret and an empty JSON file for each mounted secret file."""
     workload_doc, container = workload(docs, service)
-    secret_mounts = _mounts(workload_doc["spec"]["template"]["spec"], container, "secret")
+    pod = workload_doc["spec"]["template"]["spec"]
+    # Secrets come as secret volumes, or several at once as a projected volume.
+    secret_mounts = _mounts(pod, container, "secret") + _mounts(pod, container, "projected")
     env = {}
     for name, entry in container_env(docs, container).items():
         if "value" not in entry:
             env[name] = f"placeholder-from-{name}"
         elif name.endswith("_FILE"):
             assert _under(entry["value"], secret_mounts), f"{name}: not on a secret volume"
-            placeholder = tmp_path / f"{service}.{name}"
+            placeholder = tmp_path / name  # one per variable: the same for every service
             placeholder.write_text("{}")
             env[name] = str(placeholder)
         else:
@@ -131,7 +133,13 @@ def test_each_service_listens_where_its_manifests_say(
     assert _port(container, "metrics") == server.metrics_port
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(server.metrics_port)
     readiness = container["readinessProbe"]
-    assert readiness["grpc"]["port"] == server.port, "readiness: the gRPC health protocol"
+    if settings.grpc_tls.enabled:
+        # The kubelet's gRPC probes speak plaintext only: they ask the plaintext health port.
+        assert server.health_port not in (None, server.port)
+        assert _port(container, "health") == server.health_port
+        assert readiness["grpc"]["port"] == server.health_port
+    else:
+        assert readiness["grpc"]["port"] == server.port, "readiness: the gRPC health protocol"
     liveness = container["livenessProbe"]
     live_port = (liveness.get("grpc") or liveness.get("tcpSocket"))["port"]
     assert _port(container, live_port) == server.port
@@ -344,3 +352,132 @@ def test_kafka_topics_are_optional() -> None:
     assert {d["kind"] for d in docs} == {d["kind"] for d in _docs("default-values")} - {
         "KafkaTopic"
     }
+
+
+# --- transport security (docs/security.md) ---
+
+SECURED = Release(values=(CHART.parent / "secured-example.yaml",))
+SECURITY_PREFIXES = (
+    "TRELLIS_GRPC_TLS__",
+    "TRELLIS_KAFKA__SECURITY",
+    "TRELLIS_KAFKA__SSL_",
+    "TRELLIS_KAFKA__SASL_",
+    "TRELLIS_AUTH__CERTIFICATES",
+)
+
+
+def secret_source(docs: list[Doc], service: str, variable: str) -> tuple[str, str]:
+    """The Secret and key that the file named by the container's `variable` is mounted from."""
+    workload_doc, container = workload(docs, service)
+    path = PurePosixPath(container_env(docs, container)[variable]["value"])
+    pod = workload_doc["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        if not path.is_relative_to(mount["mountPath"]):
+            continue
+        inside = str(path.relative_to(mount["mountPath"]))
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            return volume["secret"]["secretName"], inside
+        for source in volume.get("projected", {}).get("sources", []):
+            for item in source["secret"]["items"]:
+                if item["path"] == inside:
+                    return source["secret"]["name"], item["key"]
+    raise AssertionError(f"{service} {variable}: {path} is on no Secret")
+
+
+def test_transport_security_is_off_by_default(tmp_path: Path) -> None:
+    docs = _docs("default-values")
+    for service in SERVICES:
+        env = container_env(docs, workload(docs, service)[1])
+        assert not [name for name in env if name.startswith(SECURITY_PREFIXES)], service
+        settings = effective_settings(docs, service, tmp_path)
+        assert not settings.grpc_tls.enabled
+        assert settings.kafka.security_protocol == "PLAINTEXT"
+        assert settings.kafka.bootstrap_servers.endswith(":9092")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_secured_example_mounts_every_file_its_settings_name(
+    service: str, tmp_path: Path
+) -> None:
+    docs = render(SECURED)
+    settings = effective_settings(docs, service, tmp_path)
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert settings.kafka.bootstrap_servers.endswith(":9093"), "Strimzi's TLS listener"
+    assert (settings.kafka.sasl_mechanism, settings.kafka.sasl_username) == (
+        "SCRAM-SHA-512",
+        "trellis-app",
+    )
+    tls = settings.grpc_tls
+    assert tls.enabled and tls.require_client_cert
+    expected = {
+        "TRELLIS_KAFKA__SSL_CA_FILE": ("trellis-cluster-ca-cert", "ca.crt"),
+        "TRELLIS_KAFKA__SASL_PASSWORD_FILE": ("trellis-app", "password"),
+        "TRELLIS_GRPC_TLS__CERT_FILE": ("trellis-grpc-tls", "tls.crt"),
+        "TRELLIS_GRPC_TLS__KEY_FILE": ("trellis-grpc-tls", "tls.key"),
+        "TRELLIS_GRPC_TLS__CA_FILE": ("trellis-grpc-tls", "ca.crt"),
+        "TRELLIS_GRPC_TLS__CLIENT_CA_FILE": ("trellis-grpc-tls", "ca.crt"),
+        "TRELLIS_GRPC_TLS__CLIENT_CERT_FILE": ("trellis-grpc-tls", "tls.crt"),
+        "TRELLIS_GRPC_TLS__CLIENT_KEY_FILE": ("trellis-grpc-tls", "tls.key"),
+        "TRELLIS_AUTH__CERTIFICATES_FILE": ("trellis-secrets", "certificates.json"),
+    }
+    for variable, source in expected.items():
+        assert secret_source(docs, service, variable) == source, variable
+
+
+def test_mastery_checks_the_name_its_callers_use(tmp_path: Path) -> None:
+    """Workers call each other by pod IP, the recommender calls the Service: the certificate
+    both check is the one name, the mastery Service's."""
+    docs = render(SECURED)
+    server_name = effective_settings(docs, "mastery", tmp_path).grpc_tls.server_name
+    address = effective_settings(docs, "recommender", tmp_path).recommender.mastery_address
+    assert address is not None
+    assert (
+        server_name
+        == address.rpartition(":")[0]
+        == workload(docs, "mastery")[0]["metadata"]["name"]
+    )
+
+
+def test_kafka_client_certificates_come_from_the_users_secret(tmp_path: Path) -> None:
+    docs = render(
+        Release(
+            set_values=(
+                "kafka.security.protocol=SSL",
+                "kafka.security.caSecret.name=cluster-ca",
+                "kafka.security.clientCertSecret.name=trellis-user",
+            )
+        )
+    )
+    for service in SERVICES:
+        kafka = effective_settings(docs, service, tmp_path).kafka
+        assert kafka.security_protocol == "SSL" and kafka.sasl_username is None
+        assert secret_source(docs, service, "TRELLIS_KAFKA__SSL_CERT_FILE") == (
+            "trellis-user",
+            "user.crt",
+        )
+        assert secret_source(docs, service, "TRELLIS_KAFKA__SSL_KEY_FILE") == (
+            "trellis-user",
+            "user.key",
+        )
+        assert secret_source(docs, service, "TRELLIS_KAFKA__SSL_CA_FILE") == (
+            "cluster-ca",
+            "ca.crt",
+        )
+
+
+@pytest.mark.parametrize(
+    ("set_values", "refusal"),
+    [
+        (("kafka.security.protocol=TLS",), "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+        (("kafka.security.protocol=SASL_SSL",), "needs kafka.security.sasl.username"),
+        (("grpcTls.enabled=true",), "needs grpcTls.secretName"),
+        (("grpcTls.requireClientCert=true",), "needs grpcTls.enabled"),
+        (("settings.TRELLIS_GRPC_TLS__ENABLED=true",), "derives it from its values"),
+        (("settings.TRELLIS_KAFKA__SASL_USERNAME=app",), "derives it from its values"),
+    ],
+)
+def test_the_chart_refuses_incomplete_security(set_values: tuple[str, ...], refusal: str) -> None:
+    with pytest.raises(RuntimeError, match=refusal):
+        render(Release(set_values=set_values))

@@ -54,12 +54,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* Where each service listens: the defaults of settings.py (ServicesSettings), which the chart
-does not change (tests/unit/deploy checks them against the settings model). */}}
+does not change (tests/unit/deploy checks them against the settings model). "health": with gRPC
+TLS, the plaintext port that serves only the health service, for the kubelet's gRPC probes
+(they cannot speak TLS); the chart sets it. */}}
 {{- define "trellis.ports" -}}
-ingest: {grpc: 50051, metrics: 9101}
-mastery: {grpc: 50052, metrics: 9102}
-recommender: {grpc: 50053, metrics: 9103}
-reporting: {grpc: 50054, metrics: 9104}
+ingest: {grpc: 50051, metrics: 9101, health: 50061}
+mastery: {grpc: 50052, metrics: 9102, health: 50062}
+recommender: {grpc: 50053, metrics: 9103, health: 50063}
+reporting: {grpc: 50054, metrics: 9104, health: 50064}
 {{- end }}
 
 {{- define "trellis.grpcPort" -}}
@@ -70,8 +72,23 @@ reporting: {grpc: 50054, metrics: 9104}
 {{- index (include "trellis.ports" .root | fromYaml) .component "metrics" | int }}
 {{- end }}
 
+{{- define "trellis.healthPort" -}}
+{{- index (include "trellis.ports" .root | fromYaml) .component "health" | int }}
+{{- end }}
+
+{{/* The port the readiness probe asks: the gRPC port, or with gRPC TLS the health port. */}}
+{{- define "trellis.probePort" -}}
+{{- if .root.Values.grpcTls.enabled }}
+{{- include "trellis.healthPort" . }}
+{{- else }}
+{{- include "trellis.grpcPort" . }}
+{{- end }}
+{{- end }}
+
 {{/* Paths inside the pods: volumes are mounted where the settings (configmap.yaml) point. */}}
 {{- define "trellis.secretsDir" -}}/var/run/secrets/trellis{{- end }}
+{{- define "trellis.grpcTlsDir" -}}/var/run/secrets/trellis-grpc-tls{{- end }}
+{{- define "trellis.kafkaSecretsDir" -}}/var/run/secrets/trellis-kafka{{- end }}
 {{- define "trellis.masteryDataDir" -}}/var/lib/trellis/mastery{{- end }}
 {{- define "trellis.chdbDir" -}}/var/lib/trellis/chdb{{- end }}
 
@@ -79,10 +96,63 @@ reporting: {grpc: 50054, metrics: 9104}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Strimzi names the bootstrap Service of cluster <c> <c>-kafka-bootstrap. */}}
+{{/* Strimzi names the bootstrap Service of cluster <c> <c>-kafka-bootstrap; its examples put the
+plain listener on 9092 and the TLS one on 9093. */}}
 {{- define "trellis.bootstrapServers" -}}
 {{- $strimzi := .Values.kafka.strimzi }}
-{{- default (printf "%s-kafka-bootstrap.%s.svc:9092" $strimzi.cluster $strimzi.namespace) .Values.kafka.bootstrapServers }}
+{{- $port := ternary 9093 9092 (include "trellis.kafkaUsesTls" . | eq "true") }}
+{{- default (printf "%s-kafka-bootstrap.%s.svc:%d" $strimzi.cluster $strimzi.namespace $port) .Values.kafka.bootstrapServers }}
+{{- end }}
+
+{{- define "trellis.kafkaUsesTls" -}}
+{{- has .Values.kafka.security.protocol (list "SSL" "SASL_SSL") }}
+{{- end }}
+
+{{- define "trellis.kafkaUsesSasl" -}}
+{{- has .Values.kafka.security.protocol (list "SASL_PLAINTEXT" "SASL_SSL") }}
+{{- end }}
+
+{{/* The Kafka security settings, from kafka.security (files on the projected volume kafka-secrets). */}}
+{{- define "trellis.kafkaSecuritySettings" -}}
+{{- $sec := .Values.kafka.security }}
+{{- $dir := include "trellis.kafkaSecretsDir" . }}
+{{- if ne $sec.protocol "PLAINTEXT" }}
+TRELLIS_KAFKA__SECURITY_PROTOCOL: {{ $sec.protocol }}
+{{- end }}
+{{- if and (include "trellis.kafkaUsesTls" . | eq "true") $sec.caSecret.name }}
+TRELLIS_KAFKA__SSL_CA_FILE: {{ printf "%s/ca.crt" $dir }}
+{{- end }}
+{{- if and (include "trellis.kafkaUsesTls" . | eq "true") $sec.clientCertSecret.name }}
+TRELLIS_KAFKA__SSL_CERT_FILE: {{ printf "%s/user.crt" $dir }}
+TRELLIS_KAFKA__SSL_KEY_FILE: {{ printf "%s/user.key" $dir }}
+{{- end }}
+{{- if include "trellis.kafkaUsesSasl" . | eq "true" }}
+TRELLIS_KAFKA__SASL_MECHANISM: {{ $sec.sasl.mechanism }}
+TRELLIS_KAFKA__SASL_USERNAME: {{ $sec.sasl.username | quote }}
+TRELLIS_KAFKA__SASL_PASSWORD_FILE: {{ printf "%s/sasl-password" $dir }}
+{{- end }}
+{{- end }}
+
+{{/* The gRPC TLS settings, from grpcTls (files on the volume grpc-tls). */}}
+{{- define "trellis.grpcTlsSettings" -}}
+{{- if .Values.grpcTls.enabled }}
+{{- $dir := include "trellis.grpcTlsDir" . }}
+TRELLIS_GRPC_TLS__ENABLED: "true"
+TRELLIS_GRPC_TLS__CERT_FILE: {{ printf "%s/tls.crt" $dir }}
+TRELLIS_GRPC_TLS__KEY_FILE: {{ printf "%s/tls.key" $dir }}
+TRELLIS_GRPC_TLS__CA_FILE: {{ printf "%s/ca.crt" $dir }}
+{{- if .Values.grpcTls.requireClientCert }}
+TRELLIS_GRPC_TLS__REQUIRE_CLIENT_CERT: "true"
+TRELLIS_GRPC_TLS__CLIENT_CA_FILE: {{ printf "%s/ca.crt" $dir }}
+# Each service presents its own certificate to the others (it carries client auth too).
+TRELLIS_GRPC_TLS__CLIENT_CERT_FILE: {{ printf "%s/tls.crt" $dir }}
+TRELLIS_GRPC_TLS__CLIENT_KEY_FILE: {{ printf "%s/tls.key" $dir }}
+TRELLIS_AUTH__CERTIFICATES_FILE: {{ printf "%s/certificates.json" (include "trellis.secretsDir" .) }}
+{{- end }}
+{{- range $service := list "ingest" "mastery" "recommender" "reporting" }}
+TRELLIS_SERVICES__{{ upper $service }}__HEALTH_PORT: {{ include "trellis.healthPort" (dict "root" $ "component" $service) | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* A settings value as an environment variable: whole numbers without an exponent (YAML numbers
@@ -111,6 +181,10 @@ complex fields as JSON). */}}
 - TRELLIS_CLICKHOUSE__CHDB_PATH
 - TRELLIS_AUTH__
 - TRELLIS_PSEUDONYM__
+- TRELLIS_GRPC_TLS__
+- TRELLIS_KAFKA__SECURITY_PROTOCOL
+- TRELLIS_KAFKA__SSL_
+- TRELLIS_KAFKA__SASL_
 {{- end }}
 
 {{/* What a cluster would accept but Trellis would run wrongly with. */}}
@@ -126,6 +200,19 @@ complex fields as JSON). */}}
 {{- $isr := int $topics.minInsyncReplicas }}
 {{- if or (lt $isr 1) (and (gt $rf 1) (ge $isr $rf)) (and (eq $rf 1) (ne $isr 1)) }}
 {{- fail (printf "kafka.topics.minInsyncReplicas (%d) must be below replicationFactor (%d), or 1 with one replica" $isr $rf) }}
+{{- end }}
+{{- $sec := .Values.kafka.security }}
+{{- if not (has $sec.protocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) }}
+{{- fail (printf "kafka.security.protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, not %s" $sec.protocol) }}
+{{- end }}
+{{- if and (include "trellis.kafkaUsesSasl" . | eq "true") (not (and $sec.sasl.username $sec.sasl.passwordSecret.name)) }}
+{{- fail (printf "kafka.security.protocol %s needs kafka.security.sasl.username and sasl.passwordSecret.name" $sec.protocol) }}
+{{- end }}
+{{- if and .Values.grpcTls.enabled (not .Values.grpcTls.secretName) }}
+{{- fail "grpcTls.enabled needs grpcTls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt" }}
+{{- end }}
+{{- if and .Values.grpcTls.requireClientCert (not .Values.grpcTls.enabled) }}
+{{- fail "grpcTls.requireClientCert needs grpcTls.enabled" }}
 {{- end }}
 {{- $derived := include "trellis.derivedSettings" . | fromYamlArray }}
 {{- range $name, $_ := .Values.settings }}
@@ -189,9 +276,13 @@ ports:
     containerPort: {{ include "trellis.grpcPort" . }}
   - name: metrics
     containerPort: {{ include "trellis.metricsPort" . }}
+  {{- if $root.Values.grpcTls.enabled }}
+  - name: health
+    containerPort: {{ include "trellis.healthPort" . }}
+  {{- end }}
 readinessProbe:
   grpc:
-    port: {{ include "trellis.grpcPort" . }}
+    port: {{ include "trellis.probePort" . }}
   periodSeconds: 5
   failureThreshold: 3
 livenessProbe:
@@ -209,11 +300,23 @@ securityContext:
     drop: ["ALL"]
 {{- end }}
 
-{{/* Mounts of every container: the Secret read-only, and a writable /tmp. */}}
+{{/* Mounts of every container: the Secrets read-only (Trellis's own; with gRPC TLS its
+certificate; with Kafka security the Kafka cluster's CA, the client certificate and the SASL
+password), and a writable /tmp. */}}
 {{- define "trellis.commonMounts" -}}
 - name: secrets
   mountPath: {{ include "trellis.secretsDir" . }}
   readOnly: true
+{{- if .Values.grpcTls.enabled }}
+- name: grpc-tls
+  mountPath: {{ include "trellis.grpcTlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "trellis.kafkaSecretSources" . | trim }}
+- name: kafka-secrets
+  mountPath: {{ include "trellis.kafkaSecretsDir" . }}
+  readOnly: true
+{{- end }}
 - name: tmp
   mountPath: /tmp
 {{- end }}
@@ -222,8 +325,49 @@ securityContext:
 - name: secrets
   secret:
     secretName: {{ .Values.secrets.name }}
+{{- if .Values.grpcTls.enabled }}
+- name: grpc-tls
+  secret:
+    secretName: {{ .Values.grpcTls.secretName }}
+{{- end }}
+{{- with include "trellis.kafkaSecretSources" . | trim }}
+- name: kafka-secrets
+  projected:
+    sources:
+      {{- . | nindent 6 }}
+{{- end }}
 - name: tmp
   emptyDir: {}
+{{- end }}
+
+{{/* The keys of the Kafka Secrets that the settings name, each at its file's path. */}}
+{{- define "trellis.kafkaSecretSources" -}}
+{{- $sec := .Values.kafka.security }}
+{{- if include "trellis.kafkaUsesTls" . | eq "true" }}
+{{- with $sec.caSecret }}
+{{- if .name }}
+- secret:
+    name: {{ .name }}
+    items:
+      - {key: {{ .key }}, path: ca.crt}
+{{- end }}
+{{- end }}
+{{- with $sec.clientCertSecret }}
+{{- if .name }}
+- secret:
+    name: {{ .name }}
+    items:
+      - {key: {{ .certKey }}, path: user.crt}
+      - {key: {{ .keyKey }}, path: user.key}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if include "trellis.kafkaUsesSasl" . | eq "true" }}
+- secret:
+    name: {{ $sec.sasl.passwordSecret.name }}
+    items:
+      - {key: {{ $sec.sasl.passwordSecret.key }}, path: sasl-password}
+{{- end }}
 {{- end }}
 
 {{/* The resources around each service's workload: its ServiceAccount, the Service clients call,
@@ -292,7 +436,8 @@ spec:
       ports:
         - port: grpc
     {{- else }}
-    # Clients, through the ingress or mesh in front (TLS ends there: the services speak plaintext gRPC).
+    # Clients, through the ingress or mesh in front (TLS ends there, or at the service itself with
+    # grpcTls.enabled: docs/security.md).
     - ports:
         - port: grpc
     {{- end }}
