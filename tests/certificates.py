@@ -85,7 +85,8 @@ class Authority:
         uris: tuple[str, ...] = (),
         server: bool = False,
     ) -> Issued:
-        """A leaf certificate: for a server (`server=True`) or a client."""
+        """A leaf certificate: for a client, or (`server=True`) for a server that also calls
+        others with it, as the services do under mTLS."""
         key = _new_key()
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -99,7 +100,10 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [
+                        *([ExtendedKeyUsageOID.SERVER_AUTH] if server else []),
+                        ExtendedKeyUsageOID.CLIENT_AUTH,
+                    ]
                 ),
                 critical=False,
             )
