@@ -13,7 +13,7 @@ import grpc
 
 from trellis.common.settings import GrpcTlsSettings
 
-__all__ = ["channel_credentials", "open_channel", "server_credentials"]
+__all__ = ["channel_credentials", "open_channel"]
 
 ChannelOption = tuple[str, Any]
 
@@ -28,17 +28,6 @@ def channel_credentials(tls: GrpcTlsSettings) -> grpc.ChannelCredentials:
         root_certificates=_read(tls.ca_file),
         private_key=_read(tls.client_key_file),
         certificate_chain=_read(tls.client_cert_file),
-    )
-
-
-def server_credentials(tls: GrpcTlsSettings) -> grpc.ServerCredentials:
-    """The server's certificate and, with `require_client_cert`, the CA of its clients'."""
-    if tls.cert_file is None or tls.key_file is None:
-        raise ValueError("grpc_tls.enabled needs cert_file and key_file to serve")
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=_read(tls.client_ca_file),
-        require_client_auth=tls.require_client_cert,
     )
 
 

@@ -25,7 +25,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from trellis.common.grpc.auth import Authenticator
-from trellis.common.grpc.channels import server_credentials
 from trellis.common.grpc.interceptors import RpcInterceptor
 from trellis.common.logging import get_logger
 from trellis.common.settings import GrpcTlsSettings, Principal, ServerSettings
@@ -170,10 +169,21 @@ def create_server(
     )
 
 
+def _server_credentials(tls: GrpcTlsSettings) -> grpc.ServerCredentials:
+    """The server's certificate and, with `require_client_cert`, the CA of its clients'."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("grpc_tls.enabled needs cert_file and key_file to serve")
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=None if tls.client_ca_file is None else tls.client_ca_file.read_bytes(),
+        require_client_auth=tls.require_client_cert,
+    )
+
+
 def _bind(server: grpc.aio.Server, host: str, port: int, tls: GrpcTlsSettings | None) -> int:
     address = f"{host}:{port}"
     if tls is not None and tls.enabled:
-        bound = server.add_secure_port(address, server_credentials(tls))
+        bound = server.add_secure_port(address, _server_credentials(tls))
     else:
         # Loopback by default (ServerSettings.host), or a mesh that encrypts in front.
         bound = server.add_insecure_port(address)
