@@ -53,7 +53,9 @@ def pki(tmp_path: Path) -> Pki:
     ca = Authority(tmp_path / "pki")
     return Pki(
         ca=ca,
-        mastery=ca.issue("trellis-mastery", ips=("127.0.0.1",), server=True),
+        # Named like the chart's mastery Service, not by address: callers check that name
+        # (`server_name`), as mastery workers do when they call each other by pod IP.
+        mastery=ca.issue("trellis-mastery", dns=("trellis-mastery",), server=True),
         recommender_server=ca.issue("trellis-recommender", ips=("127.0.0.1",), server=True),
         recommender_client=ca.issue("recommender-client", uris=(RECOMMENDER_ID,)),
         dashboard=ca.issue("dashboard", uris=(DASHBOARD_ID,)),
@@ -61,7 +63,9 @@ def pki(tmp_path: Path) -> Pki:
     )
 
 
-def mtls(pki: Pki, server: Issued | None, client: Issued | None) -> GrpcTlsSettings:
+def mtls(
+    pki: Pki, server: Issued | None, client: Issued | None, server_name: str | None = None
+) -> GrpcTlsSettings:
     return GrpcTlsSettings(
         enabled=True,
         cert_file=server.cert_file if server else None,
@@ -71,6 +75,7 @@ def mtls(pki: Pki, server: Issued | None, client: Issued | None) -> GrpcTlsSetti
         ca_file=pki.ca.ca_file,
         client_cert_file=client.cert_file if client else None,
         client_key_file=client.key_file if client else None,
+        server_name=server_name,
     )
 
 
@@ -139,7 +144,9 @@ async def recommender(
         producer.close()
     current = settings.model_copy(
         update={
-            "grpc_tls": mtls(pki, pki.recommender_server, pki.recommender_client),
+            "grpc_tls": mtls(
+                pki, pki.recommender_server, pki.recommender_client, "trellis-mastery"
+            ),
             "auth": settings.auth.model_copy(update={"certificates": {DASHBOARD_ID: SERVICE}}),
             "recommender": settings.recommender.model_copy(
                 update={"mastery_address": mastery_worker, "mastery_deadline_s": 5.0}
@@ -173,23 +180,27 @@ async def test_a_certificate_reaches_mastery_through_the_recommender(
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def read_state(
+    pki: Pki, address: str, client: Issued | None, server_name: str | None = "trellis-mastery"
+) -> object:
+    """A learner's state as the recommender's mastery client reads it with these credentials."""
+    mastery = MasteryClient(address, None, 5.0, mtls(pki, None, client, server_name))
+    try:
+        return await mastery.learner_state(TEST_TENANT, "sis-1", datetime.now(UTC))
+    finally:
+        await mastery.close()
+
+
 async def test_mastery_identifies_the_recommender_by_its_certificate(
     pki: Pki, mastery_worker: str
 ) -> None:
-    now = datetime.now(UTC)
-    for client, failure in (
-        (pki.stranger, MasteryDenied),  # verified, but its identity maps to no principal
-        (None, MasteryUnavailable),  # no certificate: the handshake fails
-    ):
-        mastery = MasteryClient(mastery_worker, None, 5.0, mtls(pki, None, client))
-        try:
-            with pytest.raises(failure):
-                await mastery.learner_state(TEST_TENANT, "sis-1", now)
-        finally:
-            await mastery.close()
-    mastery = MasteryClient(mastery_worker, None, 5.0, mtls(pki, None, pki.recommender_client))
-    try:
-        state = await mastery.learner_state(TEST_TENANT, "sis-1", now)
-    finally:
-        await mastery.close()
-    assert state is not None
+    assert await read_state(pki, mastery_worker, pki.recommender_client) is not None
+    # Verified, but its identity maps to no principal.
+    with pytest.raises(MasteryDenied):
+        await read_state(pki, mastery_worker, pki.stranger)
+    # No certificate: the handshake fails.
+    with pytest.raises(MasteryUnavailable):
+        await read_state(pki, mastery_worker, None)
+    # The worker's certificate names the service, not the address called.
+    with pytest.raises(MasteryUnavailable):
+        await read_state(pki, mastery_worker, pki.recommender_client, server_name=None)
