@@ -87,6 +87,13 @@ def test_output_ids_are_deterministic_per_cause_kind_and_skill() -> None:
     assert str(expected) not in others and len(others) == 3
 
 
+@pytest.mark.parametrize("cause_id", ["evt-1", "r0-19999", "ünïcode-事件", "", "x" * 300])
+def test_output_ids_are_uuid5_of_the_name(cause_id: str) -> None:
+    for kind, skill in [("mastery_updated", "fractions.add"), ("learner_erased", "")]:
+        name = f"{cause_id}\x1f{kind}\x1f{skill}"
+        assert output_event_id(cause_id, kind, skill) == str(uuid.uuid5(OUTPUT_ID_NAMESPACE, name))
+
+
 def test_a_mastery_change_becomes_mastery_updated() -> None:
     change = MasteryChange("a", 0.3, 0.69, Level.PRACTICING, 1, "default-v1", "evt-1")
     envelope = output_envelope(cause(correct=True), change)

@@ -15,6 +15,7 @@ wall clock: a replay reproduces the live run).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 
@@ -44,6 +45,9 @@ from trellis.mastery.domain import (
 
 SOURCE_SYSTEM = "trellis-mastery"
 OUTPUT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:trellis:events:v1:mastery")
+# uuid5's hash with the namespace already fed: copied per id (a new SHA-1 costs OpenSSL 3 a lookup).
+_NAMESPACE_SHA1 = hashlib.sha1(OUTPUT_ID_NAMESPACE.bytes, usedforsecurity=False)
+_SOURCE = envelope_pb2.Source(system=SOURCE_SYSTEM, actor=envelope_pb2.Source.Actor.ACTOR_SYSTEM)
 
 LEVELS = {
     Level.NOT_STARTED: mastery_pb2.MASTERY_LEVEL_NOT_STARTED,
@@ -160,7 +164,14 @@ def output_kind(output: Output) -> str:
 
 
 def output_event_id(cause_event_id: str, kind: str, skill_id: str) -> str:
-    return str(uuid.uuid5(OUTPUT_ID_NAMESPACE, f"{cause_event_id}\x1f{kind}\x1f{skill_id}"))
+    """`str(uuid.uuid5(OUTPUT_ID_NAMESPACE, name))`, a third of its cost (one per output)."""
+    sha1 = _NAMESPACE_SHA1.copy()
+    sha1.update(f"{cause_event_id}\x1f{kind}\x1f{skill_id}".encode())
+    digest = bytearray(sha1.digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _output_base(cause: envelope_pb2.Envelope, event_id: str) -> envelope_pb2.Envelope:
@@ -171,10 +182,8 @@ def _output_base(cause: envelope_pb2.Envelope, event_id: str) -> envelope_pb2.En
         class_id=cause.class_id,
         learner_id=cause.learner_id,
         pseudonym_key_version=cause.pseudonym_key_version,
-        source=envelope_pb2.Source(
-            system=SOURCE_SYSTEM, actor=envelope_pb2.Source.Actor.ACTOR_SYSTEM
-        ),
     )
+    envelope.source.CopyFrom(_SOURCE)
     if cause.HasField("occurred_at"):
         envelope.occurred_at.CopyFrom(cause.occurred_at)
     if cause.HasField("ingested_at"):

@@ -23,8 +23,8 @@ batch's place, so every failure becomes a dead letter instead.
 from __future__ import annotations
 
 import asyncio
-import functools
 import weakref
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -33,14 +33,10 @@ from faust.streams import _current_event
 from faust.types import AgentT, EventT
 from prometheus_client import Counter
 
-from trellis.common.codec import (
-    CodecError,
-    decode_envelope,
-    encode_envelope,
-    headers_for,
-)
+from trellis.common.codec import CodecError, decode_envelope, headers_for
 from trellis.common.kafka import dead_letter
 from trellis.common.logging import get_logger
+from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService
 from trellis.mastery.stream.batching import adaptive_batches
@@ -66,8 +62,8 @@ EVENTS = Counter(
     ["outcome"],  # applied, duplicate, skipped, dead_letter
 )
 OUTPUTS = Counter("trellis_mastery_outputs", "Mastery events published, by kind.", ["kind"])
-# The children counted per event, looked up once (`labels` costs more than `inc`).
-_APPLIED, _DUPLICATE = EVENTS.labels("applied"), EVENTS.labels("duplicate")
+#: The headers of every output (`headers_for` an envelope), made once.
+OUTPUT_HEADERS = headers_for(envelope_pb2.Envelope())
 
 _log = get_logger("trellis.mastery.stream")
 
@@ -97,11 +93,18 @@ async def handle_batch(
 ) -> None:
     records: list[Outgoing] = []
     last_of_key: dict[bytes, EventT[bytes]] = {}
+    # Counted per batch: a metric's `inc` takes a lock, and costs more than a tally's.
+    outcomes: Tally[str] = Tally()
+    kinds: Tally[str] = Tally()
     for event in events:
         key = event.key or b""
         last_of_key[key] = event
         with acting_for(event):
-            records += _apply(event, topics, service)
+            records += _apply(event, key, topics, service, outcomes, kinds)
+    for outcome, count in outcomes.items():
+        EVENTS.labels(outcome).inc(count)
+    for kind, count in kinds.items():
+        OUTPUTS.labels(kind).inc(count)
     await _until_stored(lambda: _publish(topics, records), "outputs", len(records))
     await _until_stored(
         lambda: staged.flush(lambda key: acting_for(last_of_key[key])), "states", len(last_of_key)
@@ -126,32 +129,36 @@ class acting_for:
         _current_event.reset(self._token)
 
 
-def _apply(event: EventT[bytes], topics: Topics, service: MasteryService) -> list[Outgoing]:
+def _apply(
+    event: EventT[bytes],
+    key: bytes,
+    topics: Topics,
+    service: MasteryService,
+    outcomes: Tally[str],
+    kinds: Tally[str],
+) -> list[Outgoing]:
     message = event.message
     try:
         envelope = decode_envelope(event.value, _headers(event.headers))
-        handled = service.record_activity(event.key or b"", envelope)
+        handled = service.record_activity(key, envelope)
     except (CodecError, InvalidEvent) as exc:
         return [_dead_letter(topics, message, str(exc))]
     except Exception as exc:  # never let the agent die on one event
         _log.exception("activity event failed", topic=message.topic, offset=message.offset)
         return [_dead_letter(topics, message, f"unexpected {type(exc).__name__}: {exc}")]
     if handled.skipped is not None:
-        EVENTS.labels("skipped").inc()
+        outcomes["skipped"] += 1
         _log.debug("activity event skipped", reason=handled.skipped, event_id=envelope.event_id)
     else:
-        (_DUPLICATE if handled.duplicate else _APPLIED).inc()
+        outcomes["duplicate" if handled.duplicate else "applied"] += 1
     records: list[Outgoing] = []
     for output in handled.outputs:
-        encoded = encode_envelope(output)
-        records.append((topics.mastery_name, None, encoded.key, encoded.value, encoded.headers))
-        _output_counter(output.WhichOneof("payload") or "none").inc()
+        # Keyed like the event: outputs copy its tenant and learner, and `record_activity`
+        # checked that the event's key is theirs (`encode_envelope` would make the same key).
+        value = output.SerializeToString(deterministic=True)
+        records.append((topics.mastery_name, None, key, value, OUTPUT_HEADERS))
+        kinds[output.WhichOneof("payload") or "none"] += 1
     return records
-
-
-@functools.cache
-def _output_counter(kind: str) -> Any:
-    return OUTPUTS.labels(kind)
 
 
 async def _publish(topics: Topics, records: list[Outgoing]) -> None:

@@ -26,6 +26,10 @@ from trellis.common.codec import Headers
 Outgoing = tuple[str, int | None, bytes | None, bytes | None, Headers | None]
 
 _PARTITIONER = DefaultPartitioner()
+#: The partitioner's answers, kept between calls: its murmur2 is pure Python, and a learner's
+#: key comes back batch after batch. Keyed by topic, partition count and key; bounded.
+_PARTITION_OF_KEY: dict[tuple[str, int, bytes], int] = {}
+PARTITION_CACHE_SIZE = 100_000
 
 
 def kafka_producer(app: AppT) -> AIOKafkaProducer:
@@ -42,7 +46,6 @@ async def send_all(
     not: the caller sends them all again). Returns the offset of the last record stored in each
     partition written."""
     partitions: dict[str, list[int]] = {}
-    partition_of_key: dict[tuple[str, bytes], int] = {}
     open_batches: dict[TopicPartition, Any] = {}
     submitted: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
     for topic, partition, key, value, headers in records:
@@ -52,10 +55,7 @@ async def send_all(
             if key is None:
                 partition = _PARTITIONER(None, partitions[topic], partitions[topic])
             else:
-                if (topic, key) not in partition_of_key:
-                    picked = _PARTITIONER(key, partitions[topic], partitions[topic])
-                    partition_of_key[(topic, key)] = picked
-                partition = partition_of_key[(topic, key)]
+                partition = _partition_of(topic, partitions[topic], key)
         where = TopicPartition(topic, partition)
         batch = open_batches.get(where)
         if batch is not None and _append(batch, key, value, headers):
@@ -73,6 +73,16 @@ async def send_all(
         # A batch's records take consecutive offsets from the one the broker returns.
         last[where] = max(last.get(where, -1), metadata.offset + count - 1)
     return last
+
+
+def _partition_of(topic: str, partitions: list[int], key: bytes) -> int:
+    cached = (topic, len(partitions), key)
+    partition = _PARTITION_OF_KEY.get(cached)
+    if partition is None:
+        if len(_PARTITION_OF_KEY) >= PARTITION_CACHE_SIZE:
+            _PARTITION_OF_KEY.clear()
+        partition = _PARTITION_OF_KEY[cached] = _PARTITIONER(key, partitions, partitions)
+    return partition
 
 
 def _append(batch: Any, key: bytes | None, value: bytes | None, headers: Headers | None) -> bool:

@@ -140,13 +140,17 @@ class TableLearnerStore:
             records.append((table.changelog_topic.get_topic_name(), partition, key, value, None))
         stored = await send_all(kafka_producer(self._app), records)
         for table, key, value in changes:
+            # The sensors heard of the learners' states in `_show`; of the markers only here.
+            told = table is self._table
             with acting_for(key):
                 if value is not None:
                     table.data[key] = value
-                    self._app.sensors.on_table_set(table, key, value)
+                    if not told:
+                        self._app.sensors.on_table_set(table, key, value)
                 elif key in table.data:
                     del table.data[key]
-                    self._app.sensors.on_table_del(table, key)
+                    if not told:
+                        self._app.sensors.on_table_del(table, key)
         # Again, without telling the sensors twice: a read in between may have cached the disk's.
         for key, state in encoded.items():
             if state is None:

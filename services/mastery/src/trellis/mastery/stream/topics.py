@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import faust
 from faust.types import TopicT
@@ -16,7 +17,7 @@ class Topics:
     mastery: TopicT
     deadletter: TopicT
 
-    @property
+    @cached_property  # read for every output
     def mastery_name(self) -> str:
         return self.mastery.get_topic_name()
 
