@@ -85,6 +85,8 @@ class ReportsContract:
         assert [r[0] for r in rest] == ["n03"]
         # sub 0.3 after 2 attempts counts once 2 attempts are enough.
         assert ("n02", "low_mastery", "sub", 0.3, "") in support(store, min_attempts=2)
+        # Past the roster's last learner, n06 (active in c1 long ago, not enrolled) stays out.
+        assert support(store, after="n05") == []
 
     def test_ready_to_accelerate_is_by_id_not_by_score(self, store: ReportingStore) -> None:
         ready = store.ready_to_accelerate(
@@ -471,7 +473,7 @@ def test_migration_2_starts_the_rollups_from_activity_stored_before_it(
         store.insert("activity", rows, "before-v2")
         monkeypatch.undo()
 
-        assert store.migrate() == [2]
+        assert store.migrate() == [2, 3]
         assert store.migrate() == []
 
         days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 17), limit=100)

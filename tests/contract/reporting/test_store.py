@@ -26,7 +26,7 @@ from trellis.reporting.rows import (
     activity_rows,
     mastery_rows,
 )
-from trellis.reporting.store.base import ReportingStore, StoreError, StoreStatus
+from trellis.reporting.store.base import ReportingStore, StoreError, StoreStatus, Target
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.reporting.store.clickhouse import ClickHouseStore
 
@@ -126,7 +126,7 @@ class ReportingStoreContract:
         first = fresh.migrate()
         second = fresh.migrate()
 
-        assert first == [1, 2]
+        assert first == [1, 2, 3]
         assert second == []
         assert fresh.status() is StoreStatus.OK
         assert set(fresh.row_counts("district-a").values()) == {0}
@@ -220,8 +220,19 @@ class ReportingStoreContract:
 
         [progress] = store.learner_progress("district-a", "l1")
         [cell] = store.class_heatmap("district-a", "class-1", limit=10)
+        # The superseded 0.2 is no low mastery (the filter comes after deduplication).
+        needs = store.needs_support(
+            Target("district-a", class_id="class-1"),
+            since=T0,
+            until=T0 + timedelta(days=1),
+            low_p=0.4,
+            min_attempts=1,
+            min_events=0,
+            limit=10,
+        )
 
         assert progress.p_mastered == cell.p_mastered == 0.9
+        assert needs == []
 
     def test_learner_progress_takes_the_newest_value_across_classes(
         self, store: ReportingStore

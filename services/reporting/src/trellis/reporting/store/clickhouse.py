@@ -408,58 +408,73 @@ class ClickHouseStore(ReportingStore):
         scope, _ = _scope(classes=classes, schools=schools)
         if target.class_id:
             roster = f"""
-                SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_enrollments FINAL
+                FROM {{db}}.roster_enrollments FINAL
                 WHERE tenant_id = {{tenant:String}} AND class_id = {{target_class:String}}
                   AND deleted = 0 AND role = 'learner' {scope}"""
-        elif classes is None:
-            roster = f"""
-                SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_learners FINAL
-                WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
-                  AND deleted = 0 {scope}"""
+            # A class's (learner, skill) cells are the table's keys: FINAL deduplicates them,
+            # cheaper than argMax.
+            latest = f"""
+                SELECT learner_id, skill_id, p_mastered AS p, attempts AS n
+                FROM {{db}}.mastery_latest FINAL WHERE {where}"""
         else:
-            # A teacher's view of a school: the learners enrolled in their classes there.
-            roster = f"""
-                SELECT learner_id, toUInt64(0), toUInt8(1) FROM {{db}}.roster_enrollments FINAL
-                WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
-                  AND deleted = 0 AND role = 'learner' {scope}"""
+            # A school's view crosses classes: argMax picks a learner's newest cell among them.
+            latest = _LATEST.format(where=where)
+            if classes is None:
+                roster = f"""
+                    FROM {{db}}.roster_learners FINAL
+                    WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
+                      AND deleted = 0 {scope}"""
+            else:
+                # A teacher's view of a school: the learners enrolled in their classes there.
+                roster = f"""
+                    FROM {{db}}.roster_enrollments FINAL
+                    WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
+                      AND deleted = 0 AND role = 'learner' {scope}"""
+        # One GROUP BY learner over every source (each query step costs planning time, which
+        # dominates here): reasons, recent events, on the roster (`listed`), active at all.
+        # When the roster lists the target's learners, they are the population (a learner who
+        # left keeps old activity here, and is not named); else whoever was active. Whether it
+        # lists anyone is a window over all learners, so it is taken before paging filters.
         rows = self._query(
             f"""
-            WITH reasons AS (
-                SELECT learner_id, 'low_mastery' AS reason, toString(skill_id) AS skill,
-                       p AS value, '' AS detail
-                FROM ({_LATEST.format(where=where)})
-                WHERE p < {{low_p:Float64}} AND n >= {{min_attempts:UInt32}}
-                UNION ALL
-                SELECT learner_id, 'struggling', toString(skill_id), toFloat64(max(attempts)),
-                       arrayStringConcat(arraySort(groupUniqArray(
-                           if(error_tag = '', toString(reason),
-                              concat(toString(reason), ':', toString(error_tag))))), ',')
-                FROM {{db}}.mastery_events
-                WHERE {where} AND kind = 'struggling_detected'
-                  AND occurred_at >= {{since:DateTime64(3, 'UTC')}}
-                  AND occurred_at <= {{until:DateTime64(3, 'UTC')}}
-                GROUP BY learner_id, skill_id
-                UNION ALL
-                SELECT learner_id, 'low_engagement', '', toFloat64(sum(recent)), ''
+            SELECT learner_id, reasons FROM (
+                SELECT learner_id,
+                       arraySort(arrayConcat(
+                           groupArrayIf((reason, skill, value, detail), reason != ''),
+                           if(sum(recent) < {{min_events:UInt64}}
+                              AND (max(listed) = 1
+                                   OR (max(active) = 1 AND max(max(listed)) OVER () = 0)),
+                              [('low_engagement', '', toFloat64(sum(recent)), '')], [])))
+                           AS reasons
                 FROM (
-                    SELECT learner_id,
-                           sumIf(events, day >= toDate({{since:DateTime64(3, 'UTC')}})
-                                 AND day <= toDate({{until:DateTime64(3, 'UTC')}})) AS recent,
-                           toUInt8(0) AS listed
+                    SELECT learner_id, 'low_mastery' AS reason, toString(skill_id) AS skill,
+                           p AS value, '' AS detail,
+                           toUInt64(0) AS recent, toUInt8(0) AS listed, toUInt8(0) AS active
+                    FROM ({latest})
+                    WHERE p < {{low_p:Float64}} AND n >= {{min_attempts:UInt32}}
+                    UNION ALL
+                    SELECT learner_id, 'struggling', toString(skill_id), toFloat64(max(attempts)),
+                           arrayStringConcat(arraySort(groupUniqArray(
+                               if(error_tag = '', toString(reason),
+                                  concat(toString(reason), ':', toString(error_tag))))), ','),
+                           0, 0, 0
+                    FROM {{db}}.mastery_events
+                    WHERE {where} AND kind = 'struggling_detected'
+                      AND occurred_at >= {{since:DateTime64(3, 'UTC')}}
+                      AND occurred_at <= {{until:DateTime64(3, 'UTC')}}
+                    GROUP BY learner_id, skill_id
+                    UNION ALL
+                    SELECT learner_id, '', '', 0, '',
+                           if(day >= toDate({{since:DateTime64(3, 'UTC')}})
+                              AND day <= toDate({{until:DateTime64(3, 'UTC')}}), events, 0),
+                           0, 1
                     FROM {{db}}.engagement_daily WHERE {where}
-                    GROUP BY learner_id
-                    UNION ALL {roster}
+                    UNION ALL
+                    SELECT learner_id, '', '', 0, '', 0, 1, 0 {roster}
                 )
                 GROUP BY learner_id
-                -- When the roster lists the target's learners, they are the population (a
-                -- learner who left keeps old activity here, and is not named); else activity.
-                HAVING sum(recent) < {{min_events:UInt64}}
-                   AND (max(listed) = 1 OR (SELECT count() FROM ({roster})) = 0)
             )
-            SELECT learner_id, arraySort(groupArray((reason, skill, value, detail)))
-            FROM reasons
-            WHERE learner_id > {{after:String}}
-            GROUP BY learner_id
+            WHERE learner_id > {{after:String}} AND notEmpty(reasons)
             ORDER BY learner_id
             LIMIT {{limit:UInt32}}
             """,
@@ -475,7 +490,6 @@ class ClickHouseStore(ReportingStore):
             },
             timeout_s,
         )
-        # One pass over the reasons (a CTE read twice would be computed twice).
         return [
             SupportReason(str(learner), str(reason), str(skill), float(value), str(detail))
             for learner, reasons in rows

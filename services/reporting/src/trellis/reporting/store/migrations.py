@@ -27,6 +27,8 @@ Why these keys:
   `deleted = 1`. Readers use FINAL and `deleted = 0`.
 - `engagement_daily` (SummingMergeTree) and `learner_goals` (ReplacingMergeTree) are filled by
   materialized views over `activity`; they are erased with the same lightweight DELETE.
+  `engagement_daily` has the key of `activity`; a bloom filter on class_id (migration 3) keeps a
+  class's read (no school given) from scanning the tenant.
 - `erased_learners` lists the (tenant, learner) pairs erased: the sink consults it before every
   insert, so a replay of the log never brings an erased learner back.
 - `non_replicated_deduplication_window` keeps the hashes of the last inserts, so that a batch
@@ -302,6 +304,18 @@ SELECT tenant_id, learner_id, activity_id, school_id, class_id,
 FROM {db}.activity
 WHERE kind = 'goal_set' AND (SELECT count() FROM {db}.learner_goals) = 0
 """,
+        ),
+    ),
+    Migration(
+        3,
+        "engagement rollup: a class skip index",
+        (
+            # A class target names no school, so the key (tenant, school, class, ...) cannot
+            # narrow the read; the index skips granules without the class. MATERIALIZE builds
+            # it for parts written before (a background mutation; redoing it is harmless).
+            "ALTER TABLE {db}.engagement_daily ADD INDEX IF NOT EXISTS class_bloom class_id "
+            "TYPE bloom_filter(0.01) GRANULARITY 1",
+            "ALTER TABLE {db}.engagement_daily MATERIALIZE INDEX class_bloom",
         ),
     ),
 )
