@@ -7,9 +7,6 @@ health port."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,11 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certificates import Authority, Issued
 from tests.conftest import TEST_TENANT
-from tests.integration.mastery.workers import free_port, worker_env
+from tests.integration.mastery.workers import free_port, running_worker
 from trellis.common.codec import encode_catalog
 from trellis.common.grpc.channels import open_channel
 from trellis.common.kafka import create_producer
@@ -81,10 +77,8 @@ def mtls(
 
 @pytest.fixture
 def mastery_worker(settings: Settings, pki: Pki, tmp_path: Path) -> Iterator[str]:
-    port, health_port = free_port(), free_port()
     env = {
-        **worker_env(settings, tmp_path / "mastery", port, free_port()),
-        "TRELLIS_SERVICES__MASTERY__HEALTH_PORT": str(health_port),
+        "TRELLIS_SERVICES__MASTERY__HEALTH_PORT": str(free_port()),
         "TRELLIS_GRPC_TLS__ENABLED": "true",
         "TRELLIS_GRPC_TLS__CERT_FILE": str(pki.mastery.cert_file),
         "TRELLIS_GRPC_TLS__KEY_FILE": str(pki.mastery.key_file),
@@ -92,33 +86,8 @@ def mastery_worker(settings: Settings, pki: Pki, tmp_path: Path) -> Iterator[str
         "TRELLIS_GRPC_TLS__CLIENT_CA_FILE": str(pki.ca.ca_file),
         "TRELLIS_AUTH__CERTIFICATES": json.dumps({RECOMMENDER_ID: SERVICE.model_dump()}),
     }
-    log = tmp_path / "mastery.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trellis.mastery", "worker"], env=env, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert process.poll() is None, log.read_text()[-3000:]
-                try:
-                    answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "mastery worker not SERVING"
-                time.sleep(0.3)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_worker(settings, tmp_path / "mastery", tmp_path / "mastery.log", env) as worker:
+        yield f"127.0.0.1:{worker.port}"
 
 
 @pytest.fixture

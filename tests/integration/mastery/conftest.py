@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.mastery.workers import Worker, free_port, worker_env
+from tests.integration.mastery.workers import Worker, launch_worker
 from trellis.common.settings import Settings
 
 
@@ -22,17 +20,9 @@ def start_worker(
     started: list[Worker] = []
 
     def start(name: str, disk: str | None = None) -> Worker:
-        port = free_port()
-        log = tmp_path / f"{name}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "trellis.mastery", "worker"],
-                env=worker_env(settings, tmp_path / (disk or name), port, free_port()),
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(Worker(process, log, port))
-        return started[-1]
+        worker = launch_worker(settings, tmp_path / (disk or name), tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker
 
     try:
         yield start

@@ -1,5 +1,5 @@
 """Running the mastery worker as a process in integration tests: its environment, a free port,
-and waiting until it answers SERVING."""
+starting it, waiting until it answers SERVING, and stopping it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -70,18 +73,63 @@ def worker_env(settings: Settings, data_dir: Path, port: int, metrics_port: int)
 
 
 class Worker:
-    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], log: Path, port: int, health_port: int | None = None
+    ) -> None:
         self.process = process
         self.log = log
         self.port = port
+        # Where health answers in plaintext: the gRPC port, unless it serves TLS.
+        self.health_port = health_port or port
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-20_000:]
 
 
+def launch_worker(
+    settings: Settings, data_dir: Path, log: Path, env: Mapping[str, str] | None = None
+) -> Worker:
+    """`python -m trellis.mastery worker` on free ports, `env` adding to `worker_env`; a
+    `TRELLIS_SERVICES__MASTERY__HEALTH_PORT` there is where `wait_until_serving` asks."""
+    port = free_port()
+    full_env = {**worker_env(settings, data_dir, port, free_port()), **(env or {})}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trellis.mastery", "worker"],
+            env=full_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    health_port = full_env.get("TRELLIS_SERVICES__MASTERY__HEALTH_PORT")
+    return Worker(process, log, port, int(health_port) if health_port else None)
+
+
+def stop_worker(worker: Worker) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within 20 s."""
+    worker.process.terminate()
+    try:
+        worker.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+
+
+@contextmanager
+def running_worker(
+    settings: Settings, data_dir: Path, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Worker]:
+    """A worker from `launch_worker`, SERVING when this yields, stopped at the end."""
+    worker = launch_worker(settings, data_dir, log, env)
+    try:
+        wait_until_serving(worker)
+        yield worker
+    finally:
+        stop_worker(worker)
+
+
 def wait_until_serving(worker: Worker) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with grpc.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{worker.health_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             assert worker.process.poll() is None, f"worker exited early:\n{worker.output()}"

@@ -7,12 +7,7 @@ harder items."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,9 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import TEST_PSEUDONYM_KEY, TEST_TENANT
+from tests.conftest import TEST_TENANT
+from tests.integration.mastery.workers import TOKEN, running_worker
 from trellis.common.codec import Encoded, encode_catalog, encode_envelope
 from trellis.common.kafka import create_producer
 from trellis.common.pb.events.v1 import activity_pb2, catalog_pb2, envelope_pb2
@@ -35,19 +30,11 @@ from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Principal, Settings
 from trellis.recommender.adapters.app import Recommender
 
-TOKEN = "loop-service-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 # count -> add -> multiply; shapes on its own
 PREREQUISITES = {"count": (), "add": ("count",), "multiply": ("add",), "shapes": ()}
 # Event time just behind the wall clock: the recommender measures time since practice from now.
 T0 = datetime.now(UTC) - timedelta(hours=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _catalog() -> list[Encoded]:
@@ -80,52 +67,8 @@ def _produce(settings: Settings, topic: str, records: list[Encoded]) -> None:
 
 @pytest.fixture
 def mastery_worker(settings: Settings, tmp_path: Path) -> Iterator[int]:
-    port = _free_port()
-    kafka, mastery = settings.kafka, settings.mastery
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")},
-        "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "TRELLIS_KAFKA__TOPICS__PREFIX": kafka.topics.prefix,
-        "TRELLIS_KAFKA__TOPICS__PARTITIONS": str(kafka.topics.partitions),
-        "TRELLIS_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
-        "TRELLIS_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
-        "TRELLIS_MASTERY__CONSUMER_GROUP": mastery.consumer_group,
-        "TRELLIS_MASTERY__BROKER_SESSION_TIMEOUT_S": str(mastery.broker_session_timeout_s),
-        "TRELLIS_MASTERY__BROKER_HEARTBEAT_INTERVAL_S": str(mastery.broker_heartbeat_interval_s),
-        "TRELLIS_MASTERY__DATA_DIR": str(tmp_path / "mastery"),
-        "TRELLIS_SERVICES__MASTERY__PORT": str(port),
-        "TRELLIS_SERVICES__MASTERY__METRICS_PORT": str(_free_port()),
-        "TRELLIS_SERVICES__MASTERY__GRACE_SECONDS": "2",
-        "TRELLIS_PSEUDONYM__KEYS": json.dumps({TEST_TENANT: {"1": TEST_PSEUDONYM_KEY}}),
-        "TRELLIS_AUTH__TOKENS": json.dumps({TOKEN: {"tenant_id": TEST_TENANT, "role": "service"}}),
-    }
-    log = (tmp_path / "mastery.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trellis.mastery", "worker"], env=env, stdout=log, stderr=log
-    )
-    try:
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert process.poll() is None, (tmp_path / "mastery.log").read_text()[-3000:]
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "mastery worker not SERVING"
-                time.sleep(0.3)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with running_worker(settings, tmp_path / "mastery", tmp_path / "mastery.log") as worker:
+        yield worker.port
 
 
 @dataclass
