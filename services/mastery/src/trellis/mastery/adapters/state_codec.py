@@ -113,23 +113,30 @@ def encode(state: LearnerState, previous: EncodedState | None = None) -> Encoded
 def _skill_parts(state: LearnerState, previous: EncodedState) -> tuple[bytes, ...]:
     # A learner's skills keep their order (a new one comes last: `apply_attempt` copies the
     # dict), so they line up with the previous state's by position.
-    before = list(previous.state.skills.items())
-    parts, known = previous.skill_parts, len(before)
-    return tuple(
-        [
-            parts[i]
-            if i < known and before[i][1] is skill and before[i][0] == skill_id
-            else _skill_bytes(skill, skill_id)
-            for i, (skill_id, skill) in enumerate(state.skills.items())
-        ]
-    )
+    items = state.skills.items()
+    parts = [
+        part if skill is old and skill_id == old_id else _skill_bytes(skill, skill_id)
+        for (skill_id, skill), (old_id, old), part in zip(
+            items, previous.state.skills.items(), previous.skill_parts, strict=False
+        )
+    ]  # (a skill new in this state, past the previous ones, is encoded below)
+    if len(parts) < len(items):
+        parts += [_skill_bytes(skill, skill_id) for skill_id, skill in list(items)[len(parts) :]]
+    return tuple(parts)
 
 
 def _recent_parts(state: LearnerState, previous: EncodedState) -> tuple[bytes, ...]:
-    # By identity: both states hold these values, so no two of them share an id.
-    kept = zip(previous.state.recent, previous.recent_parts, strict=True)
-    parts = {id(applied): part for applied, part in kept}
-    return tuple([parts.get(id(applied)) or _applied_bytes(applied) for applied in state.recent])
+    # The next state keeps the latest of the previous state's kept outputs, in their order, and
+    # adds its own after them: line the two up where the next state's first one sits.
+    before, parts = previous.state.recent, previous.recent_parts
+    first = state.recent[0] if state.recent else None
+    shift = next((i for i, applied in enumerate(before) if applied is first), len(before))
+    return tuple(
+        [
+            parts[i] if i < len(before) and before[i] is applied else _applied_bytes(applied)
+            for i, applied in enumerate(state.recent, shift)
+        ]
+    )
 
 
 def decode_state(data: bytes) -> LearnerState:
