@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trellis.common.settings import ClickHouseSettings
 from trellis.reporting.store.base import (
     HeatmapCell,
@@ -10,6 +12,9 @@ from trellis.reporting.store.base import (
     StoreError,
     StoreStatus,
 )
+
+if TYPE_CHECKING:
+    from trellis.reporting.store.clickhouse import ClickHouseStore
 
 __all__ = [
     "HeatmapCell",
@@ -21,7 +26,7 @@ __all__ = [
 ]
 
 
-def create_store(settings: ClickHouseSettings) -> ReportingStore:
+def create_store(settings: ClickHouseSettings) -> ClickHouseStore:
     """No `url`: embedded chDB at `chdb_path`; `url`: that ClickHouse server. Connects lazily."""
     if settings.url:
         from trellis.reporting.store.clickhouse import ClickHouseStore

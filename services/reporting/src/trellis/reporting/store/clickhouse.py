@@ -53,6 +53,7 @@ from trellis.reporting.store.base import (
     TimelineEntry,
 )
 from trellis.reporting.store.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_MIGRATIONS_DDL
+from trellis.reporting.store.native import native_block
 
 __all__ = ["TABLES", "ClickHouseStore"]
 
@@ -230,21 +231,25 @@ class ClickHouseStore(ReportingStore):
         _check_table(table)
         if not rows:
             return
-        columns = list(rows[0]._fields)
-        types = self._column_wire_types(table)
-        unknown = set(columns) - set(types)
-        if unknown:
-            raise ValueError(f"{table} has no columns {sorted(unknown)}")
+        columns, block = native_block(table, rows, self.wire_types(table))
+        self.insert_native(table, columns, block, token)
+
+    def wire_types(self, table: str) -> dict[str, str]:
+        """Column -> the type its values are sent as (for `native_block`)."""
+        _check_table(table)
+        return self._column_wire_types(table)
+
+    def insert_native(self, table: str, columns: Sequence[str], block: bytes, token: str) -> None:
+        """Insert one block of ClickHouse's Native format (`native_block`): like `insert`, with the
+        rows serialized already (by the sink's decoding process)."""
+        _check_table(table)
         try:
-            self.client.insert(
-                table,
-                # Rows are tuples: one C-level transpose makes the columns the writer takes.
-                list(zip(*rows, strict=True)),
-                column_names=columns,
-                column_type_names=[types[column] for column in columns],
-                column_oriented=True,
-                database=self.database,
+            self.client.raw_insert(
+                f"{self.database}.{table}",
+                list(columns),
+                block,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
+                fmt="Native",
             )
         except ClickHouseError as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
