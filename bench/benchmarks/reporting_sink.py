@@ -1,12 +1,14 @@
-"""Reporting sink throughput: Kafka into embedded chDB through `ReportingSink`, three figures.
+"""Reporting sink throughput: Kafka into embedded chDB through the sink as served, three figures.
 
 Subject: simulated attempts (activity topic) and one `MasteryUpdated` per attempt (mastery topic)
-are produced to the benchmark's own topics first; then a `ReportingSink` (product settings:
-batches of `reporting.batch_max_rows` records or `batch_max_seconds`) over a `ChdbStore` consumes
-them, decodes, maps to rows and inserts with deduplication tokens, committing after each insert.
-The clock runs from the first record consumed (the consumer group's join is reported apart) until
-every row is in the store: each attempt makes three rows (activity, mastery_history,
-mastery_latest).
+are produced to the benchmark's own topics first; then the sink as the service runs it
+(`SinkProcess`, product settings: batches of `reporting.batch_max_rows` records or
+`batch_max_seconds`): its decoding process consumes, decodes, maps to rows and serializes them,
+and this process, which owns the `ChdbStore`, inserts them with deduplication tokens; the decoding
+process commits after each confirmed insert. The clock runs from the first record consumed (the
+consumer group's join and the decoding process's start are reported apart) until every row is in
+the store, as the decoding process reports them (after each poll and each insert): each attempt
+makes three rows (activity, mastery_history, mastery_latest).
 
 Results (issue 8, acceptance (1)):
 - `reporting.sink_events_per_second`: records/s end to end (consume, decode, rows, insert with
@@ -14,7 +16,8 @@ Results (issue 8, acceptance (1)):
   same client (kafka-python, its own group, same `max_poll_records`) and decodes each envelope,
   nothing more. Target: ratio >= 0.5.
 - `reporting.insert_stage_rows_per_second`: the sink's insert stage alone (`ReportingSink._insert`:
-  positions, erasure filter, `_new_rows`, deduplication tokens, `store.insert`) over the same
+  positions, erasure filter, `_new_rows`, deduplication tokens, `store.insert`: serialization to
+  Native bytes and their insert, one after the other in one process) over the same
   rows, already built, in the sink's batches (`batch_max_rows` records each), into a freshly
   migrated database (materialized views included), next to a bare clickhouse-connect
   `client.insert` (column-oriented, `async_insert=0`, no tokens) of the same blocks into another
@@ -39,6 +42,7 @@ from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.rows import Position, Row, rows_for
 from trellis.reporting.sink import ReportingSink, _Batch
+from trellis.reporting.sink_process import SinkProcess
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.simulator.load import make_events
 
@@ -124,7 +128,7 @@ def _produce(settings: Settings, pairs: list[tuple[str, envelope_pb2.Envelope]])
 
 
 def _measure_sink(settings: Settings, store: ChdbStore, expected_rows: int) -> dict[str, float]:
-    sink = ReportingSink(settings, store)
+    sink = SinkProcess(settings, store)
     started = time.perf_counter()
     sink.start()
     try:

@@ -1,7 +1,8 @@
 """`python -m trellis.reporting serve`: wiring only.
 
-One process owns the store (chDB is one process's store, DESIGN.md §7): it runs the sink in a
-background thread and answers the report queries from a thread pool. Health turns SERVING once
+One process owns the store (chDB is one process's store, DESIGN.md §7): it serves the sink's
+decoding process (`sink_process`: the sink consumes and decodes there, this process inserts) from
+a background thread and answers the report queries from a thread pool. Health turns SERVING once
 the migrations are applied and the sink consumes, and follows the store and the sink from then
 on. On SIGTERM: health NOT_SERVING and the gRPC server drains, then the sink flushes, commits and
 leaves its group, then the store closes.
@@ -22,7 +23,7 @@ from trellis.common.pseudonym import Pseudonymizer
 from trellis.common.settings import Settings
 from trellis.reporting.adapters.grpc import SERVICE_NAME, ReportingServicer
 from trellis.reporting.service import ReportingService
-from trellis.reporting.sink import ReportingSink
+from trellis.reporting.sink_process import SinkProcess
 from trellis.reporting.store import ReportingStore, StoreStatus, create_store
 
 log = get_logger("trellis.reporting")
@@ -53,7 +54,7 @@ async def serve(settings: Settings) -> None:
         tls=settings.grpc_tls,
         certificates=settings.auth.all_certificates(),
     )
-    sink = ReportingSink(settings, store)
+    sink = SinkProcess(settings, store)
     await server.start()
     readiness = asyncio.create_task(track_readiness(server, store, sink, executor))
 
@@ -71,7 +72,7 @@ async def serve(settings: Settings) -> None:
 
 
 async def track_readiness(
-    server: GrpcServer, store: ReportingStore, sink: ReportingSink, executor: ThreadPoolExecutor
+    server: GrpcServer, store: ReportingStore, sink: SinkProcess, executor: ThreadPoolExecutor
 ) -> None:
     """Migrate (retrying until the store answers), start the sink, then keep health truthful."""
     loop = asyncio.get_running_loop()

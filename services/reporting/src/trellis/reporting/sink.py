@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -81,9 +81,9 @@ from trellis.reporting.rows import (
     roster_rows,
     rows_for,
 )
-from trellis.reporting.store.base import PartitionKey, ReportingStore
+from trellis.reporting.store.base import PartitionKey
 
-__all__ = ["ReportingSink", "SinkStats", "insert_token"]
+__all__ = ["ReportingSink", "SinkMetrics", "SinkStats", "SinkStore", "insert_token"]
 
 CONSUMER_NAME = "trellis-reporting"
 # Erasures first (they filter the rest); history before latest: a reader never sees a latest
@@ -127,6 +127,42 @@ FLUSH_SECONDS = Histogram(
     "Time to flush one batch: dead letters, inserts and offset commit.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+class SinkMetrics:
+    """Where the sink counts: Prometheus of this process. A sink in a decoding process relays the
+    same calls to the process that serves the metrics (`trellis.reporting.sink_process`)."""
+
+    def rows(self, table: str, count: int) -> None:
+        ROWS_INSERTED.labels(table).inc(count)
+
+    def dead_letters(self, count: int) -> None:
+        DEAD_LETTERS.inc(count)
+
+    def retry(self, op: str) -> None:
+        RETRIES.labels(op).inc()
+
+    def rejoin(self) -> None:
+        REJOINS.inc()
+
+    def flush(self, seconds: float) -> None:
+        FLUSH_SECONDS.observe(seconds)
+
+    def progress(self) -> None:
+        """Records were consumed, or a batch was stored and committed (`stats` changed)."""
+
+
+class SinkStore(Protocol):
+    """What the sink needs of a store: a `ReportingStore`, or the owner's store seen from a
+    decoding process."""
+
+    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]: ...
+
+    def erased_learners(self) -> set[tuple[str, str]]: ...
+
+    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None: ...
+
+    def insert(self, table: str, rows: Sequence[Row], token: str) -> None: ...
 
 
 class _Stopped(Exception):
@@ -212,15 +248,17 @@ class ReportingSink:
     def __init__(
         self,
         settings: Settings,
-        store: ReportingStore,
+        store: SinkStore,
         *,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
+        metrics: SinkMetrics | None = None,
     ) -> None:
         self._kafka = settings.kafka
         self._group = settings.reporting.consumer_group
         self._max_records = max(1, settings.reporting.batch_max_rows)
         self._max_seconds = settings.reporting.batch_max_seconds
         self._store = store
+        self._metrics = metrics or SinkMetrics()
         self._streams: dict[str, Stream] = {
             self._kafka.topics.name("mastery"): "mastery",
             self._kafka.topics.name("activity"): "activity",
@@ -400,6 +438,8 @@ class ReportingSink:
         for records in polled.values():
             for record in records:
                 self._add(record)
+        if polled:
+            self._metrics.progress()
 
     def _apply_revocations(self) -> None:
         """Drop the records of revoked partitions that the new assignment did not give back."""
@@ -467,7 +507,7 @@ class ReportingSink:
                 "dead_letters", lambda: send_dead_letters(self._dlq(), self._kafka, letters)
             )
             self.stats.dead_letters += len(letters)
-            DEAD_LETTERS.inc(len(letters))
+            self._metrics.dead_letters(len(letters))
             _log.warning("records sent to the dead-letter topic", count=len(letters))
         assert self._inserter is not None
         future = self._inserter.submit(self._retry, "insert", lambda: self._insert(batch))
@@ -489,7 +529,8 @@ class ReportingSink:
             self._inflight = None
         self._commit(consumer, batch.next_offsets)
         self.stats.flushes += 1
-        FLUSH_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.progress()
+        self._metrics.flush(time.perf_counter() - started)
 
     def _insert(self, batch: _Batch) -> None:
         """Insert what the tables do not hold yet; positions advance per successful insert."""
@@ -521,7 +562,7 @@ class ReportingSink:
             for key, (_, high) in ranges.items():
                 stored[key] = max(high, stored.get(key, -1))
             self.stats.inserted[table] += len(rows)
-            ROWS_INSERTED.labels(table).inc(len(rows))
+            self._metrics.rows(table, len(rows))
             if table == ERASED_LEARNERS:
                 self._erased |= {_tenant_learner(r) for r in rows}
         # Every erasure read in this batch is applied, even one already recorded: a crash
@@ -580,7 +621,7 @@ class ReportingSink:
         )
         consumer._coordinator.request_rejoin()
         self.stats.rejoins += 1
-        REJOINS.inc()
+        self._metrics.rejoin()
 
     def _retry_commit(self, consumer: KafkaConsumer) -> None:
         """While no batch is being inserted, retry a failed commit now and then."""
@@ -615,7 +656,7 @@ class ReportingSink:
     def _failed(self, op: str, exc: Exception) -> None:
         self._failing = True
         self.stats.retries += 1
-        RETRIES.labels(op).inc()
+        self._metrics.retry(op)
         _log.warning(
             "operation failed, retrying", op=op, error=str(exc), error_type=type(exc).__name__
         )
