@@ -25,6 +25,7 @@ constants below and in `docs/mastery-model.md`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Mapping
@@ -407,6 +408,7 @@ class LearnerState:
         return window[-SEEN_EVENT_IDS_LIMIT * DIGEST_BYTES :]
 
 
+@functools.lru_cache(maxsize=1_024)  # asked twice per event: seen before? then remembered
 def event_digest(event_id: str) -> bytes:
     """The `DIGEST_BYTES`-byte digest of an event id that the dedup window keeps."""
     return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()

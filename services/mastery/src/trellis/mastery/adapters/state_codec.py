@@ -19,6 +19,7 @@ refuses versions it does not know rather than guessing.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from datetime import UTC, datetime, timedelta
@@ -262,15 +263,22 @@ def _skill_bytes(s: SkillState, skill_id: str) -> bytes:
     out.append(
         _SKILL.pack(s.p_mastered, s.attempts, when, s.attempts_unmastered, s.error_streak, flags)
     )
-    _put_str(out, skill_id)
-    _put_str(out, s.model_version)
-    _put_str(out, s.error_tag)
+    out.append(_skill_strings(skill_id, s.model_version, s.error_tag))
     if s.override is not None:
         o = s.override
         out.append(_OVERRIDE.pack(o.p_mastered, _micros(o.at)))
         _put_str(out, o.teacher_id)
         _put_str(out, o.reason)
         _put_str(out, o.event_id)
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=4_096)  # few distinct ones: skills x parameter sets x error tags
+def _skill_strings(skill_id: str, model_version: str, error_tag: str) -> bytes:
+    out: list[bytes] = []
+    _put_str(out, skill_id)
+    _put_str(out, model_version)
+    _put_str(out, error_tag)
     return b"".join(out)
 
 
