@@ -65,6 +65,7 @@ from trellis.common.kafka import create_consumer, create_producer, dead_letter, 
 from trellis.common.logging import get_logger
 from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.settings import Settings
+from trellis.reporting.background import BackgroundLoop
 from trellis.reporting.rows import (
     ACTIVITY,
     ERASED_LEARNERS,
@@ -242,7 +243,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._sink._note_assigned({(tp.topic, tp.partition) for tp in assigned})
 
 
-class ReportingSink:
+class ReportingSink(BackgroundLoop):
     """Consumes the mastery, activity and roster topics into the reporting store."""
 
     def __init__(
@@ -253,6 +254,7 @@ class ReportingSink:
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
         metrics: SinkMetrics | None = None,
     ) -> None:
+        super().__init__()
         self._kafka = settings.kafka
         self._group = settings.reporting.consumer_group
         self._max_records = max(1, settings.reporting.batch_max_rows)
@@ -266,8 +268,6 @@ class ReportingSink:
         }
         self._consumer_factory = consumer_factory or self._create_consumer
         self._producer: KafkaProducer | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # Listener -> sink thread.
         self._lock = threading.Lock()
         self._revoked: set[PartitionKey] = set()
@@ -289,7 +289,6 @@ class ReportingSink:
         self._uncommitted: dict[PartitionKey, int] = {}
         self._commit_retry_at = 0.0
         self._failing = False
-        self.running = threading.Event()
         self.stats = SinkStats()
 
     @property
@@ -302,22 +301,6 @@ class ReportingSink:
         return self.running.is_set() and not self._failing
 
     # --- lifecycle ---
-
-    def start(self) -> threading.Thread:
-        """Run the sink in a daemon thread; `running` is set once it has subscribed."""
-        if self._thread is not None:
-            raise RuntimeError("the sink was started already")
-        self._thread = threading.Thread(target=self.run, name="reporting-sink", daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout: float | None = None) -> bool:
-        """Ask the loop to flush what it has and leave the group; True if it ended in time."""
-        self._stop.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def run(self) -> None:
         """The consume-batch-insert-commit loop, until `stop()`."""

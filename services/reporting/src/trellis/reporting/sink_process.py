@@ -47,6 +47,7 @@ from typing import Any
 
 from trellis.common.logging import configure_logging, get_logger
 from trellis.common.settings import Settings
+from trellis.reporting.background import BackgroundLoop
 from trellis.reporting.rows import Row
 from trellis.reporting.sink import ReportingSink, SinkMetrics, SinkStats
 from trellis.reporting.store.base import PartitionKey, StoreError
@@ -75,10 +76,11 @@ class _Report:
     metrics: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
 
-class SinkProcess:
+class SinkProcess(BackgroundLoop):
     """`ReportingSink` in a decoding process, used like it (start, stop, running, healthy)."""
 
     def __init__(self, settings: Settings, store: ClickHouseStore) -> None:
+        super().__init__()
         self._settings = settings
         self._store = store
         self._calls: dict[str, Callable[..., Any]] = {
@@ -89,35 +91,17 @@ class SinkProcess:
             "insert_native": store.insert_native,
         }
         self._metrics = SinkMetrics()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._child_healthy = False
-        self.running = threading.Event()
         self.stats = SinkStats()
 
     @property
     def healthy(self) -> bool:
         return self.running.is_set() and self._child_healthy
 
-    def start(self) -> threading.Thread:
-        """Start the decoding process and serve it from a daemon thread (restarted if it dies)."""
-        if self._thread is not None:
-            raise RuntimeError("the sink was started already")
-        self._thread = threading.Thread(target=self._supervise, name="reporting-sink", daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout: float | None = None) -> bool:
-        """Ask the decoding process to flush, commit and leave; True if it ended in time."""
-        self._stop.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
     # --- owner side ---
 
-    def _supervise(self) -> None:
+    def run(self) -> None:
+        """Serve the decoding process, starting another after a backoff when it dies."""
         delay = _RESTART_FIRST_S
         while not self._stop.is_set():
             started = time.monotonic()
