@@ -24,6 +24,23 @@ def _new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, ca: bool
+) -> x509.CertificateBuilder:
+    """A certificate valid from a day ago to a day ahead, with its basic constraints."""
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _DAY)
+        .not_valid_after(now + _DAY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+
+
 @dataclass(frozen=True)
 class Issued:
     """A certificate and its key as PEM files."""
@@ -47,16 +64,8 @@ class Authority:
         directory.mkdir(parents=True, exist_ok=True)
         self._key = _new_key()
         self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
         self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(self._name)
-            .issuer_name(self._name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _DAY)
-            .not_valid_after(now + _DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            _builder(self._name, self._name, self._key, ca=True)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -88,25 +97,15 @@ class Authority:
         """A leaf certificate: for a client, or (`server=True`) for a server that also calls
         others with it, as the services do under mTLS."""
         key = _new_key()
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self._name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _DAY)
-            .not_valid_after(now + _DAY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [
-                        *([ExtendedKeyUsageOID.SERVER_AUTH] if server else []),
-                        ExtendedKeyUsageOID.CLIENT_AUTH,
-                    ]
-                ),
-                critical=False,
-            )
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        builder = _builder(subject, self._name, key, ca=False).add_extension(
+            x509.ExtendedKeyUsage(
+                [
+                    *([ExtendedKeyUsageOID.SERVER_AUTH] if server else []),
+                    ExtendedKeyUsageOID.CLIENT_AUTH,
+                ]
+            ),
+            critical=False,
         )
         names: list[x509.GeneralName] = [
             *(x509.DNSName(d) for d in dns),
