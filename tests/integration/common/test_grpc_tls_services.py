@@ -17,10 +17,10 @@ import pytest
 
 from tests.certificates import Authority, Issued
 from tests.conftest import TEST_TENANT
+from tests.integration.mastery.roster import send_records
 from tests.integration.mastery.workers import free_port, running_worker
 from trellis.common.codec import encode_catalog
 from trellis.common.grpc.channels import open_channel
-from trellis.common.kafka import create_producer
 from trellis.common.pb.events.v1 import catalog_pb2
 from trellis.common.pb.recommender.v1 import recommender_pb2 as rec
 from trellis.common.pb.recommender.v1 import recommender_pb2_grpc
@@ -96,21 +96,11 @@ async def recommender(
 ) -> AsyncIterator[Recommender]:
     skill = catalog_pb2.Skill(skill_id="count")
     item = catalog_pb2.Item(item_id="count-1", skill_ids=["count"], difficulty=-1.0)
-    producer = create_producer(settings.kafka)
-    try:
-        for record in (
-            catalog_pb2.CatalogRecord(tenant_id=TEST_TENANT, skill=skill),
-            catalog_pb2.CatalogRecord(tenant_id=TEST_TENANT, item=item),
-        ):
-            encoded = encode_catalog(record)
-            producer.send(
-                settings.kafka.topics.name("catalog"),
-                key=encoded.key,
-                value=encoded.value,
-                headers=encoded.headers,
-            ).get(timeout=30)
-    finally:
-        producer.close()
+    encoded = [
+        encode_catalog(catalog_pb2.CatalogRecord(tenant_id=TEST_TENANT, skill=skill)),
+        encode_catalog(catalog_pb2.CatalogRecord(tenant_id=TEST_TENANT, item=item)),
+    ]
+    send_records(settings, "catalog", [(e.key, e.value, e.headers) for e in encoded])
     current = settings.model_copy(
         update={
             "grpc_tls": mtls(
