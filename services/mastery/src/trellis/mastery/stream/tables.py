@@ -159,10 +159,10 @@ class TableLearnerStore:
                     del table.data[key]
                     if not told:
                         self._app.sensors.on_table_del(table, key)
-        for key in encoded:
-            self._unstored.pop(key, None)
-        # Again, without telling the sensors twice: a read in between may have cached the disk's.
+        # Stored now; and cached again, without telling the sensors twice: a read in between
+        # may have cached the disk's.
         for key, state in encoded.items():
+            self._unstored.pop(key, None)
             if state is None:
                 self._decoded.pop(key, None)
             else:
