@@ -14,6 +14,8 @@ What is fixed here, and why:
   request timeout is never below the session timeout, which Faust requires.
 - The connection's security (TLS, SASL) is the kafka-python clients' (`KafkaSettings`), given to
   Faust's aiokafka clients as `broker_credentials` (docs/security.md).
+- The consumer closes two holes in Faust's rebalance handling that lost events
+  (`faust_consumer.RebalanceSafeTransport`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from faust.types.auth import CredentialsT
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from trellis.common.faust_consumer import RebalanceSafeTransport
 from trellis.common.kafka import create_admin, ssl_context
 from trellis.common.settings import KafkaSettings, Settings
 
@@ -81,7 +84,9 @@ def create_app(
         "worker_redirect_stdouts": False,
     }
     config.update(overrides)
-    return faust.App(app_id, **config)
+    app = faust.App(app_id, **config)
+    app.transport = RebalanceSafeTransport(app.conf.broker_consumer, app)
+    return app
 
 
 def broker_credentials(kafka: KafkaSettings) -> CredentialsT | None:

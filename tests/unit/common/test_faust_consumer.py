@@ -1,0 +1,71 @@
+"""The consumer of every Faust app (`RebalanceSafeConsumer`): what it does around a rebalance.
+
+Its thread (the aiokafka consumer) is replaced by a recorder; the broker-level effect is covered
+by tests/integration/mastery/test_two_workers.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from faust.types import TP, Message
+
+from trellis.common.faust_app import create_app
+from trellis.common.faust_consumer import RebalanceSafeConsumer
+from trellis.common.settings import Settings
+
+ACTIVITY = "activity"
+CHANGELOG = "app-learners-changelog"
+
+
+@dataclass
+class RecordingThread:
+    committed: dict[TP, int | None]
+    beginnings: dict[TP, int]
+    seeks: list[Mapping[TP, int]] = field(default_factory=list)
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        return self.committed
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        return {tp: self.beginnings[tp] for tp in partitions}
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        self.seeks.append(dict(partitions))
+
+
+def consumer() -> RebalanceSafeConsumer:
+    app = create_app("consumer-test", Settings(), store="memory://")
+    app.topics.acking_topics.add(ACTIVITY)  # what an agent's topic is
+    made = app.consumer
+    assert isinstance(made, RebalanceSafeConsumer)
+    return made
+
+
+def message(offset: int, *, tracked: bool) -> Message:
+    made = Message(ACTIVITY, 0, offset, 0.0, 0, None, b"k", b"v", None)
+    made.tracked = tracked
+    return made
+
+
+def test_a_record_the_stream_skipped_is_not_acked_for_commit() -> None:
+    subject = consumer()
+    skipped = message(7, tracked=False)  # skipped by the stream: never processed
+    assert not subject.ack(skipped)
+    assert not skipped.acked
+    processed = message(7, tracked=True)  # the same record read again after the seek
+    assert subject.ack(processed)
+    assert processed.acked
+
+
+async def test_a_partition_never_committed_goes_back_to_its_beginning() -> None:
+    subject = consumer()
+    committed, never, changelog = TP(ACTIVITY, 0), TP(ACTIVITY, 1), TP(CHANGELOG, 1)
+    thread = RecordingThread(
+        committed={committed: 40, never: None, changelog: None},
+        beginnings={never: 3, changelog: 0},
+    )
+    subject._thread = thread  # type: ignore[assignment]
+    assert await subject.seek_to_committed() == thread.committed
+    # The committed partition was sought by the thread; table recovery owns changelog positions.
+    assert thread.seeks == [{never: 3}]
