@@ -74,9 +74,11 @@ class FakeEvent:  # weakly referenceable, as Faust keeps the current event
     message: Any
 
 
-def event(partition: int, offset: int, generation: int = 1, topic: str = TOPIC) -> Any:
+def event(
+    partition: int, offset: int, generation: int = 1, topic: str = TOPIC, tracked: bool = True
+) -> Any:
     message = SimpleNamespace(
-        topic=topic, partition=partition, offset=offset, generation_id=generation
+        topic=topic, partition=partition, offset=offset, generation_id=generation, tracked=tracked
     )
     return FakeEvent(message)
 
@@ -135,6 +137,12 @@ def test_an_event_of_an_older_generation_counts_only_if_it_wrote(
     with acting_for(event(0, 40, topic="elsewhere")):
         offsets.on_table_set(None, b"k", b"v")  # type: ignore[arg-type]
     assert offsets.applied(0) == 31
+
+
+def test_an_event_the_stream_skipped_does_not_count(offsets: AppliedOffsets) -> None:
+    # Skipped while the flow was stopped, in this generation: acked, never tracked nor applied.
+    done(offsets, event(0, 7, tracked=False))
+    assert offsets.applied(0) == -1
 
 
 async def test_a_partition_is_read_once_applied_up_to_its_end_at_the_first_read(

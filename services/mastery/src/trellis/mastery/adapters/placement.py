@@ -73,8 +73,10 @@ class AppliedOffsets(faust.Sensor):
         event: EventT[Any],
         state: dict[Any, Any] | None = None,
     ) -> None:
-        # A message fetched before a rebalance is acked unprocessed: it applied nothing.
-        if event.message.generation_id == self._app.consumer_generation_id:
+        # A message the stream skipped (fetched before a rebalance, or while the flow was
+        # stopped) applied nothing; the stream never tracked it (see `faust_consumer`).
+        message = event.message
+        if message.tracked and message.generation_id == self._app.consumer_generation_id:
             self._note(event)
 
     def _note(self, event: EventT[Any] | None) -> None:
