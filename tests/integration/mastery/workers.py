@@ -50,6 +50,7 @@ def worker_env(settings: Settings, data_dir: Path, port: int, metrics_port: int)
     mastery = settings.mastery
     return {
         **os.environ,
+        "PYTHONUNBUFFERED": "1",  # a worker killed with SIGKILL leaves its whole log
         "TRELLIS_LOG_LEVEL": "INFO",
         "TRELLIS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "TRELLIS_KAFKA__TOPICS__PREFIX": kafka.topics.prefix,
