@@ -7,8 +7,9 @@ are produced to the benchmark's own topics first; then the sink as the service r
 and this process, which owns the `ChdbStore`, inserts them with deduplication tokens; the decoding
 process commits after each confirmed insert. The clock runs from the first record consumed (the
 consumer group's join and the decoding process's start are reported apart) until every row is in
-the store, as the decoding process reports them (after each poll and each insert): each attempt
-makes three rows (activity, mastery_history, mastery_latest).
+the store, as the decoding process reports them (a poll's records as soon as it returns them,
+before they are mapped, as the bare loop's clock starts at its first poll with records; then
+each insert): each attempt makes three rows (activity, mastery_history, mastery_latest).
 
 Results (issue 8, acceptance (1)):
 - `reporting.sink_events_per_second`: records/s end to end (consume, decode, rows, insert with

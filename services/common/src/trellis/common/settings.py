@@ -242,7 +242,7 @@ class MasterySettings(BaseModel):
 
 class ReportingSettings(BaseModel):
     consumer_group: str = "trellis-reporting"
-    batch_max_rows: int = 5_000
+    batch_max_rows: int = 10_000
     batch_max_seconds: float = 1.0
     # District rollups: groups of fewer learners are withheld (small-cell suppression).
     min_cell_size: int = Field(default=10, ge=1)
