@@ -3,7 +3,7 @@
 Around a rebalance Faust's consumer fetches records it does not deliver (a paused partition, a
 flow stopped for table recovery) or delivers records that its stream skips (fetched in an older
 generation, or while the flow is stopped), and counts on the seek to each partition's committed
-offset that ends every recovery to read them again. Two ways that fails, losing activity events
+offset that ends every recovery to read them again. Two ways this fails, losing activity events
 for good (no mastery outputs, missing from the learner's state): found by
 tests/integration/mastery/test_two_workers.py (4 failures in 36 runs; 0 in 40 with this class),
 traced in Faust's consumer:
