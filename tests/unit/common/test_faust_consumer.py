@@ -5,6 +5,7 @@ by tests/integration/mastery/test_two_workers.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -69,3 +70,31 @@ async def test_a_partition_never_committed_goes_back_to_its_beginning() -> None:
     assert await subject.seek_to_committed() == thread.committed
     # The committed partition was sought by the thread; table recovery owns changelog positions.
     assert thread.seeks == [{never: 3}]
+
+
+async def test_records_are_taken_in_order_and_a_lost_one_is_read_again_first() -> None:
+    subject = consumer()
+    partition = TP(ACTIVITY, 0)
+    thread = RecordingThread(committed={partition: 312}, beginnings={})
+    subject._thread = thread  # type: ignore[assignment]
+    await subject.seek_to_committed()  # 312 is the next record to process
+
+    # 312 never reached the stream: 313 comes first.
+    jumped = message(313, tracked=True)
+    assert not subject.take_in_order(jumped)
+    assert not jumped.tracked  # its ack changes nothing; nobody waits for it
+    assert not subject.take_in_order(message(314, tracked=True))  # still missing 312
+    await asyncio.sleep(0)  # the seek back runs
+    assert thread.seeks == [{partition: 312}]
+
+    # Read again from 312: in order from there.
+    assert subject.take_in_order(message(312, tracked=True))
+    assert subject.take_in_order(message(313, tracked=True))
+    assert not subject.take_in_order(message(313, tracked=True))  # a stale copy: dropped
+    assert thread.seeks == [{partition: 312}]  # nothing missing before it: no seek
+
+
+def test_any_order_is_taken_before_the_first_seek() -> None:
+    subject = consumer()  # agent tests: no group, no seek
+    assert subject.take_in_order(message(5, tracked=True))
+    assert subject.take_in_order(message(2, tracked=True))

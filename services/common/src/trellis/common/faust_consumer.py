@@ -18,16 +18,26 @@ traced in Faust's consumer:
   like; the tracing did not catch it in the act). Here the ack of a record the stream never
   tracked (tracking comes after the check that skips) changes nothing.
 
+A third way remains in Faust's consumer (a record it takes while that final seek is under way
+never reaches the stream), so the agent also checks the order itself (`take_in_order`): each
+seek to the committed offsets sets, per stream partition, the offset the next record must have;
+a record past it means records were lost on the way, so the partition is sought back to the
+missing one and the records after it are dropped (untracked, never committed) until it comes.
+A record that never comes (a log truncated under the group) stalls the partition with a warning
+on each try rather than skipping it.
+
 faust-streaming/faust#596 reports a neighbouring race in the same window.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer, Transport
-from faust.types import Message
+from faust.types import TP, Message
 
 from trellis.common.logging import get_logger
 
@@ -35,14 +45,22 @@ log = get_logger("trellis.faust.consumer")
 
 
 class RebalanceSafeConsumer(Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per stream partition: the offset the next record must have (unknown: any).
+        self._expected: dict[TP, int] = {}
+        self._rewinding: dict[TP, asyncio.Future[None]] = {}
+
     async def seek_to_committed(self) -> Mapping[Any, int]:
         committed = await super().seek_to_committed()
         # Only the streams' topics: changelog positions belong to table recovery.
-        never = [
-            tp
+        streams = {
+            tp: offset
             for tp, offset in committed.items()
-            if not offset and self.app.topics.acks_enabled_for(tp.topic)
-        ]
+            if self.app.topics.acks_enabled_for(tp.topic)
+        }
+        never = [tp for tp, offset in streams.items() if not offset]
+        starts = {tp: offset for tp, offset in streams.items() if offset}
         if never:
             beginnings = await self.earliest_offsets(*never)
             log.info(
@@ -50,7 +68,39 @@ class RebalanceSafeConsumer(Consumer):
                 offsets={f"{tp.topic}/{tp.partition}": offset for tp, offset in beginnings.items()},
             )
             await self.seek_wait(beginnings)
+            starts.update(beginnings)
+        for tp, offset in starts.items():
+            self._expected[TP(tp.topic, tp.partition)] = offset
         return committed
+
+    def take_in_order(self, message: Message) -> bool:
+        """Whether a stream may process `message`: it is the next record of its partition (or
+        the order is unknown). If not, it is dropped and never committed, and the partition is
+        sought back to the record expected."""
+        tp = TP(message.topic, message.partition)
+        expected = self._expected.get(tp)
+        if expected is None or message.offset == expected:
+            if expected is not None:
+                self._expected[tp] = expected + 1
+            return True
+        message.tracked = False  # so its ack changes nothing, and nobody waits for it
+        self._unacked_messages.discard(message)
+        if message.offset > expected and tp not in self._rewinding:
+            log.warning(
+                "records missing before this one: reading the partition again from the first",
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                expected=expected,
+            )
+            self._rewinding[tp] = asyncio.ensure_future(self._rewind(tp, expected))
+        return False
+
+    async def _rewind(self, tp: TP, offset: int) -> None:
+        try:
+            await self.seek_wait({TopicPartition(tp.topic, tp.partition): offset})
+        finally:
+            del self._rewinding[tp]
 
     def ack(self, message: Message) -> bool:
         if not message.tracked:

@@ -27,7 +27,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import faust
+from faust.exceptions import Skip
 from faust.types import TP, ChannelT, ConsumerT, EventT
+
+from trellis.common.faust_consumer import RebalanceSafeConsumer
 
 #: Events per partition on the broker past a batch that count as a backlog worth waiting for.
 BACKLOG = 20
@@ -46,6 +49,7 @@ async def adaptive_batches(
     full = asyncio.Event()
     room = asyncio.Event()  # the processor may add: the caller does not hold the buffer
     room.set()
+    consumer = faust_stream.app.consumer
 
     async def add_to_buffer(value: Any) -> Any:
         while not room.is_set():
@@ -53,6 +57,10 @@ async def adaptive_batches(
         event = faust_stream.current_event
         if event is None:
             raise RuntimeError("a stream value without its event")
+        if isinstance(consumer, RebalanceSafeConsumer) and not consumer.take_in_order(
+            event.message
+        ):
+            raise Skip()  # records before it were lost on the way; they are read again first
         buffer.append(event)
         last_offsets[event.message.tp] = event.message.offset
         started.set()
@@ -65,7 +73,6 @@ async def adaptive_batches(
     faust_stream.enable_acks = False
     faust_stream.add_processor(add_to_buffer)
     faust_stream._enable_passive(cast(ChannelT[Any], aiter(faust_stream.channel)))
-    consumer = faust_stream.app.consumer
     loop = asyncio.get_running_loop()
     held = 0.0  # how long the caller took over the last batch
     try:
