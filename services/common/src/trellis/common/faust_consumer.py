@@ -77,7 +77,7 @@ class RebalanceSafeConsumer(Consumer):
         """Whether a stream may process `message`: it is the next record of its partition (or
         the order is unknown). If not, it is dropped and never committed, and the partition is
         sought back to the record expected."""
-        tp = TP(message.topic, message.partition)
+        tp = message.tp
         expected = self._expected.get(tp)
         if expected is None or message.offset == expected:
             if expected is not None:
