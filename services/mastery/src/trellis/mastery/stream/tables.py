@@ -80,9 +80,9 @@ class TableLearnerStore:
         self._erased = erased
         self._decoded: dict[bytes, EncodedState] = {}
         # States a batch has shown (reads get them, the applied offsets count them) but not yet
-        # written to the local store; None: an erasure. Kept through a rebalance, unlike the
-        # cache: a read right after it would otherwise get the store's older state under the
-        # newer offsets (seen once in the two-worker test).
+        # written to the local store; None: an erasure, which the cache cannot hold (a read
+        # would get the store's pre-erasure state under offsets past the erasure). Unlike the
+        # cache, never evicted nor dropped at a rebalance.
         self._unstored: dict[bytes, EncodedState | None] = {}
         self._source_topic = source_topic
         self._partitions = partitions
