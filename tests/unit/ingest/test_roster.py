@@ -1,6 +1,6 @@
 """The servicer's rules built on the roster view (the view itself: tests/unit/common/
-test_roster_view.py): who writes about which learners, which schools' roster, the catalog, and
-erasure requests."""
+test_roster_view.py; the pure rules of callers scoped to schools: test_scope.py): who writes about
+which learners, which schools' roster, the catalog, and erasure requests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.unit.common import test_roster_view as roster_records
+from tests.unit.ingest import test_service
 from tests.unit.ingest.test_properties import TENANT, MemoryPublisher, call_as, valid_event
 from trellis.common.grpc.errors import PermissionDenied
 from trellis.common.pb.events.v1 import catalog_pb2, envelope_pb2, roster_pb2
@@ -21,7 +22,8 @@ from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.catalog import CatalogView
 from trellis.ingest.dedup import DedupWindow
 from trellis.ingest.roster import RosterView
-from trellis.ingest.service import IngestService
+from trellis.ingest.scope import ERASURE_OUT_OF_SCOPE, LEARNER_OUT_OF_SCOPE, UNKNOWN_LEARNER
+from trellis.ingest.service import IngestService, Publish
 
 PSEUDONYMS = Pseudonymizer({TENANT: {1: SecretStr("k")}})
 
@@ -31,9 +33,9 @@ enrollment = partial(roster_records.enrollment, tenant=TENANT)
 school_class = partial(roster_records.school_class, tenant=TENANT)
 
 
-def servicer_with(view: RosterView) -> IngestServicer:
+def servicer_with(view: RosterView, publish: Publish | None = None) -> IngestServicer:
     service = IngestService(
-        MemoryPublisher(), PSEUDONYMS, DedupWindow(1_000), CatalogView(), roster=view
+        publish or MemoryPublisher(), PSEUDONYMS, DedupWindow(1_000), CatalogView(), roster=view
     )
     return IngestServicer(service, max_batch_size=5, max_in_flight=2)
 
@@ -146,6 +148,7 @@ def erasure_request() -> envelope_pb2.Envelope:
 
 def test_a_teacher_cannot_request_an_erasure_even_for_an_enrolled_learner() -> None:
     view = RosterView()
+    view.apply(school_class("c1", "s1"))
     view.apply(enrollment("e1", "c1", PSEUDONYMS.pseudonymize(TENANT, "sis-1")))
     servicer = servicer_with(view)
     request = ingest_pb2.RecordEventsRequest(tenant_id=TENANT, events=[erasure_request()])
@@ -158,3 +161,126 @@ def test_a_teacher_cannot_request_an_erasure_even_for_an_enrolled_learner() -> N
             ingest_pb2.ITEM_STATUS_ACCEPTED,
             ingest_pb2.ITEM_STATUS_DUPLICATE,
         )
+
+
+def about(
+    learner: str, event_id: str, klass: str = "", erasure: bool = False
+) -> envelope_pb2.Envelope:
+    """An event in school s1 (the school admin's) about a learner (SIS id)."""
+    event = erasure_request() if erasure else valid_event()
+    event.event_id, event.learner_id, event.class_id = event_id, learner, klass
+    return event
+
+
+def two_schools() -> RosterView:
+    """sis-1 enrolled in c1 (school s1), sis-2 in c2 (school s2); the roster holds pseudonyms.
+    sis-2's learner record names s1: learner records grant no scope."""
+    view = RosterView()
+    view.apply(school_class("c1", "s1"))
+    view.apply(school_class("c2", "s2"))
+    view.apply(enrollment("e1", "c1", PSEUDONYMS.pseudonymize(TENANT, "sis-1")))
+    view.apply(enrollment("e2", "c2", PSEUDONYMS.pseudonymize(TENANT, "sis-2")))
+    pseudonym = PSEUDONYMS.pseudonymize(TENANT, "sis-2")
+    learner = roster_pb2.Learner(sourced_id=pseudonym, school_id="s1")
+    view.apply(roster_pb2.RosterRecord(tenant_id=TENANT, learner=learner))
+    return view
+
+
+SCHOOL_SCOPED = (SCHOOL_ADMIN, Principal(tenant_id=TENANT, schools=["s1"]))
+TENANT_WIDE = (
+    Principal(tenant_id=TENANT),
+    Principal(tenant_id=TENANT, role="district_admin"),
+    Principal(tenant_id="ops", role="platform_admin", schools=["s2"]),
+)
+
+
+def record(
+    principal: Principal, servicer: IngestServicer, *events: envelope_pb2.Envelope
+) -> ingest_pb2.RecordEventsResponse:
+    request = ingest_pb2.RecordEventsRequest(tenant_id=TENANT, events=events)
+    return call_as(principal, servicer.RecordEvents, request)
+
+
+def test_a_caller_scoped_to_schools_writes_about_learners_of_its_schools_only() -> None:
+    publisher = test_service.MemoryPublisher()
+    servicer = servicer_with(two_schools(), publisher)
+    for n, principal in enumerate(SCHOOL_SCOPED):
+        reply = record(principal, servicer, about("sis-1", f"in-{n}", klass="c1"))
+        assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
+        assert "events[0].learner_id" not in [w.field for w in reply.results[0].warnings]
+        # A learner of s2, in an event naming s1 and no class or a class of s1; alone, or in a
+        # batch with a learner of s1: the whole batch is denied, nothing is stored.
+        stored = len(publisher.records["activity"])
+        for batch in (
+            [about("sis-2", "x1")],
+            [about("sis-2", "x2", klass="c1")],
+            [about("sis-1", "x3"), about("sis-2", "x4")],
+        ):
+            with pytest.raises(PermissionDenied) as denied:
+                record(principal, servicer, *batch)
+            path = f"events[{len(batch) - 1}].learner_id"
+            assert denied.value.message == f"{path}: {LEARNER_OUT_OF_SCOPE}"
+        assert len(publisher.records["activity"]) == stored
+
+
+def test_a_learner_the_roster_does_not_enrol_yet_is_accepted_with_a_warning() -> None:
+    servicer = servicer_with(two_schools())
+    for n, principal in enumerate(SCHOOL_SCOPED):
+        reply = record(principal, servicer, about("sis-1", f"a{n}"), about("sis-3", f"b{n}"))
+        assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED] * 2
+        first = reply.results[1].warnings[0]
+        assert (first.field, first.reason) == ("events[1].learner_id", UNKNOWN_LEARNER)
+        assert "events[0].learner_id" not in [w.field for w in reply.results[0].warnings]
+
+
+def test_tenant_wide_callers_write_about_any_learner_without_a_learner_warning() -> None:
+    servicer = servicer_with(two_schools())
+    for n, principal in enumerate(TENANT_WIDE):
+        tenant = ingest_pb2.RecordEventsRequest(
+            tenant_id=TENANT, events=[about("sis-2", f"w{n}"), about("sis-3", f"v{n}")]
+        )
+        reply = call_as(principal, servicer.RecordEvents, tenant)
+        assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED] * 2
+        assert not any(w.field.endswith("learner_id") for r in reply.results for w in r.warnings)
+
+
+def test_a_caller_scoped_to_schools_erases_only_learners_of_its_schools() -> None:
+    publisher = test_service.MemoryPublisher()
+    servicer = servicer_with(two_schools(), publisher)
+    for n, principal in enumerate(SCHOOL_SCOPED):
+        # sis-2 is enrolled in s2 only (its learner record naming s1 does not count), sis-3 is
+        # unknown to the roster: both refused, also beside an erasure in scope.
+        for batch in (
+            [about("sis-2", f"x{n}", erasure=True)],
+            [about("sis-3", f"y{n}", erasure=True)],
+            [about("sis-1", f"z{n}", erasure=True), about("sis-3", f"y{n}", erasure=True)],
+        ):
+            with pytest.raises(PermissionDenied) as denied:
+                record(principal, servicer, *batch)
+            path = f"events[{len(batch) - 1}].learner_id"
+            assert denied.value.message == f"{path}: {ERASURE_OUT_OF_SCOPE}"
+        assert "activity" not in publisher.records
+    reply = record(SCHOOL_ADMIN, servicer, about("sis-1", "erase-1", erasure=True))
+    assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
+    for n, principal in enumerate(TENANT_WIDE):
+        erasures = [about(sis, f"erase-{sis}-{n}", erasure=True) for sis in ("sis-2", "sis-3")]
+        reply = record(principal, servicer, *erasures)
+        assert [r.status for r in reply.results] == [ingest_pb2.ITEM_STATUS_ACCEPTED] * 2
+
+
+def test_a_scoped_callers_stream_is_checked_per_event() -> None:
+    servicer = servicer_with(two_schools())
+    answers: list[ingest_pb2.ItemResult] = []
+
+    async def consume() -> None:
+        async def events():  # type: ignore[no-untyped-def]
+            yield about("sis-1", "s-1")
+            yield about("sis-2", "s-2", erasure=True)
+
+        async for answer in servicer.StreamEvents(events(), None):  # type: ignore[arg-type]
+            answers.append(answer)
+
+    with pytest.raises(PermissionDenied) as denied:
+        call_as(SCHOOL_ADMIN, lambda _r, _c: consume(), None)
+    assert [a.status for a in answers] == [ingest_pb2.ITEM_STATUS_ACCEPTED]
+    assert denied.value.message == f"events[1].learner_id: {ERASURE_OUT_OF_SCOPE}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -19,6 +19,7 @@ from trellis.ingest.dedup import DedupWindow, Seen, fingerprint
 from trellis.ingest.identity import seal_identity
 from trellis.ingest.references import UnknownReferences, check_references
 from trellis.ingest.roster import RosterView
+from trellis.ingest.scope import learner_warnings
 from trellis.ingest.validation import Violation, validate_catalog, validate_event, validate_roster
 
 # Publishes records to a topic ("activity", "roster", "catalog"); answers, per record, whether
@@ -116,8 +117,12 @@ class IngestService:
         events: Sequence[envelope_pb2.Envelope],
         now: datetime,
         first_index: int = 0,
+        schools: Collection[str] = (),
     ) -> list[ItemOutcome]:
-        """Answers each event; `first_index` numbers them within a longer stream."""
+        """Answers each event; `first_index` numbers them within a longer stream. `schools` is
+        the scope of a caller scoped to schools (empty for any other caller): raises
+        `scope.OutOfScope`, storing nothing, when an event is about a learner outside it."""
+        scope_warnings = self._learner_scope(tenant_id, events, first_index, schools)
         outcomes = [
             ItemOutcome(first_index + i, e.event_id, Status.ACCEPTED) for i, e in enumerate(events)
         ]
@@ -134,7 +139,7 @@ class IngestService:
             findings = check_references(
                 event, path, tenant_id, self._catalog, self._roster, self._unknown_references
             )
-            outcome.warnings = findings.warnings
+            outcome.warnings = scope_warnings.get(outcome.index, []) + findings.warnings
             if findings.violations:
                 outcome.status = Status.REJECTED
                 outcome.violations = findings.violations
@@ -179,6 +184,28 @@ class IngestService:
             for key in keys:
                 self._publishing.pop(key, None)
         return outcomes
+
+    def _learner_scope(
+        self,
+        tenant_id: str,
+        events: Sequence[envelope_pb2.Envelope],
+        first_index: int,
+        schools: Collection[str],
+    ) -> dict[int, list[Violation]]:
+        """Warnings by event index for a caller scoped to `schools` (scope.learner_warnings);
+        the roster holds pseudonymous learner ids, events SIS ids."""
+        if not schools:
+            return {}
+        found = learner_warnings(
+            events,
+            first_index,
+            schools,
+            lambda sis_id: self._roster.learner_classes(
+                tenant_id, self._pseudonym(tenant_id, sis_id)
+            ),
+            lambda class_id: self._roster.school_of(tenant_id, class_id),
+        )
+        return {index: [warning] for index, warning in found.items()}
 
     def _stored_form(
         self, tenant_id: str, event: envelope_pb2.Envelope, ingested_at: timestamp_pb2.Timestamp

@@ -2,17 +2,19 @@
 
 Who may write what (DESIGN.md §3a, docs/authorization.md), always within the caller's tenant:
 activity from services, teachers, district and platform admins, each event in the caller's
-schools (and a teacher's classes, about a learner the roster enrols in that class); roster from
-services and admins, each record in the caller's schools; the catalog (tenant-wide) from services
-and admins scoped to the whole tenant. Erasure requests from services (the SIS feed) and admins
-only: an erasure deletes the learner everywhere, which is not a teacher's call. Learners write
-nothing here.
+schools (and a teacher's classes, about a learner the roster enrols in that class; for a caller
+scoped to schools, about a learner the roster enrols in one of its schools or not at all yet,
+`trellis.ingest.scope`); roster from services and admins, each record in the caller's schools;
+the catalog (tenant-wide) from services and admins scoped to the whole tenant. Erasure requests
+from services (the SIS feed) and admins only (an erasure deletes the learner everywhere, which is
+not a teacher's call), and from a caller scoped to schools only for a learner the roster enrols in
+one of them. Learners write nothing here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +38,7 @@ from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.settings import Role
 from trellis.ingest.adapters.metrics import count_outcomes
+from trellis.ingest.scope import OutOfScope
 from trellis.ingest.service import (
     IngestService,
     ItemOutcome,
@@ -150,8 +153,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         _authorize_schools(request.events)
         self._authorize_learners(request.tenant_id, request.events)
         async with self._in_flight:
-            outcomes = await self._service.record_events(
-                request.tenant_id, request.events, datetime.now(UTC)
+            outcomes = await _within_scope(
+                self._service.record_events(
+                    request.tenant_id, request.events, datetime.now(UTC), schools=_schools()
+                )
             )
         return ingest_pb2.RecordEventsResponse(
             results=await self._answer(request.tenant_id, "activity", outcomes)
@@ -174,8 +179,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             _authorize_schools([event])
             self._authorize_learners(tenant_id, [event])
             async with self._in_flight:
-                (outcome,) = await self._service.record_events(
-                    tenant_id, [event], datetime.now(UTC), first_index=index
+                (outcome,) = await _within_scope(
+                    self._service.record_events(
+                        tenant_id, [event], datetime.now(UTC), index, schools=_schools()
+                    )
                 )
             index += 1
             count_outcomes(tenant_id, "activity", [outcome])
@@ -213,6 +220,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.UpsertResponse(
             results=await self._answer(request.tenant_id, "catalog", outcomes)
         )
+
+
+def _schools() -> list[str]:
+    """The caller's schools when it is scoped to schools (the service then checks each event's
+    learner against the roster); empty for any other caller."""
+    principal = current_principal()
+    return principal.schools if scoped_to_schools(principal) else []
+
+
+async def _within_scope(outcomes: Awaitable[list[ItemOutcome]]) -> list[ItemOutcome]:
+    try:
+        return await outcomes
+    except OutOfScope as out_of_scope:
+        raise PermissionDenied(str(out_of_scope)) from out_of_scope
 
 
 def _authorize_schools(events: Sequence[envelope_pb2.Envelope]) -> None:
