@@ -49,6 +49,14 @@ def message(offset: int, *, tracked: bool) -> Message:
     return made
 
 
+def commits(subject: RebalanceSafeConsumer, partition: TP) -> list[int]:
+    """The offsets Faust's next commits of the partition would send, one per commit."""
+    made: list[int] = []
+    while (offset := subject._new_offset(partition)) is not None:
+        made.append(offset)
+    return made
+
+
 def test_a_record_the_stream_skipped_is_not_acked_for_commit() -> None:
     subject = consumer()
     skipped = message(7, tracked=False)  # skipped by the stream: never processed
@@ -92,6 +100,30 @@ async def test_records_are_taken_in_order_and_a_lost_one_is_read_again_first() -
     assert subject.take_in_order(message(313, tracked=True))
     assert not subject.take_in_order(message(313, tracked=True))  # a stale copy: dropped
     assert thread.seeks == [{partition: 312}]  # nothing missing before it: no seek
+
+
+async def test_records_past_a_seek_are_no_gap_to_commit() -> None:
+    subject = consumer()
+    partition = TP(ACTIVITY, 0)
+    thread = RecordingThread(committed={partition: 321}, beginnings={})
+    subject._thread = thread  # type: ignore[assignment]
+    await subject.seek_to_committed()
+    # After a seek back to 321, the fetch under way still hands on 330: Faust's fetch loop
+    # would record 322-330 as a gap in the log.
+    await subject._add_gap(partition, 322, 330)
+    for offset in (321, 322, 323):
+        assert subject.ack(message(offset, tracked=True))
+    # Faust's commits from here would reach 331, past 324-330 that nobody processed.
+    assert commits(subject, partition) == [324]
+
+
+async def test_a_partition_not_taken_in_order_keeps_faust_gaps() -> None:
+    subject = consumer()  # no seek: the order is unknown (a compacted topic may have gaps)
+    partition = TP(ACTIVITY, 0)
+    await subject._add_gap(partition, 3, 5)  # 2 delivered, then 5
+    for offset in (2, 5):
+        assert subject.ack(message(offset, tracked=True))
+    assert max(commits(subject, partition)) == 6  # the gap counts as processed
 
 
 def test_any_order_is_taken_before_the_first_seek() -> None:
