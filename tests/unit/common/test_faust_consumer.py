@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from faust._cython.streams import StreamIterator
+from faust.events import Event
 from faust.types import TP, Message
 
 from trellis.common.faust_app import create_app
@@ -100,6 +102,22 @@ async def test_records_are_taken_in_order_and_a_lost_one_is_read_again_first() -
     assert subject.take_in_order(message(313, tracked=True))
     assert not subject.take_in_order(message(313, tracked=True))  # a stale copy: dropped
     assert thread.seeks == [{partition: 312}]  # nothing missing before it: no seek
+
+
+async def test_a_record_dropped_for_its_order_is_never_counted_for_a_commit() -> None:
+    subject = consumer()
+    partition = TP(ACTIVITY, 0)
+    subject._thread = RecordingThread(committed={partition: 22}, beginnings={})  # type: ignore[assignment]
+    await subject.seek_to_committed()
+    dropped = message(45, tracked=True)  # the stream tracks a record before its processors
+    dropped.refcount = 1
+    assert not subject.take_in_order(dropped)
+    event = Event(subject.app, b"k", b"v", {}, dropped)
+    # The stream acks a skipped record: the compiled iterator inline, the pure-Python one by
+    # `Event.ack`.
+    StreamIterator(subject.app.topic(ACTIVITY).stream()).after(event, True, None)
+    event.ack()
+    assert commits(subject, partition) == []
 
 
 async def test_records_past_a_seek_are_no_gap_to_commit() -> None:

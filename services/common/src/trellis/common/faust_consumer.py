@@ -22,7 +22,8 @@ A third way remains in Faust's consumer (a record it takes while that final seek
 never reaches the stream), so the agent also checks the order itself (`take_in_order`): each
 seek to the committed offsets sets, per stream partition, the offset the next record must have;
 a record past it means records were lost on the way, so the partition is sought back to the
-missing one and the records after it are dropped (untracked, never committed) until it comes.
+missing one and the records after it are dropped (untracked and marked acked, so that neither of
+Faust's stream iterators counts them for a commit) until it comes.
 A record that never comes (a log truncated under the group) stalls the partition with a warning
 on each try rather than skipping it.
 
@@ -90,7 +91,10 @@ class RebalanceSafeConsumer(Consumer):
             if expected is not None:
                 self._expected[tp] = expected + 1
             return True
-        message.tracked = False  # so its ack changes nothing, and nobody waits for it
+        # Never counted for a commit, and nobody waits for it. Marked acked, not only untracked:
+        # Faust's compiled stream iterator acks a skipped record inline, not through `ack`.
+        message.tracked = False
+        message.acked = True
         self._unacked_messages.discard(message)
         if message.offset > expected and tp not in self._rewinding:
             log.warning(
