@@ -14,9 +14,10 @@ traced in Faust's consumer:
   gave it at first (what was processed before is processed again: at-least-once, the dedup by
   event id makes it a no-op).
 - A record the stream skipped is acked so that lag does not grow (`faust/streams.py`,
-  `_py_aiter`), so the next commit can cover it and the seek go past it (what one failure looked
-  like; the tracing did not catch it in the act). Here the ack of a record the stream never
-  tracked (tracking comes after the check that skips) changes nothing.
+  `_py_aiter`), so the next commit can cover it and the seek go past it. Here the ack of a
+  record the stream never tracked (tracking comes after the check that skips) changes nothing.
+  (Only Faust's pure-Python stream iterator acks those; the compiled one, which Faust prefers
+  when it is built, as here, does not.)
 
 A third way remains in Faust's consumer (a record it takes while that final seek is under way
 never reaches the stream), so the agent also checks the order itself (`take_in_order`): each
