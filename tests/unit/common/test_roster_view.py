@@ -55,6 +55,20 @@ def test_a_moved_or_ended_enrollment_changes_membership_and_the_last_one_ends_it
     view.remove(TENANT, "enrollment", "unknown")
 
 
+def test_the_class_a_learners_enrollment_names_now() -> None:
+    view = RosterView()
+    view.apply(enrollment("e1", "c1", "p1"))
+    assert view.enrollment_class(TENANT, "e1") == "c1"
+    view.apply(enrollment("e1", "c2", "p1"))
+    assert view.enrollment_class(TENANT, "e1") == "c2"
+    assert view.enrollment_class("other", "e1") is None
+    view.apply(enrollment("e1", "c2", "p1", role="teacher"))  # staff enrollments are not kept
+    assert view.enrollment_class(TENANT, "e1") is None
+    view.apply(enrollment("e2", "c3", "p1"))
+    view.remove(TENANT, "enrollment", "e2")
+    assert view.enrollment_class(TENANT, "e2") is None
+
+
 def test_the_applier_follows_records_and_tombstones() -> None:
     view = RosterView()
     apply = roster_applier(view)

@@ -88,6 +88,11 @@ def test_the_schools_a_roster_record_writes_into() -> None:
     assert view.schools_named(TENANT, moved) == {"s1", "s2"}  # out of s1, into s2
     assert view.schools_named(TENANT, into_c1) == {"s1", "s2"}
     assert view.schools_named(TENANT, school_class("c9", "s3")) == {"s3"}
+    # An enrollment replaces the stored one of its id: out of that one's class (in s1).
+    view.apply(enrollment("e1", "c1", "p1"))
+    into_c9 = enrollment("e1", "c9", "p1")
+    into_c9.enrollment.school_id = "s3"
+    assert view.schools_named(TENANT, into_c9) == {"s1", "s3"}
     assert view.schools_named(
         TENANT, roster_pb2.RosterRecord(org=roster_pb2.Org(sourced_id="s4"))
     ) == {"s4"}
@@ -110,11 +115,20 @@ def test_callers_scoped_to_schools_write_the_roster_of_their_schools_only() -> N
 
     mine = enrollment("e1", "c1", "sis-1")
     mine.enrollment.school_id = "s1"
+    # e9 enrols a learner in c2 (school s2): rewriting it into c1 would take them out of s2.
+    view.apply(enrollment("e9", "c2", "p9"))
+    out_of_c2 = enrollment("e9", "c1", "sis-9")
+    out_of_c2.enrollment.school_id = "s1"
     for principal in (SCHOOL_ADMIN, Principal(tenant_id=TENANT, schools=["s1"])):
         upsert(principal, school_class("c1", "s1"), mine)
         into_c2 = enrollment("e2", "c2", "sis-1")
         into_c2.enrollment.school_id = "s1"  # names s1, but the roster places c2 in s2
-        for records in ([school_class("c3", "s2")], [mine, into_c2], [school_class("c2", "s1")]):
+        for records in (
+            [school_class("c3", "s2")],
+            [mine, into_c2],
+            [school_class("c2", "s1")],
+            [out_of_c2],
+        ):
             with pytest.raises(PermissionDenied):
                 upsert(principal, *records)
     # Tenant-wide callers write any school.

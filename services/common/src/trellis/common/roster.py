@@ -54,6 +54,13 @@ class RosterView:
         with self._lock:
             return sorted(self._classes_of.get(tenant_id, {}).get(learner_id, ()))
 
+    def enrollment_class(self, tenant_id: str, enrollment_id: str) -> str | None:
+        """The class a learner's enrollment of that id names now; None when the roster holds no
+        learner's enrollment of that id."""
+        with self._lock:
+            pair = self._enrollments.get(tenant_id, {}).get(enrollment_id)
+            return None if pair is None else pair[0]
+
     def apply(self, record: roster_pb2.RosterRecord) -> None:
         kind = record.WhichOneof("entity")
         with self._lock:

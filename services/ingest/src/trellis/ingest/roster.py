@@ -18,17 +18,21 @@ class RosterView(roster.RosterView):
 
     def schools_named(self, tenant_id: str, record: roster_pb2.RosterRecord) -> set[str]:
         """The schools a roster record writes into: its own (an org is a school), and for a
-        class or an enrollment the school the roster places the class in now, if known."""
+        class or an enrollment the school the roster places the class in now, if known; for an
+        enrollment also the school of the class that the stored enrollment of that id names, which
+        the record replaces (else a school's token could move another school's learner out)."""
         kind = record.WhichOneof("entity")
         if kind == "org":
             return {record.org.sourced_id}
         if kind == "learner":
             return {record.learner.school_id}
         if kind == "school_class":
-            named, class_id = record.school_class.school_id, record.school_class.sourced_id
+            named, classes = record.school_class.school_id, [record.school_class.sourced_id]
         elif kind == "enrollment":
-            named, class_id = record.enrollment.school_id, record.enrollment.class_id
+            named, classes = record.enrollment.school_id, [record.enrollment.class_id]
+            replaced = self.enrollment_class(tenant_id, record.enrollment.sourced_id)
+            classes += [] if replaced is None else [replaced]
         else:
             return {""}
-        placed = self.school_of(tenant_id, class_id)
-        return {named} if placed is None else {named, placed}
+        placed = {self.school_of(tenant_id, class_id) for class_id in classes}
+        return {named} | {school for school in placed if school is not None}
