@@ -3,7 +3,8 @@ which learners each class enrols), and which schools a roster record writes into
 
 Filled from the compacted roster topic by `adapters.follower` (tombstones included); backs the
 tenant/school consistency check of activity events and the scope of teachers' events (a teacher
-writes only about the learners of their classes, DESIGN.md §3a).
+writes only about the learners of their classes, DESIGN.md §3a) and of callers scoped to schools
+(`trellis.ingest.scope`).
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def learner_warnings(
     classes_of: Callable[[str], Collection[str]],
     school_of: Callable[[str], str | None],
 ) -> dict[int, Violation]:
-    """The warnings, by event index, of a batch a caller scoped to `schools` may write;
+    """The warnings, by event index, of a batch a caller scoped to `schools` (never empty: an
+    empty list means every school, and such a caller is not checked here) may write;
     `classes_of` gives the classes that enrol a learner (by the event's learner id). Raises
     OutOfScope at the first event outside the scope."""
     warnings: dict[int, Violation] = {}
