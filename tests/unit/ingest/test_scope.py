@@ -52,7 +52,7 @@ def test_reach_by_the_schools_of_the_learners_classes() -> None:
     def of(learner: str) -> Reach:
         return reach(CLASSES_OF.get(learner, []), school_of, SCHOOLS)
 
-    assert of("in-a") is Reach.IN_SCHOOLS
+    assert of("in-a") is Reach.ONLY_IN_SCHOOLS
     assert of("in-both") is Reach.IN_SCHOOLS
     assert of("in-b") is Reach.ELSEWHERE
     assert of("unplaced") is Reach.ELSEWHERE  # a class placed nowhere is in none of them
@@ -77,9 +77,11 @@ def test_activity_about_a_learner_the_roster_does_not_enrol_is_accepted_with_a_w
     }
 
 
-def test_an_erasure_needs_a_learner_of_the_callers_schools() -> None:
-    assert warnings_for(event("in-a", erasure=True), event("in-both", erasure=True)) == {}
-    for learner in ("in-b", "unplaced", "stranger"):  # an unknown learner too
+def test_an_erasure_needs_a_learner_only_of_the_callers_schools() -> None:
+    assert warnings_for(event("in-a", erasure=True)) == {}
+    # "in-both": also enrolled in another school (as a caller could make any learner by
+    # enrolling them in a class of its own); an unknown learner too.
+    for learner in ("in-both", "in-b", "unplaced", "stranger"):
         with pytest.raises(OutOfScope) as denied:
             warnings_for(event("in-a"), event(learner, erasure=True))
         assert str(denied.value) == f"events[1].learner_id: {ERASURE_OUT_OF_SCOPE}"

@@ -4,8 +4,10 @@ list) may write about, by the roster (docs/authorization.md). Pure.
 Reads reach a learner through the classes the roster enrols them in (learner roles, current
 enrollments); writes follow the same membership:
 
-- an erasure is irreversible, so it needs a learner the roster enrols in a class it places in one
-  of the caller's schools: any other learner, an unknown one included, is refused;
+- an erasure is irreversible and deletes the learner everywhere, so it needs a learner whom the
+  roster enrols only in classes it places in the caller's schools: any other learner, an unknown
+  one included, is refused. (Only: a caller may enrol any learner id in a class of its own, so
+  one enrollment in its schools would let it erase another school's learner.)
 - any other event is refused only when the roster enrols the learner and none of those classes
   lies in one of the caller's schools; a learner the roster enrols nowhere yet is accepted with a
   warning (rosters lag activity, as for an unknown class in `trellis.ingest.references`).
@@ -25,12 +27,13 @@ from trellis.ingest.validation import Violation
 
 ERASURE = "learner_erasure_requested"
 UNKNOWN_LEARNER = "is not enrolled by the roster: the caller's school scope is unchecked"
-ERASURE_OUT_OF_SCOPE = "erasure of a learner the roster does not enrol in the caller's schools"
+ERASURE_OUT_OF_SCOPE = "erasure of a learner enrolled outside the caller's schools, or nowhere"
 LEARNER_OUT_OF_SCOPE = "learner enrolled by the roster outside the caller's schools only"
 
 
 class Reach(Enum):
-    IN_SCHOOLS = "in_schools"  # enrolled in a class placed in one of the caller's schools
+    ONLY_IN_SCHOOLS = "only_in_schools"  # every class enrolling them is in the caller's schools
+    IN_SCHOOLS = "in_schools"  # some class enrolling them is in the caller's schools, not all
     ELSEWHERE = "elsewhere"  # enrolled, but in no such class
     UNKNOWN = "unknown"  # enrolled in no class at all
 
@@ -52,9 +55,10 @@ def reach(
     `schools`; `school_of` places a class (None: the roster places it nowhere)."""
     if not learner_classes:
         return Reach.UNKNOWN
-    if any(school_of(class_id) in schools for class_id in learner_classes):
-        return Reach.IN_SCHOOLS
-    return Reach.ELSEWHERE
+    inside = [school_of(class_id) in schools for class_id in learner_classes]
+    if all(inside):
+        return Reach.ONLY_IN_SCHOOLS
+    return Reach.IN_SCHOOLS if any(inside) else Reach.ELSEWHERE
 
 
 def learner_warnings(
@@ -74,7 +78,7 @@ def learner_warnings(
             continue  # rejected on its own by validation
         path = f"events[{index}].learner_id"
         where = reach(classes_of(event.learner_id), school_of, schools)
-        if event.WhichOneof("payload") == ERASURE and where is not Reach.IN_SCHOOLS:
+        if event.WhichOneof("payload") == ERASURE and where is not Reach.ONLY_IN_SCHOOLS:
             raise OutOfScope(path, ERASURE_OUT_OF_SCOPE)
         if where is Reach.ELSEWHERE:
             raise OutOfScope(path, LEARNER_OUT_OF_SCOPE)
