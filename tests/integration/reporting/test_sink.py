@@ -437,15 +437,18 @@ def test_offsets_whose_commit_failed_are_committed_later(
 
     def consumer_refusing_one_commit() -> KafkaConsumer:
         consumer = create_consumer(sink_settings.kafka, sink_settings.reporting.consumer_group)
-        commit = consumer.commit
+        commit_async = consumer.commit_async
 
-        def refuse_once(offsets: Any = None) -> None:
+        def refuse_once(offsets: Any = None, callback: Any = None) -> Any:
             if refusals[0]:
                 refusals[0] -= 1
-                raise CommitFailedError("refused once")
-            commit(offsets)
+                # As kafka-python answers a failed commit: to its callback, in a later poll.
+                failed = (callback, offsets, CommitFailedError("refused once"))
+                consumer._coordinator.completed_offset_commits.appendleft(failed)
+                return None
+            return commit_async(offsets, callback)
 
-        consumer.commit = refuse_once
+        consumer.commit_async = refuse_once
         return consumer
 
     produce(

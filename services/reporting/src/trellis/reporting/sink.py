@@ -15,7 +15,9 @@ Steps 2 and 3 overlap with consuming: the insert of a batch runs on one worker t
 sink thread polls and decodes the next batch; the sink thread commits a batch's offsets once its
 insert has returned (checked after every poll, and before the next batch is handed over), so
 inserts stay in offset order, one at a time, and no offset is committed before its rows are
-stored.
+stored. The commit is sent without waiting for Kafka's answer, which a later poll delivers: a
+failed one is retried like before; at stop the sink commits again, waiting, whatever is not
+confirmed.
 
 Why no record is ever stored twice: every row carries its Kafka position, and the sink keeps,
 per table, the highest offset stored for each partition (read from the table after each partition
@@ -125,7 +127,7 @@ REJOINS = Counter(
 )
 FLUSH_SECONDS = Histogram(
     "trellis_reporting_sink_flush_seconds",
-    "Time to flush one batch: dead letters, inserts and offset commit.",
+    "Time to flush one batch: dead letters, inserts and sending the offset commit.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
@@ -288,6 +290,9 @@ class ReportingSink(BackgroundLoop):
         # away): committed with the next batch, or retried while idle.
         self._uncommitted: dict[PartitionKey, int] = {}
         self._commit_retry_at = 0.0
+        # Next offsets sent in commits Kafka has not answered yet, and those it confirmed.
+        self._commits_in_flight: dict[PartitionKey, int] = {}
+        self._commits_confirmed: dict[PartitionKey, int] = {}
         self._failing = False
         self.stats = SinkStats()
 
@@ -334,6 +339,7 @@ class ReportingSink(BackgroundLoop):
                     self._stop.wait(_BACKOFF_MAX_S)
             self._flush(consumer)
             self._reap(consumer, wait=True)
+            self._settle_commits(consumer)
         except _Stopped:
             _log.warning("sink stopped with an uncommitted batch", records=len(self._batch))
         finally:
@@ -562,31 +568,71 @@ class ReportingSink(BackgroundLoop):
             self.stats.erasures += len(learner_ids)
 
     def _commit(self, consumer: KafkaConsumer, next_offsets: Mapping[PartitionKey, int]) -> None:
-        """Commit these stored offsets and those an earlier commit failed to land."""
+        """Commit these stored offsets and those an earlier commit failed to land.
+
+        Sent without waiting for the answer (a round trip of 10-30 ms that kept the sink thread
+        from polling); Kafka's answer comes to `_commit_answered` in a later poll."""
         pending = self._uncommitted
         for key, offset in next_offsets.items():
             pending[key] = max(offset, pending.get(key, 0))
         # A partition gone to another member is theirs to commit (they re-read from the last
         # committed offset; the stored positions drop what is stored already).
-        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        assigned = _assigned(consumer)
         for key in set(pending) - assigned:
             del pending[key]
         if not pending:
             return
-        offsets = {
-            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-            for (topic, partition), offset in pending.items()
-        }
+        self._uncommitted = {}
+        in_flight = self._commits_in_flight
+        for key, offset in pending.items():
+            in_flight[key] = max(offset, in_flight.get(key, 0))
         try:
-            consumer.commit(offsets)
+            consumer.commit_async(_commit_offsets(pending), callback=self._commit_answered)
         except Exception as exc:
+            self._commit_answered(_commit_offsets(pending), exc)
+
+    def _commit_answered(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], answer: object
+    ) -> None:
+        """Kafka's answer to a commit (kafka-python calls this on the sink thread, in a poll)."""
+        answered = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+        in_flight, confirmed = self._commits_in_flight, self._commits_confirmed
+        for key, offset in answered.items():
+            if in_flight.get(key, offset + 1) <= offset:
+                del in_flight[key]
+        if isinstance(answer, Exception):
             # The rows are stored: a partition that stays assigned is not fetched again (its
-            # fetch position survives a rebalance), so its offsets must be committed later.
-            _log.warning("offset commit failed; retried later", error=str(exc))
+            # fetch position survives a rebalance), so its offsets must be committed later
+            # (unless a later commit of that partition landed already).
+            _log.warning("offset commit failed; retried later", error=str(answer))
+            for key, offset in answered.items():
+                if offset > confirmed.get(key, -1):
+                    self._uncommitted[key] = max(offset, self._uncommitted.get(key, 0))
             self._commit_retry_at = time.monotonic() + _BACKOFF_MAX_S / 10
             return
-        pending.clear()
+        for key, offset in answered.items():
+            confirmed[key] = max(offset, confirmed.get(key, -1))
+            if self._uncommitted.get(key, offset + 1) <= offset:
+                del self._uncommitted[key]
         self.stats.commits += 1
+        self._metrics.progress()
+
+    def _settle_commits(self, consumer: KafkaConsumer) -> None:
+        """Before leaving: commit again, and wait for, the offsets of commits not answered yet and
+        of those that failed (closing the consumer does not wait for commits in flight)."""
+        unsettled = dict(self._commits_in_flight)
+        for key, offset in self._uncommitted.items():
+            unsettled[key] = max(offset, unsettled.get(key, 0))
+        assigned = _assigned(consumer)
+        offsets = {key: offset for key, offset in unsettled.items() if key in assigned}
+        if not offsets:
+            return
+        try:
+            consumer.commit(_commit_offsets(offsets))
+        except Exception as exc:
+            _log.warning("offset commit failed at stop", error=str(exc))
+            return
+        self._commit_answered(_commit_offsets(offsets), None)
 
     def _unstick_rebalance(self, consumer: KafkaConsumer) -> None:
         """A net under `_Listener`'s workaround of kafka-python 3.0.12's join left incomplete: when
@@ -654,6 +700,19 @@ class ReportingSink(BackgroundLoop):
             "inserted": dict(self.stats.inserted),
             "dead_letters": self.stats.dead_letters,
         }
+
+
+def _assigned(consumer: KafkaConsumer) -> set[PartitionKey]:
+    return {(tp.topic, tp.partition) for tp in consumer.assignment()}
+
+
+def _commit_offsets(
+    next_offsets: Mapping[PartitionKey, int],
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {
+        TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+        for (topic, partition), offset in next_offsets.items()
+    }
 
 
 def _fields(rows: Sequence[Row]) -> tuple[str, ...]:
