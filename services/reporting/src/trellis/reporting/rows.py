@@ -414,6 +414,8 @@ def activity_rows(envelope: envelope_pb2.Envelope, position: Position) -> list[t
 
 def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> ActivityDetails:
     if kind == "item_attempted":
+        # Nearly every record: positional (keywords cost a tenth of the record's mapping), in
+        # ActivityDetails' field order.
         item = envelope.item_attempted
         correct = item.correct if item.HasField("correct") else None
         if item.HasField("score"):
@@ -421,18 +423,18 @@ def _activity_details(envelope: envelope_pb2.Envelope, kind: str) -> ActivityDet
         else:
             score = None if correct is None else (1.0 if correct else 0.0)
         return ActivityDetails(
-            activity_id=item.item_id,
-            skill_ids=tuple(item.skill_ids),
-            correct=correct,
-            score=score,
-            attempt_number=item.attempt_number,
-            hints_used=item.hints_used,
-            duration_seconds=_non_negative(
-                "item_attempted.duration_seconds", item.duration_seconds
-            ),
-            error_tag=item.error_tag,
-            assignment_id=item.assignment_id,
-            self_chosen=item.self_chosen,
+            item.item_id,
+            # A slice of the repeated field is a list made in C: half the cost of iterating it.
+            tuple(item.skill_ids[:]),
+            correct,
+            score,
+            item.attempt_number,
+            item.hints_used,
+            _non_negative("item_attempted.duration_seconds", item.duration_seconds),
+            None,  # completion
+            item.error_tag,
+            item.assignment_id,
+            item.self_chosen,
         )
     if kind == "resource_engaged":
         resource = envelope.resource_engaged
