@@ -170,7 +170,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 
         def heatmap(i: int) -> int:
             class_id = f"C{(i * 37) % CLASSES:03d}"
-            return len(store.class_heatmap(TENANT, class_id, 500))
+            return len(store.class_heatmap(TENANT, class_id, 500).cells)
 
         def needs_support(i: int) -> int:
             class_id = f"C{(i * 37) % CLASSES:03d}"

@@ -112,11 +112,13 @@ class Builder:
         when: datetime,
         p_before: float = 0.3,
         tenant: str = TENANT,
+        class_id: str = "c1",
     ) -> None:
         envelope = self.envelope(
             learner,
             when,
             tenant,
+            class_id,
             mastery_updated=mastery_pb2.MasteryUpdated(
                 skill_id=skill, p_before=p_before, p_after=p, level=level, attempts=attempts
             ),

@@ -21,7 +21,7 @@ from tests.contract.reporting.dataset import AS_OF, OTHER, SINCE, TENANT, at
 from trellis.common.pb.events.v1 import roster_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.rows import ActivityRow
-from trellis.reporting.store.base import ReportingStore, Target
+from trellis.reporting.store.base import HeatmapRows, ReportingStore, Target
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.reporting.store.clickhouse import ClickHouseStore
 
@@ -414,6 +414,96 @@ def test_an_ended_enrollment_and_a_moved_class_end_the_scope(tmp_path: Path) -> 
         assert store.learner_enrolled(TENANT, "n02", classes=["c1"])
         assert not store.learner_enrolled(TENANT, "n02", schools=["school-n"])
         assert store.learner_enrolled(TENANT, "n02", schools=["school-s"])
+    finally:
+        store.close()
+
+
+def test_class_reports_follow_the_roster_s_current_enrollments(tmp_path: Path) -> None:
+    # After the dataset: n04 (evidence in c1) leaves c1, n07 (no evidence) joins it, and n05
+    # (enrolled in c1, no evidence there) practises div in c2, which the roster does not know.
+    store = ChdbStore(tmp_path / "chdb", "trellis_members")
+    try:
+        store.migrate()
+        dataset.load(store)
+        later = dataset.Builder()
+        later.offsets[dataset.ROSTER_TOPIC] = later.offsets[dataset.MASTERY_TOPIC] = 1_000
+        later.tombstone(TENANT, "enrollment", "en-n04")
+        later.roster(
+            TENANT,
+            "enrollment",
+            roster_pb2.Enrollment(
+                sourced_id="en-n07", class_id="c1", user_id="n07", role="learner"
+            ),
+        )
+        later.mastery("n05", "div", 0.5, dataset.P, 4, at(12), class_id="c2")
+        for table, rows in later.tables.items():
+            store.insert(table, rows, f"later/{table}")
+
+        heatmap = store.class_heatmap(TENANT, "c1", limit=100)
+        assert heatmap.learner_ids == ["n01", "n02", "n03", "n05", "n07"]
+        assert [(c.learner_id, c.skill_id, c.p_mastered) for c in heatmap.cells] == [
+            ("n01", "add", 0.97),
+            ("n01", "mul", 0.95),
+            ("n01", "sub", 0.96),
+            ("n02", "add", 0.2),
+            ("n02", "sub", 0.3),
+            ("n03", "add", 0.97),
+            ("n03", "mul", 0.6),
+            ("n03", "sub", 0.97),
+        ]
+        second = store.class_heatmap(TENANT, "c1", limit=3, after=("n01", "sub"))
+        assert [(c.learner_id, c.skill_id) for c in second.cells] == [
+            ("n02", "add"),
+            ("n02", "sub"),
+            ("n03", "add"),
+        ]
+        assert second.learner_ids == []  # first page only
+        assert store.class_heatmap(TENANT, "c1", 9, schools=["school-n"]).learner_ids == [
+            "n01",
+            "n02",
+            "n03",
+            "n05",
+            "n07",
+        ]
+        # An admin of other schools learns nothing of c1, not even who is in it.
+        assert store.class_heatmap(TENANT, "c1", 9, schools=["school-s"]) == HeatmapRows([], [])
+        # c2 has no roster: its learners are those with evidence there.
+        c2 = store.class_heatmap(TENANT, "c2", 9)
+        assert (c2.learner_ids, [(c.learner_id, c.skill_id) for c in c2.cells]) == (
+            ["n05"],
+            [("n05", "div")],
+        )
+
+        def gaps(target: Target, **scope: list[str]) -> list[tuple[object, ...]]:
+            rows = store.skill_gaps(target, low_p=0.4, limit=10, **scope)
+            return [(g.skill_id, g.learners, g.below, g.mastered, g.mean_mastery) for g in rows]
+
+        class_gaps = [
+            ("add", 3, 1, 2, approx((0.97 + 0.2 + 0.97) / 3)),
+            ("mul", 2, 0, 1, approx((0.95 + 0.6) / 2)),
+            ("sub", 3, 1, 2, approx((0.96 + 0.3 + 0.97) / 3)),
+        ]
+        assert gaps(C1) == class_gaps
+        # The school: learners enrolled in a class of it (c1), with its rows (c2's included).
+        assert gaps(SCHOOL_N) == [class_gaps[0], ("div", 1, 0, 0, 0.5), *class_gaps[1:]]
+        # A teacher of c1 sees their class's rows of the school only.
+        assert gaps(SCHOOL_N, classes=["c1"], schools=["school-n"]) == class_gaps
+
+        growth = store.growth(C1, since=at(8, 0), until=AS_OF, limit=100)
+        assert [(g.learner_id, g.skill_id, g.p_start, g.p_end, g.updates) for g in growth] == [
+            ("n01", "add", 0.3, 0.97, 1),
+            ("n01", "mul", 0.3, 0.95, 1),
+            ("n01", "sub", 0.3, 0.96, 1),
+            ("n02", "add", 0.15, 0.2, 1),
+            ("n02", "sub", 0.3, 0.3, 1),
+            ("n03", "add", 0.3, 0.97, 1),
+            ("n03", "sub", 0.3, 0.97, 1),
+        ]
+        school_growth = store.growth(SCHOOL_N, since=at(8, 0), until=AS_OF, limit=100)
+        assert ("n05", "div", 0.3, 0.5, 1) in [
+            (g.learner_id, g.skill_id, g.p_start, g.p_end, g.updates) for g in school_growth
+        ]
+        assert "n04" not in {g.learner_id for g in school_growth}
     finally:
         store.close()
 

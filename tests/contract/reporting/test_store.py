@@ -205,11 +205,13 @@ class ReportingStoreContract:
         ]
         assert progress[0].updated_at == T0 + timedelta(minutes=2)
         assert progress[0].updated_at.tzinfo is not None
-        assert [(c.learner_id, c.skill_id, c.p_mastered) for c in heatmap] == [
+        assert [(c.learner_id, c.skill_id, c.p_mastered) for c in heatmap.cells] == [
             ("l1", "s1", 0.97),
             ("l1", "s2", 0.3),
             ("l2", "s1", 0.5),
         ]
+        # No roster here: the class's learners are those with evidence in it.
+        assert heatmap.learner_ids == ["l1", "l2"]
         assert store.row_counts("district-a")[MASTERY_LATEST] == 3
         assert store.row_counts("district-a")[MASTERY_HISTORY] == 4
 
@@ -219,7 +221,7 @@ class ReportingStoreContract:
         insert_all(store, by_table(mastery(4, "l1", "s1", 0.2)), "older")
 
         [progress] = store.learner_progress("district-a", "l1")
-        [cell] = store.class_heatmap("district-a", "class-1", limit=10)
+        [cell] = store.class_heatmap("district-a", "class-1", limit=10).cells
         # The superseded 0.2 is no low mastery (the filter comes after deduplication).
         needs = store.needs_support(
             Target("district-a", class_id="class-1"),
@@ -247,7 +249,7 @@ class ReportingStoreContract:
         )
 
         [progress] = store.learner_progress("district-a", "l1")
-        [in_class] = store.class_heatmap("district-a", "math-a", limit=10)
+        [in_class] = store.class_heatmap("district-a", "math-a", limit=10).cells
 
         assert progress.p_mastered == 0.8
         # The class heatmap shows the evidence gathered in that class.
@@ -273,8 +275,8 @@ class ReportingStoreContract:
         assert skills(classes=[]) == []
         assert skills(schools=["school-1"]) == ["s1", "s2"]
         assert skills(schools=["school-2"]) == []
-        assert len(store.class_heatmap("district-a", "math-a", 10, schools=["school-1"])) == 1
-        assert store.class_heatmap("district-a", "math-a", 10, schools=["school-2"]) == []
+        assert len(store.class_heatmap("district-a", "math-a", 10, schools=["school-1"]).cells) == 1
+        assert store.class_heatmap("district-a", "math-a", 10, schools=["school-2"]).cells == []
 
     def test_heatmap_pages_by_learner_and_skill(self, store: ReportingStore) -> None:
         events = [
@@ -284,7 +286,7 @@ class ReportingStoreContract:
 
         pages, after = [], None
         while True:
-            page = store.class_heatmap("district-a", "class-1", limit=5, after=after)
+            page = store.class_heatmap("district-a", "class-1", limit=5, after=after).cells
             pages.append(page)
             if len(page) < 5:
                 break
@@ -301,11 +303,12 @@ class ReportingStoreContract:
         store.insert(ACTIVITY, [attempt(0, "l1", tenant="district-b")], "c")
 
         assert [p.p_mastered for p in store.learner_progress("district-a", "l1")] == [0.3]
-        assert [c.p_mastered for c in store.class_heatmap("district-a", "class-1", 10)] == [0.3]
+        heatmap = store.class_heatmap("district-a", "class-1", 10)
+        assert [c.p_mastered for c in heatmap.cells] == [0.3]
         counts = store.row_counts("district-a")
         assert (counts[ACTIVITY], counts[MASTERY_HISTORY], counts[MASTERY_LATEST]) == (0, 1, 1)
         assert store.learner_progress("district-c", "l1") == []
-        assert store.class_heatmap("district-c", "class-1", 10) == []
+        assert store.class_heatmap("district-c", "class-1", 10).cells == []
 
     def test_a_closed_store_refuses_work(self, fresh: ReportingStore) -> None:
         fresh.migrate()

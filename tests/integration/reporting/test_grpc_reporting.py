@@ -179,24 +179,27 @@ async def test_learner_progress_follows_the_callers_scope(stub: Stub) -> None:
     )
 
 
-async def test_class_heatmap_pages_through_the_latest_cells(stub: Stub) -> None:
-    cells, token, pages = [], "", 0
+async def test_class_heatmap_pages_through_the_latest_cells(stub: Stub, settings: Settings) -> None:
+    cells, token, pages, learners = [], "", 0, []
     while True:
         page = await stub.GetClassHeatmap(
             reporting_pb2.GetClassHeatmapRequest(
-                tenant_id=TEST_TENANT, class_id="class-b", page_size=3, page_token=token
+                tenant_id=TEST_TENANT, class_id="class-b", page_size=1, page_token=token
             ),
             metadata=auth("admin"),
         )
         pages += 1
         cells += [(c.learner_id, c.skill_id, round(c.p_mastered, 4)) for c in page.cells]
+        learners.append(list(page.learner_ids))
         token = page.next_page_token
         if not token:
             break
 
+    # class-b enrols sis-3 only: sis-4's evidence there is not shown (not enrolled).
+    sis_3 = Pseudonymizer(settings.pseudonym.all_keys()).pseudonymize(TEST_TENANT, "sis-3")
     assert pages == 2
-    assert len(cells) == 4  # 2 learners x 2 skills, latest values only
-    assert sorted(p for _, _, p in cells) == [0.63, 0.63, 0.64, 0.64]
+    assert cells == [(sis_3, "s1", 0.63), (sis_3, "s2", 0.63)]  # latest values only
+    assert learners == [[sis_3], []]  # the class's learners come with the first page
 
 
 async def test_class_heatmap_checks_role_class_and_page_token(stub: Stub) -> None:

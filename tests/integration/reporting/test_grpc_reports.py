@@ -168,6 +168,29 @@ async def test_reports_are_scoped_to_tenant_role_school_and_class(stub: Stub) ->
     )
 
 
+async def test_the_class_heatmap_lists_every_enrolled_learner(stub: Stub) -> None:
+    def heatmap(token: str) -> Any:
+        request = R.GetClassHeatmapRequest(tenant_id=TENANT, class_id="c1", page_size=100)
+        return stub.GetClassHeatmap(request, metadata=auth(token))
+
+    mine = await heatmap("teacher-c1")
+    # n05 is enrolled without evidence (not started); n06 practised in c1 but is not enrolled;
+    # t1 teaches it.
+    assert sorted(NAMES[learner] for learner in mine.learner_ids) == [
+        "n01",
+        "n02",
+        "n03",
+        "n04",
+        "n05",
+    ]
+    assert list(mine.learner_ids) == sorted(mine.learner_ids)  # by (pseudonymous) id
+    assert sorted({NAMES[c.learner_id] for c in mine.cells}) == ["n01", "n02", "n03", "n04"]
+    assert len(mine.cells) == 11
+    # An admin of other schools sees neither cells nor learners of c1.
+    scoped = await heatmap("admin-se")
+    assert (list(scoped.learner_ids), list(scoped.cells)) == ([], [])
+
+
 async def test_ready_gaps_engagement_errors_growth(stub: Stub) -> None:
     meta = auth("teacher-c1")
     ready = await stub.GetReadyToAccelerate(

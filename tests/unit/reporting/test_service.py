@@ -29,6 +29,7 @@ from trellis.reporting.service import (
 from trellis.reporting.store.base import (
     GoalRow,
     HeatmapCell,
+    HeatmapRows,
     PartitionKey,
     ReportingStore,
     RollupRows,
@@ -79,14 +80,12 @@ class FakeStore(ReportingStore):
         limit: int,
         after: tuple[str, str] | None = None,
         **scope: Any,
-    ) -> list[HeatmapCell]:
+    ) -> HeatmapRows:
         self.calls.append(("class_heatmap", (tenant_id, class_id, limit, after), scope))
-        start = (
-            0
-            if after is None
-            else next(i + 1 for i, c in enumerate(self.cells) if c.learner_id == after[0])
-        )
-        return self.cells[start : start + limit]
+        if after is None:
+            return HeatmapRows(self.cells[:limit], sorted({c.learner_id for c in self.cells}))
+        start = next(i + 1 for i, c in enumerate(self.cells) if c.learner_id == after[0])
+        return HeatmapRows(self.cells[start : start + limit], [])
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         return {"activity": 1}
@@ -165,6 +164,9 @@ async def test_heatmap_pages_carry_a_token_until_the_last(executor: ThreadPoolEx
     ]
     assert first.next_page_token and second.next_page_token
     assert third.next_page_token == ""
+    # The class's learners come with the first page only.
+    assert first.learner_ids == [f"l{i:04d}" for i in range(5)]
+    assert second.learner_ids == third.learner_ids == []
 
 
 @pytest.mark.parametrize(

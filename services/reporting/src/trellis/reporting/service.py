@@ -90,6 +90,7 @@ class LearnerProgress:
 class HeatmapPage:
     cells: list[HeatmapCell]
     next_page_token: str
+    learner_ids: list[str]  # the class's learners, by id: on the first page only
 
 
 def encode_page_token(class_id: str, after: tuple[str, str]) -> str:
@@ -173,18 +174,20 @@ class ReportingService:
         after = decode_page_token(class_id, page_token)
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         # One row more than the page tells whether another page follows.
-        cells = await self._run(
+        rows = await self._run(
             lambda: self._store.class_heatmap(
                 tenant_id, class_id, size + 1, after, schools=scope.schools
             )
         )
+        cells = rows.cells
         if len(cells) <= size:
-            return HeatmapPage(cells=cells, next_page_token="")
+            return HeatmapPage(cells=cells, next_page_token="", learner_ids=rows.learner_ids)
         cells = cells[:size]
         last = cells[-1]
         return HeatmapPage(
             cells=cells,
             next_page_token=encode_page_token(class_id, (last.learner_id, last.skill_id)),
+            learner_ids=rows.learner_ids,
         )
 
     async def store_stats(self, tenant_id: str) -> dict[str, int]:

@@ -139,6 +139,7 @@ class _CoreServicer(reporting_pb2_grpc.ReportingServiceServicer):
             class_id=request.class_id,
             cells=[_copied(reporting_pb2.HeatmapCell, cell) for cell in page.cells],
             next_page_token=page.next_page_token,
+            learner_ids=page.learner_ids,
         )
 
     async def GetStoreStats(

@@ -21,6 +21,7 @@ __all__ = [
     "GoalRow",
     "GrowthRow",
     "HeatmapCell",
+    "HeatmapRows",
     "PartitionKey",
     "ReadyLearner",
     "ReportingStore",
@@ -65,6 +66,15 @@ class HeatmapCell:
     skill_id: str
     p_mastered: float
     level: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeatmapRows:
+    """A page of a class heatmap's cells and, with the first page only, the learners of the class
+    (every learner it enrols, with or without cells, by id)."""
+
+    cells: list[HeatmapCell]
+    learner_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +230,10 @@ class ReportingStore(ABC):
         after: tuple[str, str] | None = None,
         *,
         schools: Sequence[str] | None = None,
-    ) -> list[HeatmapCell]:
-        """Latest mastery per learner x skill of a class, by (learner, skill), after a cursor;
-        only rows from `schools` when given."""
+    ) -> HeatmapRows:
+        """Latest mastery per learner x skill of a class, by (learner, skill), after a cursor,
+        for the learners the roster enrols in the class now (see `skill_gaps`); only rows from
+        `schools` when given. The first page (no cursor) also lists those learners."""
 
     @abstractmethod
     def row_counts(self, tenant_id: str) -> dict[str, int]:
@@ -299,6 +310,12 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[SkillGap]:
+        """Per skill, over the target's learners with evidence for it.
+
+        Like the heatmap and growth, a target's learners are those the roster enrols now (learner
+        enrollments, not tombstoned) in the class, or in a class the roster places in the
+        school, within the caller's scope; evidence counts only from rows of the target. When
+        the roster enrols no one there, the learners with rows there (rosters lag activity)."""
         raise NotImplementedError
 
     def engagement(
@@ -344,6 +361,7 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[GrowthRow]:
+        """Per learner (of the target, as in `skill_gaps`) and skill updated in [since, until)."""
         raise NotImplementedError
 
     def timeline(

@@ -38,6 +38,7 @@ from trellis.reporting.store.base import (
     GoalRow,
     GrowthRow,
     HeatmapCell,
+    HeatmapRows,
     LearnerGoalsRow,
     PartitionKey,
     ReadyLearner,
@@ -307,35 +308,50 @@ class ClickHouseStore(ReportingStore):
         after: tuple[str, str] | None = None,
         *,
         schools: Sequence[str] | None = None,
-    ) -> list[HeatmapCell]:
+    ) -> HeatmapRows:
+        target = Target(tenant_id, class_id=class_id)
+        where, parameters = _where(target, None, schools)
+        enrolled = _enrolled(target, None, schools)
         after_learner, after_skill = after or ("", "")
-        scope, parameters = _scope(schools=schools)
         rows = self._query(
             f"""
             SELECT learner_id, skill_id, p_mastered, level
             FROM {{db}}.mastery_latest FINAL
-            WHERE tenant_id = {{tenant:String}} AND class_id = {{class:String}}
+            WHERE {where} {enrolled}
               AND (learner_id > {{after_learner:String}}
                    OR (learner_id = {{after_learner:String}} AND skill_id > {{after_skill:String}}))
-              {scope}
             ORDER BY learner_id, skill_id
             LIMIT {{limit:UInt32}}
             """,
             {
                 **parameters,
-                "tenant": tenant_id,
-                "class": class_id,
                 "after_learner": after_learner,
                 "after_skill": after_skill,
                 "limit": limit,
             },
         )
-        return [
+        cells = [
             HeatmapCell(
                 learner_id=str(learner), skill_id=str(skill), p_mastered=float(p), level=int(level)
             )
             for learner, skill, p, level in rows
         ]
+        if after is not None:
+            return HeatmapRows(cells=cells, learner_ids=[])
+        # The class's learners: its members, and whoever has cells (only when the roster enrols
+        # no one: `enrolled` lets no one else through), so every cell's learner is listed.
+        learners = self._query(
+            f"""
+            SELECT DISTINCT learner_id FROM (
+                {_members(target, None, schools)}
+                UNION ALL
+                SELECT learner_id FROM {{db}}.mastery_latest WHERE {where} {enrolled}
+            )
+            ORDER BY learner_id
+            """,
+            parameters,
+        )
+        return HeatmapRows(cells=cells, learner_ids=[str(learner) for (learner,) in learners])
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         # Replacing tables count their live keys (FINAL); roster tables leave tombstones out.
@@ -556,6 +572,7 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[SkillGap]:
         where, parameters = _where(target, classes, schools)
+        where += _enrolled(target, classes, schools)
         rows = self._query(
             f"""
             SELECT toString(skill_id) AS skill, count(), countIf(p < {{low_p:Float64}}),
@@ -683,6 +700,7 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[GrowthRow]:
         where, parameters = _where(target, classes, schools)
+        where += _enrolled(target, classes, schools)
         after_learner, after_skill = after or ("", "")
         rows = self._query(
             f"""
@@ -970,6 +988,37 @@ def _where(
         parameters["target_school"] = target.school_id
     scope, scope_parameters = _scope(classes=classes, schools=schools)
     return " AND ".join(terms) + " " + scope, {**parameters, **scope_parameters}
+
+
+def _members(target: Target, classes: Sequence[str] | None, schools: Sequence[str] | None) -> str:
+    """SELECT of the learners the roster enrols now in a target (learner enrollments, not
+    tombstoned): in the class, or in a class the roster places in the school (the class's school
+    is the roster's class record, as in `learner_enrolled`), within the caller's classes and the
+    classes the roster places in its schools. Takes `_where`'s parameters."""
+    terms = ["tenant_id = {tenant:String}", "deleted = 0", "role = 'learner'"]
+    if target.class_id:
+        terms.append("class_id = {target_class:String}")
+    if classes is not None:
+        terms.append("has({classes:Array(String)}, class_id)")
+    placed = []
+    if target.school_id:
+        placed.append("school_id = {target_school:String}")
+    if schools is not None:
+        placed.append("has({schools:Array(String)}, toString(school_id))")
+    if placed:
+        terms.append(
+            "class_id IN (SELECT class_id FROM {db}.roster_classes FINAL"
+            " WHERE tenant_id = {tenant:String} AND deleted = 0 AND " + " AND ".join(placed) + ")"
+        )
+    return "SELECT learner_id FROM {db}.roster_enrollments FINAL WHERE " + " AND ".join(terms)
+
+
+def _enrolled(target: Target, classes: Sequence[str] | None, schools: Sequence[str] | None) -> str:
+    """A WHERE term keeping a target's rows to the learners it enrols now (`_members`), so that a
+    learner who left drops out; when the roster enrols no one there, as in needs-support, every
+    learner with rows there (a roster may lag activity, or not be sent at all)."""
+    members = _members(target, classes, schools)
+    return f" AND (learner_id IN ({members}) OR (SELECT count() FROM ({members})) = 0)"
 
 
 def _time(value: datetime) -> str:

@@ -229,20 +229,32 @@ class ClassHeatmap(_message.Message):
     CLASS_ID_FIELD_NUMBER: _builtins.int
     CELLS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEARNER_IDS_FIELD_NUMBER: _builtins.int
     class_id: _builtins.str
     next_page_token: _builtins.str
     @_builtins.property
-    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeatmapCell]: ...
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeatmapCell]:
+        """Cells of the learners in learner_ids only: evidence recorded in this class, never elsewhere."""
+
+    @_builtins.property
+    def learner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every learner the roster enrols in the class now (learner enrollments, not ended), within
+        the caller's scope, by id; a learner listed without cells has no evidence here yet (not
+        started). On the first page only (empty on later pages): a client keeps it while paging.
+        When the roster enrols no one in the class, the learners with evidence in it.
+        """
+
     def __init__(
         self,
         *,
         class_id: _builtins.str = ...,
         cells: _abc.Iterable[Global___HeatmapCell] | None = ...,
         next_page_token: _builtins.str = ...,
+        learner_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "class_id", b"class_id", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "class_id", b"class_id", "learner_ids", b"learner_ids", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,6 +568,11 @@ Global___GetSkillGapsRequest: _TypeAlias = GetSkillGapsRequest  # noqa: Y015
 
 @_typing.final
 class SkillGap(_message.Message):
+    """Over the target's learners: those the roster enrols now in the class, or in a class of the
+    school (within the caller's scope; when the roster enrols no one there, those with evidence
+    there), counting evidence recorded in the target only.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SKILL_ID_FIELD_NUMBER: _builtins.int
@@ -565,6 +582,7 @@ class SkillGap(_message.Message):
     MEAN_MASTERY_FIELD_NUMBER: _builtins.int
     skill_id: _builtins.str
     learners: _builtins.int
+    """Learners with evidence for the skill (a learner without any is not counted)."""
     below: _builtins.int
     """Learners under the low-mastery threshold, and mastered."""
     mastered: _builtins.int
@@ -837,6 +855,8 @@ Global___GetGrowthRequest: _TypeAlias = GetGrowthRequest  # noqa: Y015
 
 @_typing.final
 class Growth(_message.Message):
+    """Per learner of the target (as SkillGap's) and skill updated in the period."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEARNER_ID_FIELD_NUMBER: _builtins.int
