@@ -7,8 +7,8 @@ scoped to schools, about a learner the roster enrols in one of its schools or no
 `trellis.ingest.scope`); roster from services and admins, each record in the caller's schools;
 the catalog (tenant-wide) from services and admins scoped to the whole tenant. Erasure requests
 from services (the SIS feed) and admins only (an erasure deletes the learner everywhere, which is
-not a teacher's call), and from a caller scoped to schools only for a learner the roster enrols in
-one of them. Learners write nothing here.
+not a teacher's call), and from a caller scoped to schools only for a learner the roster enrols
+in them alone. Learners write nothing here.
 """
 
 from __future__ import annotations
