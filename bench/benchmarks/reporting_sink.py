@@ -16,7 +16,7 @@ Results (issue 8, acceptance (1)):
   tokens, commit), next to a bare loop in the same run that consumes the same records with the
   same client (kafka-python, its own group, same `max_poll_records`) and decodes each envelope,
   nothing more. Target: ratio >= 0.5.
-- `reporting.insert_stage_rows_per_second`: the sink's insert stage alone (`ReportingSink._insert`:
+- `reporting.insert_stage_rows_per_second`: the sink's insert stage alone (`Projector.insert`:
   positions, erasure filter, `_new_rows`, deduplication tokens, `store.insert`: serialization to
   Native bytes and their insert, one after the other in one process) over the same
   rows, already built, in the sink's batches (`batch_max_rows` records each), into a freshly
@@ -41,8 +41,8 @@ from trellis.common.codec import decode_envelope, encode_envelope
 from trellis.common.kafka import create_consumer, create_producer, ensure_topics
 from trellis.common.pb.events.v1 import envelope_pb2, mastery_pb2
 from trellis.common.settings import Settings
+from trellis.reporting.projection import Projector, stream_topics
 from trellis.reporting.rows import Position, Row, rows_for
-from trellis.reporting.sink import ReportingSink, _Batch
 from trellis.reporting.sink_process import SinkProcess
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.simulator.load import make_events
@@ -217,13 +217,11 @@ def _measure_insert_stage(
     """The sink's own insert stage over prepared batches, into a fresh database."""
     store = _fresh_store(path, "bench_stage")
     try:
-        sink = ReportingSink(settings, store)
+        projector = Projector(store, stream_topics(settings.kafka))
         started = time.perf_counter()
+        projector.reload()
         for rows in batches:
-            batch = _Batch()
-            for table, table_rows in rows.items():
-                batch.rows[table] = list(table_rows)
-            sink._insert(batch)
+            projector.insert(rows)
         return time.perf_counter() - started
     finally:
         store.close()

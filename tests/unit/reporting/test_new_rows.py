@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from trellis.reporting.projection import _new_rows
 from trellis.reporting.rows import ErasedLearnerRow, Row
-from trellis.reporting.sink import _new_rows
 
 
 def row(partition: int, offset: int, topic: str = "t") -> Row:

@@ -1,49 +1,42 @@
 """The reporting sink: mastery, activity and roster topics -> batched ClickHouse inserts.
 
 Effectively once. One kafka-python consumer (group `settings.reporting.consumer_group`, no
-auto-commit) reads the three topics. Records are mapped to rows by `trellis.reporting.rows` and
-batched: a batch is flushed at `batch_max_rows` records or `batch_max_seconds` after its first
-record, never row by row.
+auto-commit) reads the three topics. Records are batched as they were read: a batch is flushed at
+`batch_max_rows` records or `batch_max_seconds` after its first record, never row by row.
 
 A flush, in this order:
-1. undecodable records go to the dead-letter topic (waiting for Kafka's ack); the sink goes on;
-2. per table, the rows that the table does not hold yet are inserted in one block, with an
-   `insert_deduplication_token` built from the topic/partition/offset ranges of the block;
+1. the batch's records are projected (`trellis.reporting.projection`): mapped to rows by
+   `trellis.reporting.rows` and, per table, the rows that the table does not hold yet (stored
+   positions; erased learners dropped) inserted in one block, with an
+   `insert_deduplication_token` built from the topic/partition/offset ranges of the block; the
+   batch's erasures applied;
+2. undecodable records (or not valid rows) go to the dead-letter topic (waiting for Kafka's ack);
+   the sink goes on;
 3. only then are the offsets committed.
 
-Steps 2 and 3 overlap with consuming: the insert of a batch runs on one worker thread while the
-sink thread polls and decodes the next batch; the sink thread commits a batch's offsets once its
-insert has returned (checked after every poll, and before the next batch is handed over), so
-inserts stay in offset order, one at a time, and no offset is committed before its rows are
-stored. The commit is sent without waiting for Kafka's answer, which a later poll delivers: a
-failed one is retried like before; at stop the sink commits again, waiting, whatever is not
-confirmed.
+Steps 1-3 overlap with consuming: the flush of a batch runs on one worker thread while the sink
+thread polls the next batch; the sink thread commits a batch's offsets once its flush has returned
+(checked after every poll, and before the next batch is handed over), so inserts stay in offset
+order, one at a time, and no offset is committed before its rows are stored. The commit is sent
+without waiting for Kafka's answer, which a later poll delivers: a failed one is retried like
+before; at stop the sink commits again, waiting, whatever is not confirmed. The projection runs
+on the worker thread with a local store, or in the process that owns the store when the sink runs
+in a decoding process (`trellis.reporting.sink_process`).
 
-Why no record is ever stored twice: every row carries its Kafka position, and the sink keeps,
-per table, the highest offset stored for each partition (read from the table after each partition
-assignment, then advanced after each insert). Rows at or below it are dropped before the insert,
-so a crash between insert and commit, or a replay after the group's offsets were reset, re-reads
-records but inserts none of them again. A batch retried after an ambiguous failure (the store may
-have stored it) is the same block with the same token, which the store drops.
-
-Erasure: a `LearnerErasureRequested` (activity) or `LearnerErased` (mastery) record is stored in
-`erased_learners`, then every table is purged of that learner with lightweight DELETEs (rollups
-included), before the offsets are committed. The sink keeps the erased set (read from the table
-with the positions) and drops every row of an erased learner before inserting: a replay of the
-log, or a late mastery event, never brings them back.
+Why no record is ever stored twice, and erasures: `trellis.reporting.projection`. After each
+partition assignment the projection reads the stored positions and erased learners again.
 
 Failures: store or Kafka errors are retried with exponential backoff (the sink never gives up on
 data and never skips it); a stop request ends the retries, leaving the batch uncommitted.
 
-Threading: `run()` is the loop; `start()` runs it in a daemon thread of the reporting process,
-which owns the chDB store. kafka-python 3 calls the rebalance listener on its IO thread, where
-blocking calls are not allowed: the listener only records what happened, and the sink thread acts
-on it once the new assignment is known: it drops the uncommitted records of the partitions that
-went to another member (that member reads them from the committed offsets) and re-reads the stored
-positions before its next insert. Records of a partition revoked and assigned back to this member
-are kept: kafka-python keeps such a partition's fetch position across the rebalance, so they would
-not be fetched again. (Were they fetched again, after an eviction, the copies are dropped as
-already seen or stored.)
+Threading: `run()` is the loop; `start()` runs it in a daemon thread. kafka-python 3 calls the
+rebalance listener on its IO thread, where blocking calls are not allowed: the listener only
+records what happened, and the sink thread acts on it once the new assignment is known: it drops
+the uncommitted records of the partitions that went to another member (that member reads them from
+the committed offsets) and has the stored positions read again before its next projection. Records
+of a partition revoked and assigned back to this member are kept: kafka-python keeps such a
+partition's fetch position across the rebalance, so they would not be fetched again. (Were they
+fetched again, after an eviction, the copies are dropped as already stored.)
 """
 
 from __future__ import annotations
@@ -51,63 +44,36 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from trellis.common.codec import decode, decode_envelope
-from trellis.common.kafka import create_consumer, create_producer, dead_letter, send_dead_letters
+from trellis.common.kafka import create_consumer, create_producer, send_dead_letters
 from trellis.common.logging import get_logger
-from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
+from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.background import BackgroundLoop
-from trellis.reporting.rows import (
-    ACTIVITY,
-    ERASED_LEARNERS,
-    MASTERY_EVENTS,
-    MASTERY_HISTORY,
-    MASTERY_LATEST,
-    ROSTER_CLASSES,
-    ROSTER_ENROLLMENTS,
-    ROSTER_LEARNERS,
-    ROSTER_SCHOOLS,
-    Position,
-    Row,
-    Stream,
-    roster_rows,
-    rows_for,
+from trellis.reporting.projection import (
+    BatchProjector,
+    Projector,
+    RawRecord,
+    SinkStore,
+    Totals,
+    stream_topics,
 )
 from trellis.reporting.store.base import PartitionKey
 
-__all__ = ["ReportingSink", "SinkMetrics", "SinkStats", "SinkStore", "insert_token"]
+__all__ = ["ReportingSink", "SinkMetrics", "SinkStats"]
 
-CONSUMER_NAME = "trellis-reporting"
-# Erasures first (they filter the rest); history before latest: a reader never sees a latest
-# value whose history row is missing.
-TABLE_ORDER = (
-    ERASED_LEARNERS,
-    MASTERY_HISTORY,
-    MASTERY_LATEST,
-    MASTERY_EVENTS,
-    ACTIVITY,
-    ROSTER_SCHOOLS,
-    ROSTER_CLASSES,
-    ROSTER_ENROLLMENTS,
-    ROSTER_LEARNERS,
-)
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 10.0
 
 _log = get_logger("trellis.reporting.sink")
-# (tenant, learner) of a row that has a learner (attrgetter: one C call per row).
-_tenant_learner = attrgetter("tenant_id", "learner_id")
 _T = TypeVar("_T")
 
 ROWS_INSERTED = Counter(
@@ -155,19 +121,6 @@ class SinkMetrics:
         """Records were consumed, or a batch was stored and committed (`stats` changed)."""
 
 
-class SinkStore(Protocol):
-    """What the sink needs of a store: a `ReportingStore`, or the owner's store seen from a
-    decoding process."""
-
-    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]: ...
-
-    def erased_learners(self) -> set[tuple[str, str]]: ...
-
-    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None: ...
-
-    def insert(self, table: str, rows: Sequence[Row], token: str) -> None: ...
-
-
 class _Stopped(Exception):
     """A stop was requested while an operation kept failing."""
 
@@ -192,37 +145,23 @@ class SinkStats:
 @dataclass
 class _Batch:
     started: float | None = None
-    records: int = 0
-    rows: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
-    letters: list[tuple[PartitionKey, envelope_pb2.DeadLetter]] = field(default_factory=list)
+    records: list[RawRecord] = field(default_factory=list)
     # Next offset to commit, per partition.
     next_offsets: dict[PartitionKey, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return self.records
+        return len(self.records)
 
     def discard(self, partitions: set[PartitionKey]) -> int:
         """Forget the records of partitions this consumer lost; returns how many were dropped."""
-        dropped = 0
         for key in partitions & set(self.next_offsets):
             del self.next_offsets[key]
-        for table, rows in self.rows.items():
-            kept = [r for r in rows if (r.source_topic, r.source_partition) not in partitions]
-            dropped += len(rows) - len(kept)
-            self.rows[table] = kept
-        self.letters = [(key, letter) for key, letter in self.letters if key not in partitions]
+        kept = [r for r in self.records if (r.topic, r.partition) not in partitions]
+        dropped = len(self.records) - len(kept)
+        self.records = kept
         if not self.next_offsets:
-            self.started, self.records = None, 0
+            self.started = None
         return dropped
-
-
-def insert_token(table: str, ranges: Mapping[PartitionKey, tuple[int, int]]) -> str:
-    """Deduplication token of one insert: the table and the offset range of each partition."""
-    parts = [
-        f"{topic}:{partition}:{low}-{high}"
-        for (topic, partition), (low, high) in sorted(ranges.items())
-    ]
-    return f"{table}/{','.join(parts)}"
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -251,23 +190,26 @@ class ReportingSink(BackgroundLoop):
     def __init__(
         self,
         settings: Settings,
-        store: SinkStore,
+        store: SinkStore | None = None,
         *,
+        projector: BatchProjector | None = None,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
         metrics: SinkMetrics | None = None,
     ) -> None:
+        """Projects into `store` on the sink's insert thread, or through `projector` (the owner's,
+        seen from a decoding process)."""
         super().__init__()
         self._kafka = settings.kafka
         self._group = settings.reporting.consumer_group
         self._max_records = max(1, settings.reporting.batch_max_rows)
         self._max_seconds = settings.reporting.batch_max_seconds
-        self._store = store
         self._metrics = metrics or SinkMetrics()
-        self._streams: dict[str, Stream] = {
-            self._kafka.topics.name("mastery"): "mastery",
-            self._kafka.topics.name("activity"): "activity",
-            self._kafka.topics.name("roster"): "roster",
-        }
+        self._streams = stream_topics(self._kafka)
+        if projector is None:
+            if store is None:
+                raise ValueError("the sink needs a store or a projector")
+            projector = Projector(store, self._streams)
+        self._projector = projector
         self._consumer_factory = consumer_factory or self._create_consumer
         self._producer: KafkaProducer | None = None
         # Listener -> sink thread.
@@ -277,11 +219,9 @@ class ReportingSink(BackgroundLoop):
         # When partitions were revoked with the new assignment not known yet (None: not
         # rebalancing).
         self._rebalancing_since: float | None = None
+        # Partitions were assigned since the projection last read the stored positions.
         self._positions_stale = True
-        # Highest offset stored per table and partition; loaded lazily after each assignment.
-        self._positions: dict[str, dict[PartitionKey, int]] = {}
-        # (tenant, learner) pairs erased: their rows are never inserted again.
-        self._erased: set[tuple[str, str]] = set()
+        self._totals = Totals()
         self._batch = _Batch()
         # The batch whose insert runs on the worker, committed by the sink thread when it is done.
         self._inflight: tuple[Future[None], _Batch, float] | None = None
@@ -426,14 +366,21 @@ class ReportingSink(BackgroundLoop):
         self._apply_revocations()
         if not polled:
             return
-        # Counted as they arrive, before they are mapped: a report sent now tells when records
-        # came in (the benchmark's clock starts there, as the bare loop's does at its poll).
+        # A report sent now tells when records came in (the benchmark's clock starts there, as
+        # the bare loop's does at its poll).
         self.stats.consumed += sum(map(len, polled.values()))
         self._metrics.progress()
+        batch = self._batch
+        if batch.started is None:
+            batch.started = time.monotonic()
         for records in polled.values():
-            for record in records:
-                self._add(record)
-        self._metrics.progress()
+            # As read: the projection decodes them (where the store is).
+            batch.records.extend(
+                RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
+                for r in records
+            )
+            last = records[-1]
+            batch.next_offsets[(last.topic, last.partition)] = last.offset + 1
 
     def _apply_revocations(self) -> None:
         """Drop the records of revoked partitions that the new assignment did not give back."""
@@ -445,35 +392,6 @@ class ReportingSink(BackgroundLoop):
         if lost and len(self._batch):
             dropped = self._batch.discard(lost)
             _log.info("partitions revoked: uncommitted records dropped", rows=dropped)
-
-    def _add(self, record: ConsumerRecord) -> None:
-        batch = self._batch
-        key = (record.topic, record.partition)
-        if batch.started is None:
-            batch.started = time.monotonic()
-        batch.records += 1
-        batch.next_offsets[key] = record.offset + 1
-        stream = self._streams[record.topic]
-        position = Position(record.topic, record.partition, record.offset)
-        try:
-            if stream == "roster":
-                # A compacted topic: a record without a value is a tombstone.
-                roster = (
-                    None
-                    if record.value is None
-                    else decode(roster_pb2.RosterRecord, record.value, record.headers)
-                )
-                pairs = roster_rows(record.key, roster, position)
-            else:
-                envelope = decode_envelope(record.value, record.headers)
-                pairs = rows_for(stream, envelope, position)
-        except Exception as exc:  # anything undecodable is a dead letter, never a stop
-            batch.letters.append((key, dead_letter(record, str(exc), CONSUMER_NAME)))
-            return
-        if not pairs:
-            self.stats.not_projected += 1
-        for table, row in pairs:
-            batch.rows[table].append(row)
 
     def _due(self) -> bool:
         batch = self._batch
@@ -494,16 +412,8 @@ class ReportingSink(BackgroundLoop):
             self._batch = _Batch()
             return
         started = time.perf_counter()
-        letters = [letter for _, letter in batch.letters]
-        if letters:
-            self._retry(
-                "dead_letters", lambda: send_dead_letters(self._dlq(), self._kafka, letters)
-            )
-            self.stats.dead_letters += len(letters)
-            self._metrics.dead_letters(len(letters))
-            _log.warning("records sent to the dead-letter topic", count=len(letters))
         assert self._inserter is not None
-        future = self._inserter.submit(self._retry, "insert", lambda: self._insert(batch))
+        future = self._inserter.submit(self._store_batch, batch)
         self._inflight = (future, batch, started)
         self._batch = _Batch()
 
@@ -525,47 +435,44 @@ class ReportingSink(BackgroundLoop):
         self._metrics.progress()
         self._metrics.flush(time.perf_counter() - started)
 
-    def _insert(self, batch: _Batch) -> None:
-        """Insert what the tables do not hold yet; positions advance per successful insert."""
+    def _store_batch(self, batch: _Batch) -> None:
+        """Project the batch (insert, erasures), then send its dead letters; on the worker."""
+        letters = self._retry("insert", lambda: self._project(batch))
+        if letters:
+            self._retry(
+                "dead_letters", lambda: send_dead_letters(self._dlq(), self._kafka, letters)
+            )
+            self.stats.dead_letters += len(letters)
+            self._metrics.dead_letters(len(letters))
+            _log.warning("records sent to the dead-letter topic", count=len(letters))
+
+    def _project(self, batch: _Batch) -> list[envelope_pb2.DeadLetter]:
         with self._lock:
             stale, self._positions_stale = self._positions_stale, False
-        if stale:
-            try:
-                self._positions = self._store.positions(TABLE_ORDER)
-                self._erased = self._store.erased_learners()
-            except Exception:
-                with self._lock:
-                    self._positions_stale = True
-                raise
-        # Erasures of this batch apply to all of it, earlier offsets included.
-        erasures = {_tenant_learner(r) for r in batch.rows.get(ERASED_LEARNERS, ())}
-        erased = self._erased | erasures
-        for table in TABLE_ORDER:
-            stored = self._positions.setdefault(table, {})
-            candidates = batch.rows.get(table, ())
-            if table != ERASED_LEARNERS and erased and "learner_id" in _fields(candidates):
-                kept = [r for r in candidates if _tenant_learner(r) not in erased]
-                self.stats.erased_rows_dropped += len(candidates) - len(kept)
-                candidates = kept
-            rows, ranges = _new_rows(candidates, stored)
-            self.stats.already_stored += len(batch.rows.get(table, ())) - len(rows)
-            if not rows:
-                continue
-            self._store.insert(table, rows, insert_token(table, ranges))
-            for key, (_, high) in ranges.items():
-                stored[key] = max(high, stored.get(key, -1))
-            self.stats.inserted[table] += len(rows)
-            self._metrics.rows(table, len(rows))
-            if table == ERASED_LEARNERS:
-                self._erased |= {_tenant_learner(r) for r in rows}
-        # Every erasure read in this batch is applied, even one already recorded: a crash
-        # between recording it and deleting leaves the batch uncommitted, so it is redone here.
-        by_tenant: dict[str, list[str]] = defaultdict(list)
-        for tenant_id, learner_id in sorted(erasures):
-            by_tenant[tenant_id].append(learner_id)
-        for tenant_id, learner_ids in by_tenant.items():
-            self._store.erase_learners(tenant_id, learner_ids)
-            self.stats.erasures += len(learner_ids)
+        # (The projector keeps reading the positions until a read succeeded.)
+        letters, totals = self._projector.project(batch.records, stale)
+        self._count(totals)
+        return letters
+
+    def _count(self, totals: Totals) -> None:
+        """Take the projection's totals (it may run in another process) into the counters."""
+        stats = self.stats
+        for table, count in totals.inserted.items():
+            added = count - self._totals.inserted.get(table, 0)
+            if added:
+                stats.inserted[table] += added
+                self._metrics.rows(table, added)
+        stats.already_stored += totals.already_stored - self._totals.already_stored
+        stats.erased_rows_dropped += totals.erased_rows_dropped - self._totals.erased_rows_dropped
+        stats.erasures += totals.erasures - self._totals.erasures
+        stats.not_projected += totals.not_projected - self._totals.not_projected
+        self._totals = Totals(
+            defaultdict(int, totals.inserted),
+            totals.already_stored,
+            totals.erased_rows_dropped,
+            totals.erasures,
+            totals.not_projected,
+        )
 
     def _commit(self, consumer: KafkaConsumer, next_offsets: Mapping[PartitionKey, int]) -> None:
         """Commit these stored offsets and those an earlier commit failed to land.
@@ -713,49 +620,3 @@ def _commit_offsets(
         TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
         for (topic, partition), offset in next_offsets.items()
     }
-
-
-def _fields(rows: Sequence[Row]) -> tuple[str, ...]:
-    """The columns of a table's rows (none if there are no rows)."""
-    return rows[0]._fields if rows else ()
-
-
-def _new_rows(
-    rows: Iterable[Row], stored: Mapping[PartitionKey, int]
-) -> tuple[list[Row], dict[PartitionKey, tuple[int, int]]]:
-    """Rows above the stored position of their partition, each position once, and the offset
-    range of each partition among them (one pass: it runs over every row of every batch).
-
-    A partition's rows normally come in offset order, so a row above the highest fresh offset of
-    its partition cannot repeat one: the set of offsets taken is built only for a partition whose
-    offsets go back (records read twice, as around a rebalance)."""
-    fresh: list[Row] = []
-    # Per partition: [stored position, lowest, highest fresh offset (-1: none yet)].
-    spans: dict[PartitionKey, list[int]] = {}
-    taken: dict[PartitionKey, set[int]] = {}
-    for row in rows:
-        key = (row.source_topic, row.source_partition)
-        offset = row.source_offset
-        span = spans.get(key)
-        if span is None:
-            span = spans[key] = [stored.get(key, -1), -1, -1]
-        if offset <= span[0]:
-            continue
-        offsets = taken.get(key)
-        if offset > span[2]:
-            if span[2] < 0:
-                span[1] = offset
-            span[2] = offset
-        else:
-            if offsets is None:
-                offsets = taken[key] = {
-                    r.source_offset for r in fresh if (r.source_topic, r.source_partition) == key
-                }
-            if offset in offsets:
-                continue
-            span[1] = min(span[1], offset)
-        if offsets is not None:
-            offsets.add(offset)
-        fresh.append(row)
-    ranges = {key: (low, high) for key, (_, low, high) in spans.items() if high >= 0}
-    return fresh, ranges

@@ -7,15 +7,18 @@ owner does only the inserts, so the two run side by side.
 
 Who does what:
 - The decoding process (started with `spawn`: a fresh interpreter, nothing forked from the
-  owner's threads, no chDB) runs `ReportingSink` unchanged: the consumer and its group, the
-  rebalance listener and its workaround, batches and their offset ranges and deduplication tokens,
-  dead letters, the erasure filter, retries with backoff. Its store is `RemoteStore`: an insert is
-  serialized there to ClickHouse's Native format (`native_block`) and sent to the owner, which
-  answers once the store confirmed it; the sink commits offsets only after that answer, as it did
-  after a local insert. Positions, erased learners and erasures are calls to the owner too.
-- The owner (the reporting process: chDB, gRPC queries, metrics) serves those calls on one thread
-  (`SinkProcess`), inserting the bytes as they are (`ClickHouseStore.insert_native`), and takes the
-  decoding process's counters and metrics from its reports.
+  owner's threads, no chDB) runs `ReportingSink`: the consumer and its group, the rebalance
+  listener and its workaround, batches of records as read, dead letters, commits, retries with
+  backoff. Its projector is `RemoteProjector`: a batch's records are sent to the owner, which
+  projects them and answers once the store confirmed the inserts; the sink commits offsets only
+  after that answer, as it does after a local projection.
+- The owner (the reporting process: chDB, gRPC queries, metrics) runs the projection
+  (`trellis.reporting.projection`: decoding, rows, stored positions, the erasure filter,
+  deduplication tokens, Native serialization, inserts, erasures) on one thread (`SinkProcess`),
+  beside the decoding process's polling: kafka-python's record parsing there and the mapping here
+  each take about half of the sink's Python (about 8 and 6 us per record), where one process did
+  both one after the other. It takes the decoding process's counters and metrics from its reports.
+  The cost: that Python shares the owner's GIL with the gRPC queries.
 
 Crashes:
 - The decoding process dies (kill -9, a bug): the owner sees it end, reports unhealthy and starts
@@ -27,8 +30,8 @@ Crashes:
 - Stop: SIGTERM to the decoding process, which flushes (the owner still serves its last insert),
   commits and leaves the group, as `ReportingSink.stop` does.
 
-One decoding process, not one per subset of partitions: a learner's roster rows and their erasure
-come from different partitions, and the sink's erasure filter is per process.
+One decoding process, not one per subset of partitions: the projection's stored positions are per
+process and one batch is projected at a time (several would need fencing; see the README).
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from trellis.common.logging import configure_logging, get_logger
+from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.settings import Settings
 from trellis.reporting.background import BackgroundLoop
-from trellis.reporting.rows import Row
+from trellis.reporting.projection import Projector, RawRecord, Totals, stream_topics
 from trellis.reporting.sink import ReportingSink, SinkMetrics, SinkStats
-from trellis.reporting.store.base import PartitionKey, StoreError
-from trellis.reporting.store.clickhouse import ClickHouseStore, load_optional_modules
-from trellis.reporting.store.native import native_block
+from trellis.reporting.store.base import StoreError
+from trellis.reporting.store.clickhouse import ClickHouseStore
 
 __all__ = ["SinkProcess"]
 
@@ -83,13 +86,7 @@ class SinkProcess(BackgroundLoop):
         super().__init__()
         self._settings = settings
         self._store = store
-        self._calls: dict[str, Callable[..., Any]] = {
-            "positions": store.positions,
-            "erased_learners": store.erased_learners,
-            "erase_learners": store.erase_learners,
-            "wire_types": store.wire_types,
-            "insert_native": store.insert_native,
-        }
+        self._calls: dict[str, Callable[..., Any]] = {}
         self._metrics = SinkMetrics()
         self._child_healthy = False
         self.stats = SinkStats()
@@ -118,6 +115,9 @@ class SinkProcess(BackgroundLoop):
         _log.info("sink process stopped", **_stats_fields(self.stats))
 
     def _run_child(self) -> int | None:
+        # A new decoding process projects with a new projector (it reads the positions first).
+        projector = Projector(self._store, stream_topics(self._settings.kafka))
+        self._calls = {"project": projector.project}
         context = multiprocessing.get_context("spawn")
         calls, child_calls = context.Pipe()
         reports, child_reports = context.Pipe(duplex=False)
@@ -185,40 +185,21 @@ class SinkProcess(BackgroundLoop):
 # --- decoding process side ---
 
 
-class RemoteStore:
-    """The owner's store seen from the decoding process: rows are serialized here, stored there."""
+class RemoteProjector:
+    """The owner's projector seen from the decoding process: records go there as read."""
 
     def __init__(self, calls: Connection) -> None:
         self._calls = calls
-        self._lock = threading.Lock()
-        self._wire_types: dict[str, dict[str, str]] = {}
 
-    def _call(self, op: str, *args: Any) -> Any:
-        with self._lock:
-            self._calls.send((op, args))
-            status, value = self._calls.recv()
+    def project(
+        self, records: Sequence[RawRecord], reload: bool
+    ) -> tuple[list[envelope_pb2.DeadLetter], Totals]:
+        self._calls.send(("project", (records, reload)))
+        status, value = self._calls.recv()
         if status != "ok":
             raise StoreError(value)
-        return value
-
-    def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]:
-        positions: dict[str, dict[PartitionKey, int]] = self._call("positions", tuple(tables))
-        return positions
-
-    def erased_learners(self) -> set[tuple[str, str]]:
-        erased: set[tuple[str, str]] = self._call("erased_learners")
-        return erased
-
-    def erase_learners(self, tenant_id: str, learner_ids: Sequence[str]) -> None:
-        self._call("erase_learners", tenant_id, list(learner_ids))
-
-    def insert(self, table: str, rows: Sequence[Row], token: str) -> None:
-        if not rows:
-            return
-        if table not in self._wire_types:
-            self._wire_types[table] = self._call("wire_types", table)
-        columns, block = native_block(table, rows, self._wire_types[table])
-        self._call("insert_native", table, columns, block, token)
+        letters, totals = value
+        return letters, totals
 
 
 class _RelayedMetrics(SinkMetrics):
@@ -263,11 +244,10 @@ def _child_main(settings: Settings, calls: Connection, reports: Connection) -> N
     # Ctrl-C reaches the whole process group: the owner decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level)
-    load_optional_modules()  # paid now, not inside the first batch (see the store's comment)
     # What is loaded by now lives as long as the process: full collections need not walk it.
     gc.freeze()
     metrics = _RelayedMetrics()
-    sink = ReportingSink(settings, RemoteStore(calls), metrics=metrics)
+    sink = ReportingSink(settings, projector=RemoteProjector(calls), metrics=metrics)
     signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     done = threading.Event()
     threading.Thread(target=_watch_owner, args=(sink,), name="owner-watch", daemon=True).start()
