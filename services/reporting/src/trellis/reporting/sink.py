@@ -64,6 +64,7 @@ from trellis.reporting.projection import (
     RawRecord,
     SinkStore,
     Totals,
+    raw_record,
     stream_topics,
 )
 from trellis.reporting.store.base import PartitionKey
@@ -156,7 +157,7 @@ class _Batch:
         """Forget the records of partitions this consumer lost; returns how many were dropped."""
         for key in partitions & set(self.next_offsets):
             del self.next_offsets[key]
-        kept = [r for r in self.records if (r.topic, r.partition) not in partitions]
+        kept = [r for r in self.records if (r[0], r[1]) not in partitions]
         dropped = len(self.records) - len(kept)
         self.records = kept
         if not self.next_offsets:
@@ -375,10 +376,7 @@ class ReportingSink(BackgroundLoop):
             batch.started = time.monotonic()
         for records in polled.values():
             # As read: the projection decodes them (where the store is).
-            batch.records.extend(
-                RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
-                for r in records
-            )
+            batch.records.extend(map(raw_record, records))
             last = records[-1]
             batch.next_offsets[(last.topic, last.partition)] = last.offset + 1
 
