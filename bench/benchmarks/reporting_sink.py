@@ -3,13 +3,14 @@
 Subject: simulated attempts (activity topic) and one `MasteryUpdated` per attempt (mastery topic)
 are produced to the benchmark's own topics first; then the sink as the service runs it
 (`SinkProcess`, product settings: batches of `reporting.batch_max_rows` records or
-`batch_max_seconds`): its decoding process consumes, decodes, maps to rows and serializes them,
-and this process, which owns the `ChdbStore`, inserts them with deduplication tokens; the decoding
-process commits after each confirmed insert. The clock runs from the first record consumed (the
-consumer group's join and the decoding process's start are reported apart) until every row is in
-the store, as the decoding process reports them (a poll's records as soon as it returns them,
-before they are mapped, as the bare loop's clock starts at its first poll with records; then
-each insert): each attempt makes three rows (activity, mastery_history, mastery_latest).
+`batch_max_seconds`): its decoding process consumes and batches the records, and this process,
+which owns the `ChdbStore`, projects each batch (decodes, maps to rows, serializes, inserts with
+deduplication tokens); the decoding process commits after each confirmed projection. The clock
+runs from the first record consumed (the consumer group's join and the decoding process's start
+are reported apart) until every row is in the store, as the decoding process reports them (a
+poll's records as soon as it returns them, as the bare loop's clock starts at its first poll with
+records; then each projection): each attempt makes three rows (activity, mastery_history,
+mastery_latest).
 
 Results (issue 8, acceptance (1)):
 - `reporting.sink_events_per_second`: records/s end to end (consume, decode, rows, insert with
