@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Histogram
 
@@ -64,7 +65,6 @@ from trellis.reporting.projection import (
     RawRecord,
     SinkStore,
     Totals,
-    raw_record,
     stream_topics,
 )
 from trellis.reporting.store.base import PartitionKey
@@ -376,7 +376,7 @@ class ReportingSink(BackgroundLoop):
             batch.started = time.monotonic()
         for records in polled.values():
             # As read: the projection decodes them (where the store is).
-            batch.records.extend(map(raw_record, records))
+            batch.records.extend(map(_raw_record, records))
             last = records[-1]
             batch.next_offsets[(last.topic, last.partition)] = last.offset + 1
 
@@ -618,3 +618,13 @@ def _commit_offsets(
         TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
         for (topic, partition), offset in next_offsets.items()
     }
+
+
+def _raw_record(record: ConsumerRecord) -> RawRecord:
+    """A kafka-python record as the projection reads it; of the headers only `schema` (all that
+    `decode` checks; a dead letter keeps no headers)."""
+    schema = None
+    for name, value in record.headers or ():
+        if name == "schema":
+            schema = value
+    return record.topic, record.partition, record.offset, record.key, record.value, schema

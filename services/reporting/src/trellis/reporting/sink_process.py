@@ -43,7 +43,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -121,7 +121,9 @@ class SinkProcess(BackgroundLoop):
     def _run_child(self) -> int | None:
         # A new decoding process projects with a new projector (it reads the positions first).
         projector = Projector(self._store, stream_topics(self._settings.kafka))
-        self._calls = {"project": projector.project}
+        self._calls = {
+            "project": lambda columns, reload: projector.project(zip(*columns, strict=True), reload)
+        }
         context = multiprocessing.get_context("spawn")
         calls, child_calls = context.Pipe()
         reports, child_reports = context.Pipe(duplex=False)
@@ -196,9 +198,9 @@ class RemoteProjector:
         self._calls = calls
 
     def project(
-        self, records: Sequence[RawRecord], reload: bool
+        self, records: Iterable[RawRecord], reload: bool
     ) -> tuple[list[envelope_pb2.DeadLetter], Totals]:
-        self._calls.send(("project", (records, reload)))
+        self._calls.send(("project", (list(zip(*records, strict=True)), reload)))
         status, value = self._calls.recv()
         if status != "ok":
             raise StoreError(value)
