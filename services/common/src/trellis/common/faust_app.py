@@ -14,8 +14,8 @@ What is fixed here, and why:
   request timeout is never below the session timeout, which Faust requires.
 - The connection's security (TLS, SASL) is the kafka-python clients' (`KafkaSettings`), given to
   Faust's aiokafka clients as `broker_credentials` (docs/security.md).
-- The consumer closes two holes in Faust's rebalance handling that lost events
-  (`faust_consumer.RebalanceSafeTransport`).
+- The consumer closes the holes in Faust's rebalance and seek handling that lost events or let
+  commits pass events not yet processed (`faust_consumer.RebalanceSafeTransport`).
 """
 
 from __future__ import annotations

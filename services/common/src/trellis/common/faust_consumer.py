@@ -1,4 +1,4 @@
-"""Faust's Kafka consumer, with two holes in its rebalance handling closed.
+"""Faust's Kafka consumer, with the holes in its rebalance and seek handling closed.
 
 Around a rebalance Faust's consumer fetches records it does not deliver (a paused partition, a
 flow stopped for table recovery) or delivers records that its stream skips (fetched in an older
