@@ -29,6 +29,7 @@ from trellis.reporting.rows import (
 from trellis.reporting.store.base import ReportingStore, StoreError, StoreStatus, Target
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.reporting.store.clickhouse import ClickHouseStore
+from trellis.reporting.store.migrations import MIGRATIONS
 
 MASTERY_TOPIC = "contract.trellis.mastery.v1"
 ACTIVITY_TOPIC = "contract.trellis.activity.v1"
@@ -126,10 +127,26 @@ class ReportingStoreContract:
         first = fresh.migrate()
         second = fresh.migrate()
 
-        assert first == [1, 2, 3]
+        assert first == [1, 2, 3, 4]
         assert second == []
         assert fresh.status() is StoreStatus.OK
         assert set(fresh.row_counts("district-a").values()) == {0}
+
+    def test_a_migration_redone_after_a_crash_is_harmless(self, store: ReportingStore) -> None:
+        # A start that died after a migration's statements, before recording it, redoes them.
+        assert isinstance(store, ClickHouseStore)
+        for statement in MIGRATIONS[-1].statements:
+            store._command(statement)
+        indexes = store.client.query(
+            "SELECT table, name FROM system.data_skipping_indices WHERE database = {db:String}"
+            " ORDER BY table, name",
+            parameters={"db": store.database},
+        ).result_rows
+        assert [tuple(row) for row in indexes] == [
+            ("engagement_daily", "class_bloom"),
+            ("mastery_latest", "learner_bloom"),
+            ("roster_enrollments", "class_bloom"),
+        ]
 
     def test_migrations_keep_existing_rows(self, store: ReportingStore) -> None:
         insert_all(store, by_table(mastery(0, "l1", "s1", 0.3)), "t")

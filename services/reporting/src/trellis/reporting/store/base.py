@@ -79,7 +79,13 @@ class HeatmapRows:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a report is about: a class, or a school (exactly one of them), within a tenant."""
+    """What a report is about: a class, or a school (exactly one of them), within a tenant.
+
+    Every class and school report covers the target's learners: those the roster enrols now
+    (learner enrollments, not tombstoned) in the class, or in a class the roster places in the
+    school, within the caller's scope; a learner who left drops out though their rows stay.
+    Their figures come only from rows recorded in the target. When the roster enrols no one
+    there, the learners with rows there (rosters lag activity, or are not sent at all)."""
 
     tenant_id: str
     class_id: str = ""
@@ -232,8 +238,8 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
     ) -> HeatmapRows:
         """Latest mastery per learner x skill of a class, by (learner, skill), after a cursor,
-        for the learners the roster enrols in the class now (see `skill_gaps`); only rows from
-        `schools` when given. The first page (no cursor) also lists those learners."""
+        for the class's learners (`Target`); only rows from `schools` when given. The first page
+        (no cursor) also lists those learners."""
 
     @abstractmethod
     def row_counts(self, tenant_id: str) -> dict[str, int]:
@@ -279,7 +285,8 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[SupportReason]:
-        """Reasons of the first `limit` learners (by id, after `after`) who need support."""
+        """Reasons of the first `limit` of the target's learners (`Target`; by id, after
+        `after`) who need support; one without any activity is low on engagement."""
         raise NotImplementedError
 
     def ready_to_accelerate(
@@ -296,7 +303,8 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[ReadyLearner]:
-        """Learners (by id, never by score) with most started skills mastered, not struggling."""
+        """The target's learners (`Target`; by id, never by score) with most started skills
+        mastered, not struggling."""
         raise NotImplementedError
 
     def skill_gaps(
@@ -310,12 +318,7 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[SkillGap]:
-        """Per skill, over the target's learners with evidence for it.
-
-        Like the heatmap and growth, a target's learners are those the roster enrols now (learner
-        enrollments, not tombstoned) in the class, or in a class the roster places in the
-        school, within the caller's scope; evidence counts only from rows of the target. When
-        the roster enrols no one there, the learners with rows there (rosters lag activity)."""
+        """Per skill, over the target's learners (`Target`) with evidence for it."""
         raise NotImplementedError
 
     def engagement(
@@ -331,7 +334,7 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[EngagementDay]:
-        """Per learner and day in [since, until), by (learner, day)."""
+        """Per learner of the target (`Target`) and day in [since, until), by (learner, day)."""
         raise NotImplementedError
 
     def error_breakdown(
@@ -347,6 +350,7 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[ErrorCount]:
+        """Per skill and error tag, attempts of the target's learners (`Target`)."""
         raise NotImplementedError
 
     def growth(
@@ -361,7 +365,7 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[GrowthRow]:
-        """Per learner (of the target, as in `skill_gaps`) and skill updated in [since, until)."""
+        """Per learner of the target (`Target`) and skill updated in [since, until)."""
         raise NotImplementedError
 
     def timeline(
@@ -394,7 +398,8 @@ class ReportingStore(ABC):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[LearnerGoalsRow]:
-        """Goals and reflections of the first `limit` learners (by id) of a class or school."""
+        """Goals and reflections of the first `limit` of the target's learners (`Target`, by
+        id); the goal skill's mastery is the learner's newest in the caller's scope."""
         raise NotImplementedError
 
     def rollup(

@@ -385,29 +385,12 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> bool:
         # A class's school is the roster's class record (as in the other services' roster
-        # views), not the enrollment's own school_id, which a feed may leave empty.
-        terms: list[str] = []
-        parameters: dict[str, Any] = {"tenant": tenant_id, "learner": learner_id}
-        if classes is not None:
-            terms.append("AND has({classes:Array(String)}, class_id)")
-            parameters["classes"] = list(classes)
-        if schools is not None:
-            terms.append(
-                """AND class_id IN (
-                    SELECT class_id FROM {db}.roster_classes FINAL
-                    WHERE tenant_id = {tenant:String} AND deleted = 0
-                      AND has({schools:Array(String)}, toString(school_id)))"""
-            )
-            parameters["schools"] = list(schools)
-        scope = " ".join(terms)
+        # views), not the enrollment's own school_id, which a feed may leave empty: `_members`.
+        _, parameters = _where(Target(tenant_id), classes, schools)
         rows = self._query(
-            f"""
-            SELECT 1 FROM {{db}}.roster_enrollments FINAL
-            WHERE tenant_id = {{tenant:String}} AND learner_id = {{learner:String}}
-              AND deleted = 0 AND role = 'learner' {scope}
-            LIMIT 1
-            """,
-            parameters,
+            f"{_members(Target(tenant_id), classes, schools)} AND learner_id = {{learner:String}}"
+            " LIMIT 1",
+            {**parameters, "learner": learner_id},
             timeout_s,
         )
         return bool(rows)
@@ -428,14 +411,7 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[SupportReason]:
         where, parameters = _where(target, classes, schools)
-        # Learners of the target with no activity at all are low on engagement too: the roster
-        # names them (the class's enrolled learners, or the school's learners).
-        scope, _ = _scope(classes=classes, schools=schools)
         if target.class_id:
-            roster = f"""
-                FROM {{db}}.roster_enrollments FINAL
-                WHERE tenant_id = {{tenant:String}} AND class_id = {{target_class:String}}
-                  AND deleted = 0 AND role = 'learner' {scope}"""
             # A class's (learner, skill) cells are the table's keys: FINAL deduplicates them,
             # cheaper than argMax.
             latest = f"""
@@ -444,31 +420,21 @@ class ClickHouseStore(ReportingStore):
         else:
             # A school's view crosses classes: argMax picks a learner's newest cell among them.
             latest = _LATEST.format(where=where)
-            if classes is None:
-                roster = f"""
-                    FROM {{db}}.roster_learners FINAL
-                    WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
-                      AND deleted = 0 {scope}"""
-            else:
-                # A teacher's view of a school: the learners enrolled in their classes there.
-                roster = f"""
-                    FROM {{db}}.roster_enrollments FINAL
-                    WHERE tenant_id = {{tenant:String}} AND school_id = {{target_school:String}}
-                      AND deleted = 0 AND role = 'learner' {scope}"""
         # One GROUP BY learner over every source (each query step costs planning time, which
-        # dominates here): reasons, recent events, on the roster (`listed`), active at all.
-        # When the roster lists the target's learners, they are the population (a learner who
-        # left keeps old activity here, and is not named); else whoever was active. Whether it
-        # lists anyone is a window over all learners, so it is taken before paging filters.
+        # dominates here): reasons, recent events, enrolled (`member`: `_members`), active at all.
+        # The population is the target's members (one who left keeps old rows here, and is not
+        # named; one without any activity is low on engagement), or, when the roster enrols no
+        # one there, whoever has rows (as `_enrolled`). Whether it enrols anyone is a window
+        # over all learners, so it is taken before paging filters.
         rows = self._query(
             f"""
             SELECT learner_id, reasons FROM (
-                SELECT learner_id,
+                SELECT learner_id, max(listed) AS member,
+                       max(max(listed)) OVER () AS roster_enrols,
                        arraySort(arrayConcat(
                            groupArrayIf((reason, skill, value, detail), reason != ''),
                            if(sum(recent) < {{min_events:UInt64}}
-                              AND (max(listed) = 1
-                                   OR (max(active) = 1 AND max(max(listed)) OVER () = 0)),
+                              AND (member = 1 OR max(active) = 1),
                               [('low_engagement', '', toFloat64(sum(recent)), '')], [])))
                            AS reasons
                 FROM (
@@ -495,11 +461,13 @@ class ClickHouseStore(ReportingStore):
                            0, 1
                     FROM {{db}}.engagement_daily WHERE {where}
                     UNION ALL
-                    SELECT learner_id, '', '', 0, '', 0, 1, 0 {roster}
+                    SELECT learner_id, '', '', 0, '', 0, 1, 0
+                    FROM ({_members(target, classes, schools)})
                 )
                 GROUP BY learner_id
             )
             WHERE learner_id > {{after:String}} AND notEmpty(reasons)
+              AND (member = 1 OR roster_enrols = 0)
             ORDER BY learner_id
             LIMIT {{limit:UInt32}}
             """,
@@ -536,10 +504,11 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[ReadyLearner]:
         where, parameters = _where(target, classes, schools)
+        enrolled = where + _enrolled(target, classes, schools)
         rows = self._query(
             f"""
             SELECT learner_id, count() AS started, countIf(level = {MASTERED_LEVEL}) AS mastered
-            FROM ({_LATEST.format(where=where)})
+            FROM ({_LATEST.format(where=enrolled)})
             WHERE learner_id > {{after:String}}
               AND learner_id NOT IN (
                 SELECT learner_id FROM {{db}}.mastery_events
@@ -607,6 +576,7 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[EngagementDay]:
         where, parameters = _where(target, classes, schools)
+        where += _enrolled(target, classes, schools)
         after_learner, after_day = after or ("", date(1970, 1, 1))
         learner = "AND learner_id = {learner:String}" if learner_id else ""
         rows = self._query(
@@ -660,6 +630,7 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[ErrorCount]:
         where, parameters = _where(target, classes, schools)
+        where += _enrolled(target, classes, schools)
         after_skill, after_tag = after or ("", "")
         skill = "AND skill = {skill:String}" if skill_id else ""
         rows = self._query(
@@ -833,6 +804,7 @@ class ClickHouseStore(ReportingStore):
         timeout_s: float | None = None,
     ) -> list[LearnerGoalsRow]:
         where, parameters = _where(target, classes, schools)
+        where += _enrolled(target, classes, schools)
         rows = self._query(
             f"""
             SELECT learner_id,
@@ -997,8 +969,9 @@ def _where(
 def _members(target: Target, classes: Sequence[str] | None, schools: Sequence[str] | None) -> str:
     """SELECT of the learners the roster enrols now in a target (learner enrollments, not
     tombstoned): in the class, or in a class the roster places in the school (the class's school
-    is the roster's class record, as in `learner_enrolled`), within the caller's classes and the
-    classes the roster places in its schools. Takes `_where`'s parameters."""
+    is the roster's class record), within the caller's classes and the classes the roster places
+    in its schools; a target of the tenant alone: anywhere in that scope (`learner_enrolled`).
+    Takes `_where`'s parameters; ends with its WHERE terms, so more may be appended."""
     terms = ["tenant_id = {tenant:String}", "deleted = 0", "role = 'learner'"]
     if target.class_id:
         terms.append("class_id = {target_class:String}")

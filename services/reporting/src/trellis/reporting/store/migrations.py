@@ -28,7 +28,8 @@ Why these keys:
 - `engagement_daily` (SummingMergeTree) and `learner_goals` (ReplacingMergeTree) are filled by
   materialized views over `activity`; they are erased with the same lightweight DELETE.
   `engagement_daily` has the key of `activity`; a bloom filter on class_id (migration 3) keeps a
-  class's read (no school given) from scanning the tenant.
+  class's read (no school given) from scanning the tenant. `roster_enrollments` has one on
+  class_id too (migration 4): a class's members are read by every class and school report.
 - `erased_learners` lists the (tenant, learner) pairs erased: the sink consults it before every
   insert, so a replay of the log never brings an erased learner back.
 - `non_replicated_deduplication_window` keeps the hashes of the last inserts, so that a batch
@@ -316,6 +317,20 @@ WHERE kind = 'goal_set' AND (SELECT count() FROM {db}.learner_goals) = 0
             "ALTER TABLE {db}.engagement_daily ADD INDEX IF NOT EXISTS class_bloom class_id "
             "TYPE bloom_filter(0.01) GRANULARITY 1",
             "ALTER TABLE {db}.engagement_daily MATERIALIZE INDEX class_bloom",
+        ),
+    ),
+    Migration(
+        4,
+        "roster enrollments: a class skip index",
+        (
+            # Class and school reports read a class's enrollments (`roster_enrollments` is keyed
+            # by enrollment id): without it each read scans the tenant's enrollments. With FINAL
+            # the index is used only where `use_skip_indexes_if_final` is on (chDB 4.x: on, and
+            # exact, so a newer version of an enrollment is never skipped); elsewhere it is
+            # unused, not wrong. An index holds no data of its own: erasure is unaffected.
+            "ALTER TABLE {db}.roster_enrollments ADD INDEX IF NOT EXISTS class_bloom class_id "
+            "TYPE bloom_filter(0.01) GRANULARITY 1",
+            "ALTER TABLE {db}.roster_enrollments MATERIALIZE INDEX class_bloom",
         ),
     ),
 )
