@@ -325,9 +325,11 @@ WHERE kind = 'goal_set' AND (SELECT count() FROM {db}.learner_goals) = 0
         (
             # Class and school reports read a class's enrollments (`roster_enrollments` is keyed
             # by enrollment id): without it each read scans the tenant's enrollments. With FINAL
-            # the index is used only where `use_skip_indexes_if_final` is on (chDB 4.x: on, and
-            # exact, so a newer version of an enrollment is never skipped); elsewhere it is
-            # unused, not wrong. An index holds no data of its own: erasure is unaffected.
+            # the index is used only where `use_skip_indexes_if_final` is on, as by default since
+            # ClickHouse 25.6 (chDB 4.4 is 26.9), with its exact mode, so that a newer version of
+            # an enrollment is never skipped; on older servers it is unused, not wrong. It pays
+            # when enrollment ids follow classes (bench/README.md, 2026-12-02). An index holds no
+            # data of its own: erasure is unaffected.
             "ALTER TABLE {db}.roster_enrollments ADD INDEX IF NOT EXISTS class_bloom class_id "
             "TYPE bloom_filter(0.01) GRANULARITY 1",
             "ALTER TABLE {db}.roster_enrollments MATERIALIZE INDEX class_bloom",
