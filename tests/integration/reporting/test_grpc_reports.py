@@ -154,6 +154,10 @@ async def test_reports_are_scoped_to_tenant_role_school_and_class(stub: Stub) ->
     # A teacher asking about their school sees their classes only: the same four learners.
     mine = await stub.GetNeedsSupport(school_n, metadata=auth("teacher-c1"))
     assert sorted(NAMES[n.learner_id] for n in mine.learners) == ["n02", "n03", "n05"]
+    # The tenant's admin: the same rule, the learners enrolled in the school's classes (not the
+    # roster's learner records of school-n, n01..n16).
+    everyone = await stub.GetNeedsSupport(school_n, metadata=auth("admin"))
+    assert sorted(NAMES[n.learner_id] for n in everyone.learners) == ["n02", "n03", "n05"]
     both = R.GetNeedsSupportRequest(
         target=R.ReportTarget(tenant_id=TENANT, class_id="c1", school_id="school-n")
     )
