@@ -135,6 +135,49 @@ def test_callers_scoped_to_schools_write_the_roster_of_their_schools_only() -> N
     upsert(Principal(tenant_id=TENANT, role="district_admin"), school_class("c2", "s1"))
 
 
+def test_a_learner_record_of_another_school_is_not_taken_over() -> None:
+    view = RosterView()
+    servicer = servicer_with(view)
+    view.apply(learner("sis-b", "s2"))  # as stored: the topic holds pseudonyms
+
+    def record(sis_id: str, school_id: str) -> ingest_pb2.UpsertRosterRequest:
+        return ingest_pb2.UpsertRosterRequest(
+            tenant_id=TENANT,
+            records=[
+                roster_pb2.RosterRecord(
+                    learner=roster_pb2.Learner(sourced_id=sis_id, school_id=school_id)
+                )
+            ],
+        )
+
+    # A school-s1 token may not rewrite s2's learner into s1 (school, subgroups, sealed name) ...
+    with pytest.raises(PermissionDenied):
+        call_as(SCHOOL_ADMIN, servicer.UpsertRoster, record("sis-b", "s1"))
+    # ... but writes a learner the roster holds no record of, or one of its own school.
+    call_as(SCHOOL_ADMIN, servicer.UpsertRoster, record("sis-new", "s1"))
+    view.apply(learner("sis-a", "s1"))
+    call_as(SCHOOL_ADMIN, servicer.UpsertRoster, record("sis-a", "s1"))
+    # A transfer is written by a tenant-wide feed (the SIS) or a token of both schools.
+    call_as(Principal(tenant_id=TENANT), servicer.UpsertRoster, record("sis-b", "s1"))
+    call_as(
+        Principal(tenant_id=TENANT, schools=["s1", "s2"]),
+        servicer.UpsertRoster,
+        record("sis-b", "s1"),
+    )
+    view.remove(TENANT, "learner", PSEUDONYMS.pseudonymize(TENANT, "sis-b"))
+    call_as(SCHOOL_ADMIN, servicer.UpsertRoster, record("sis-b", "s1"))
+
+
+def learner(sis_id: str, school_id: str) -> roster_pb2.RosterRecord:
+    """A learner's record as the roster topic stores it (pseudonymous id)."""
+    return roster_pb2.RosterRecord(
+        tenant_id=TENANT,
+        learner=roster_pb2.Learner(
+            sourced_id=PSEUDONYMS.pseudonymize(TENANT, sis_id), school_id=school_id
+        ),
+    )
+
+
 def test_the_catalog_is_written_by_tenant_wide_callers_only() -> None:
     servicer = servicer_with(RosterView())
     request = ingest_pb2.UpsertCatalogRequest(

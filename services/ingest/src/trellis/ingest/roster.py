@@ -1,5 +1,6 @@
 """What ingest knows of each tenant's roster: the shared roster view (the school of every class,
-which learners each class enrols), and which schools a roster record writes into. Pure data.
+which learners each class enrols), the school of every learner's record, and which schools a
+roster record writes into. Pure data.
 
 Filled from the compacted roster topic by `adapters.follower` (tombstones included); backs the
 tenant/school consistency check of activity events and the scope of teachers' events (a teacher
@@ -16,6 +17,29 @@ from trellis.common.pb.events.v1 import roster_pb2
 class RosterView(roster.RosterView):
     """Written by the follower thread, read by the request handlers. Learner ids are the
     pseudonymous ids the roster topic holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # tenant id -> learner id -> the school of the learner's stored record
+        self._learner_schools: dict[str, dict[str, str]] = {}
+
+    def apply(self, record: roster_pb2.RosterRecord) -> None:
+        super().apply(record)
+        if record.WhichOneof("entity") == "learner":
+            with self._lock:
+                schools = self._learner_schools.setdefault(record.tenant_id, {})
+                schools[record.learner.sourced_id] = record.learner.school_id
+
+    def remove(self, tenant_id: str, kind: str, entity_id: str) -> None:
+        super().remove(tenant_id, kind, entity_id)
+        if kind == "learner":
+            with self._lock:
+                self._learner_schools.get(tenant_id, {}).pop(entity_id, None)
+
+    def learner_school(self, tenant_id: str, learner_id: str) -> str | None:
+        """The school of the learner's stored record; None when the roster holds none."""
+        with self._lock:
+            return self._learner_schools.get(tenant_id, {}).get(learner_id)
 
     def schools_named(self, tenant_id: str, record: roster_pb2.RosterRecord) -> set[str]:
         """The schools a roster record writes into: its own (an org is a school), and for a
