@@ -85,19 +85,19 @@ def test_the_schools_a_roster_record_writes_into() -> None:
     moved = school_class("c1", "s2")
     into_c1 = enrollment("e1", "c1", "p1")
     into_c1.enrollment.school_id = "s2"
-    assert view.schools_named(TENANT, moved) == {"s1", "s2"}  # out of s1, into s2
-    assert view.schools_named(TENANT, into_c1) == {"s1", "s2"}
-    assert view.schools_named(TENANT, school_class("c9", "s3")) == {"s3"}
+    assert view.schools_named(TENANT, moved, str) == {"s1", "s2"}  # out of s1, into s2
+    assert view.schools_named(TENANT, into_c1, str) == {"s1", "s2"}
+    assert view.schools_named(TENANT, school_class("c9", "s3"), str) == {"s3"}
     # An enrollment replaces the stored one of its id: out of that one's class (in s1).
     view.apply(enrollment("e1", "c1", "p1"))
     into_c9 = enrollment("e1", "c9", "p1")
     into_c9.enrollment.school_id = "s3"
-    assert view.schools_named(TENANT, into_c9) == {"s1", "s3"}
+    assert view.schools_named(TENANT, into_c9, str) == {"s1", "s3"}
     assert view.schools_named(
-        TENANT, roster_pb2.RosterRecord(org=roster_pb2.Org(sourced_id="s4"))
+        TENANT, roster_pb2.RosterRecord(org=roster_pb2.Org(sourced_id="s4")), str
     ) == {"s4"}
     assert view.schools_named(
-        TENANT, roster_pb2.RosterRecord(learner=roster_pb2.Learner(sourced_id="x"))
+        TENANT, roster_pb2.RosterRecord(learner=roster_pb2.Learner(sourced_id="x")), str
     ) == {""}
 
 

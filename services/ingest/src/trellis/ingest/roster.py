@@ -10,6 +10,8 @@ writes only about the learners of their classes, DESIGN.md §3a) and of callers 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from trellis.common import roster
 from trellis.common.pb.events.v1 import roster_pb2
 
@@ -41,16 +43,20 @@ class RosterView(roster.RosterView):
         with self._lock:
             return self._learner_schools.get(tenant_id, {}).get(learner_id)
 
-    def schools_named(self, tenant_id: str, record: roster_pb2.RosterRecord) -> set[str]:
+    def schools_named(
+        self, tenant_id: str, record: roster_pb2.RosterRecord, pseudonym: Callable[[str], str]
+    ) -> set[str]:
         """The schools a roster record writes into: its own (an org is a school), and for a
-        class or an enrollment the school the roster places the class in now, if known; for an
-        enrollment also the school of the class that the stored enrollment of that id names, which
-        the record replaces (else a school's token could move another school's learner out)."""
+        class or an enrollment the school the roster places the class in now, if known. What the
+        record replaces counts too (else a school's token could take another school's learner
+        over): for an enrollment the school of the class its stored version names, for a learner
+        the school of their stored record (the record's SIS id through `pseudonym`)."""
         kind = record.WhichOneof("entity")
         if kind == "org":
             return {record.org.sourced_id}
         if kind == "learner":
-            return {record.learner.school_id}
+            stored = self.learner_school(tenant_id, pseudonym(record.learner.sourced_id))
+            return {record.learner.school_id} | ({stored} if stored is not None else set())
         if kind == "school_class":
             named, classes = record.school_class.school_id, [record.school_class.sourced_id]
         elif kind == "enrollment":

@@ -108,16 +108,10 @@ class IngestService:
         return self._roster.enrolled(tenant_id, class_id, pseudonym)
 
     def roster_schools(self, tenant_id: str, record: roster_pb2.RosterRecord) -> set[str]:
-        """The schools a roster record writes into (RosterView.schools_named); for a learner
-        record also the school of the learner's stored record, which it replaces (else a school's
-        token could take another school's learner over: their school, subgroups and name)."""
-        schools = self._roster.schools_named(tenant_id, record)
-        if record.WhichOneof("entity") == "learner":
-            learner_id = self._pseudonym(tenant_id, record.learner.sourced_id)
-            stored = self._roster.learner_school(tenant_id, learner_id)
-            if stored is not None:
-                schools.add(stored)
-        return schools
+        """The schools a roster record writes into (RosterView.schools_named)."""
+        return self._roster.schools_named(
+            tenant_id, record, lambda sis_id: self._pseudonym(tenant_id, sis_id)
+        )
 
     async def record_events(
         self,
