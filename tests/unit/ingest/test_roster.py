@@ -22,7 +22,12 @@ from trellis.ingest.adapters.grpc import IngestServicer
 from trellis.ingest.catalog import CatalogView
 from trellis.ingest.dedup import DedupWindow
 from trellis.ingest.roster import RosterView
-from trellis.ingest.scope import ERASURE_OUT_OF_SCOPE, LEARNER_OUT_OF_SCOPE, UNKNOWN_LEARNER
+from trellis.ingest.scope import (
+    ERASURE_OUT_OF_SCOPE,
+    LEARNER_OUT_OF_SCOPE,
+    ROSTER_LEARNER_OUT_OF_SCOPE,
+    UNKNOWN_LEARNER,
+)
 from trellis.ingest.service import IngestService, Publish
 
 PSEUDONYMS = Pseudonymizer({TENANT: {1: SecretStr("k")}})
@@ -176,6 +181,71 @@ def learner(sis_id: str, school_id: str) -> roster_pb2.RosterRecord:
             sourced_id=PSEUDONYMS.pseudonymize(TENANT, sis_id), school_id=school_id
         ),
     )
+
+
+def test_a_learner_of_another_school_is_not_taken_over_by_an_enrollment() -> None:
+    """c1 and c3 in s1, c2 in s2; the roster places sis-b in c2 and sis-r by their record in s2
+    only, sis-d in c1 and c2."""
+    view = RosterView()
+    for class_id, school_id in (("c1", "s1"), ("c2", "s2"), ("c3", "s1")):
+        view.apply(school_class(class_id, school_id))
+    for sis_id, class_id in (("sis-b", "c2"), ("sis-d", "c1"), ("sis-d", "c2")):
+        pseudonym = PSEUDONYMS.pseudonymize(TENANT, sis_id)
+        view.apply(enrollment(f"{sis_id}-{class_id}", class_id, pseudonym))
+    view.apply(learner("sis-r", "s2"))
+    publisher = test_service.MemoryPublisher()
+    servicer = servicer_with(view, publisher)
+
+    def upsert(principal: Principal, *records: roster_pb2.RosterRecord) -> None:
+        request = ingest_pb2.UpsertRosterRequest(tenant_id=TENANT, records=records)
+        reply = call_as(principal, servicer.UpsertRoster, request)
+        assert all(r.status == ingest_pb2.ITEM_STATUS_ACCEPTED for r in reply.results)
+
+    def into(class_id: str, sis_id: str, role: str = "learner") -> roster_pb2.RosterRecord:
+        record = enrollment(f"new-{sis_id}-{class_id}", class_id, sis_id, role=role)
+        record.enrollment.school_id = view.school_of(TENANT, class_id) or ""
+        return record
+
+    def record_of(sis_id: str) -> roster_pb2.RosterRecord:
+        return roster_pb2.RosterRecord(
+            learner=roster_pb2.Learner(sourced_id=sis_id, school_id="s1")
+        )
+
+    def c1_learners() -> list[str]:
+        return view.class_learners(TENANT, "c1")
+
+    members, into_c1_b = c1_learners(), into("c1", "sis-b")
+    for principal in SCHOOL_SCOPED:
+        # Enrolled only in s2, or known only by a record of s2: c1 would bring them into s1's
+        # scope (reads, events); a record naming s1 would place them in s1. The batch's own
+        # records do not count, and one such record denies the whole batch.
+        for path, batch in (
+            ("records[0].enrollment.user_id", [into_c1_b]),
+            ("records[0].enrollment.user_id", [into("c1", "sis-r")]),
+            ("records[0].learner.sourced_id", [record_of("sis-b"), into_c1_b]),
+            ("records[2].enrollment.user_id", [record_of("n"), into("c1", "n"), into_c1_b]),
+        ):
+            with pytest.raises(PermissionDenied) as denied:
+                upsert(principal, *batch)
+            assert denied.value.message == f"{path}: {ROSTER_LEARNER_OUT_OF_SCOPE}"
+    assert "roster" not in publisher.records
+    assert c1_learners() == members
+
+    # In one of its schools already (enrolled in two schools): another class of s1 is fine.
+    upsert(SCHOOL_ADMIN, into("c3", "sis-d"))
+    # A new learner: record and enrollment together, in either order.
+    upsert(SCHOOL_ADMIN, record_of("sis-n1"), into("c1", "sis-n1"))
+    upsert(SCHOOL_ADMIN, into("c1", "sis-n2"), record_of("sis-n2"))
+    # A teacher's enrollment gives no scope over learners: not checked, and c1 enrols no one more.
+    upsert(SCHOOL_ADMIN, into("c1", "sis-b", role="teacher"))
+    assert PSEUDONYMS.pseudonymize(TENANT, "sis-b") not in c1_learners()
+    # Tenant-wide callers and a token of both schools enrol anyone (a transfer, a second school).
+    upsert(Principal(tenant_id=TENANT), into("c1", "sis-r"))
+    upsert(Principal(tenant_id=TENANT, schools=["s1", "s2"]), into("c3", "sis-b"))
+    # Once the roster ends sis-b's enrollments (tombstones), sis-b is new to it again.
+    for enrollment_id in ("sis-b-c2", "new-sis-b-c3"):
+        view.remove(TENANT, "enrollment", enrollment_id)
+    upsert(SCHOOL_ADMIN, into("c1", "sis-b"))
 
 
 def test_the_catalog_is_written_by_tenant_wide_callers_only() -> None:

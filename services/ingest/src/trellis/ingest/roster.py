@@ -5,7 +5,7 @@ roster record writes into. Pure data.
 Filled from the compacted roster topic by `adapters.follower` (tombstones included); backs the
 tenant/school consistency check of activity events and the scope of teachers' events (a teacher
 writes only about the learners of their classes, DESIGN.md §3a) and of callers scoped to schools
-(`trellis.ingest.scope`).
+(`trellis.ingest.scope`: their events, and the learners their roster records name).
 """
 
 from __future__ import annotations
@@ -42,6 +42,16 @@ class RosterView(roster.RosterView):
         """The school of the learner's stored record; None when the roster holds none."""
         with self._lock:
             return self._learner_schools.get(tenant_id, {}).get(learner_id)
+
+    def class_schools(self, tenant_id: str, learner_id: str) -> list[str | None]:
+        """The school of each class that enrols the learner (None: a class placed nowhere)."""
+        return [self.school_of(tenant_id, c) for c in self.learner_classes(tenant_id, learner_id)]
+
+    def learner_places(self, tenant_id: str, learner_id: str) -> list[str | None]:
+        """Where the roster places the learner: their classes' schools and their stored
+        record's school; empty for a learner the roster holds nothing of."""
+        stored = self.learner_school(tenant_id, learner_id)
+        return self.class_schools(tenant_id, learner_id) + ([] if stored is None else [stored])
 
     def schools_named(
         self, tenant_id: str, record: roster_pb2.RosterRecord, pseudonym: Callable[[str], str]

@@ -19,7 +19,7 @@ from trellis.ingest.dedup import DedupWindow, Seen, fingerprint
 from trellis.ingest.identity import seal_identity
 from trellis.ingest.references import UnknownReferences, check_references
 from trellis.ingest.roster import RosterView
-from trellis.ingest.scope import learner_warnings
+from trellis.ingest.scope import check_roster_learners, learner_warnings
 from trellis.ingest.validation import Violation, validate_catalog, validate_event, validate_roster
 
 # Publishes records to a topic ("activity", "roster", "catalog"); answers, per record, whether
@@ -202,10 +202,9 @@ class IngestService:
             events,
             first_index,
             schools,
-            lambda sis_id: self._roster.learner_classes(
+            lambda sis_id: self._roster.class_schools(
                 tenant_id, self._pseudonym(tenant_id, sis_id)
             ),
-            lambda class_id: self._roster.school_of(tenant_id, class_id),
         )
         return {index: [warning] for index, warning in found.items()}
 
@@ -226,8 +225,20 @@ class IngestService:
         tenant_id: str,
         records: Sequence[roster_pb2.RosterRecord],
         identities: Sequence[ingest_pb2.LearnerIdentity] = (),
+        schools: Collection[str] = (),
     ) -> list[ItemOutcome]:
-        """Raises UnmatchedIdentity, storing nothing, when an identity names no learner record."""
+        """Raises UnmatchedIdentity, storing nothing, when an identity names no learner record.
+        `schools` is the scope of a caller scoped to schools (empty for any other caller): raises
+        `scope.OutOfScope`, storing nothing, when a record names a learner the roster places only
+        outside it (`scope.check_roster_learners`; the roster holds pseudonymous ids)."""
+        if schools:
+            check_roster_learners(
+                records,
+                schools,
+                lambda sis_id: self._roster.learner_places(
+                    tenant_id, self._pseudonym(tenant_id, sis_id)
+                ),
+            )
         learners = {r.learner.sourced_id for r in records if r.WhichOneof("entity") == "learner"}
         by_learner: dict[str, ingest_pb2.LearnerIdentity] = {}
         for i, identity in enumerate(identities):

@@ -4,11 +4,12 @@ Who may write what (DESIGN.md §3a, docs/authorization.md), always within the ca
 activity from services, teachers, district and platform admins, each event in the caller's
 schools (and a teacher's classes, about a learner the roster enrols in that class; for a caller
 scoped to schools, about a learner the roster enrols in one of its schools or not at all yet,
-`trellis.ingest.scope`); roster from services and admins, each record in the caller's schools;
-the catalog (tenant-wide) from services and admins scoped to the whole tenant. Erasure requests
-from services (the SIS feed) and admins only (an erasure deletes the learner everywhere, which is
-not a teacher's call), and from a caller scoped to schools only for a learner the roster enrols
-in them alone. Learners write nothing here.
+`trellis.ingest.scope`); roster from services and admins, each record in the caller's schools
+(and, for a caller scoped to schools, about a learner the roster places in one of them or
+nowhere yet); the catalog (tenant-wide) from services and admins scoped to the whole tenant.
+Erasure requests from services (the SIS feed) and admins only (an erasure deletes the learner
+everywhere, which is not a teacher's call), and from a caller scoped to schools only for a
+learner the roster enrols in them alone. Learners write nothing here.
 """
 
 from __future__ import annotations
@@ -195,8 +196,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._authorize_roster(request.tenant_id, request.records)
         async with self._in_flight:
             try:
-                outcomes = await self._service.upsert_roster(
-                    request.tenant_id, request.records, request.identities
+                outcomes = await _within_scope(
+                    self._service.upsert_roster(
+                        request.tenant_id, request.records, request.identities, schools=_schools()
+                    )
                 )
             except UnmatchedIdentity as unmatched:
                 raise InvalidArgument([(unmatched.field, str(unmatched))]) from unmatched
@@ -223,8 +226,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
 
 def _schools() -> list[str]:
-    """The caller's schools when it is scoped to schools (the service then checks each event's
-    learner against the roster); empty for any other caller."""
+    """The caller's schools when it is scoped to schools (the service then checks the learner of
+    each event or roster record against the roster); empty for any other caller."""
     principal = current_principal()
     return principal.schools if scoped_to_schools(principal) else []
 
