@@ -1,6 +1,7 @@
 """A token scoped to a school, through the real ingest gRPC server and broker: it writes about the
 learners the roster enrols in its school (or does not enrol yet), erases only those it enrols
-there, and a batch with one event about another school's learner stores nothing."""
+there, enrols in its classes no learner of another school, and a batch with one item about
+another school's learner stores nothing."""
 
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from tests.integration.ingest.test_grpc_ingest import (
     running_ingest,
     topic_values,
 )
+from trellis.common.kafka import create_consumer
 from trellis.common.pb.events.v1 import envelope_pb2, roster_pb2
 from trellis.common.pb.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from trellis.common.settings import Settings
-from trellis.ingest.scope import ERASURE_OUT_OF_SCOPE, LEARNER_OUT_OF_SCOPE, UNKNOWN_LEARNER
+from trellis.ingest.scope import (
+    ERASURE_OUT_OF_SCOPE,
+    LEARNER_OUT_OF_SCOPE,
+    ROSTER_LEARNER_OUT_OF_SCOPE,
+    UNKNOWN_LEARNER,
+)
 
 ACCEPTED = ingest_pb2.ITEM_STATUS_ACCEPTED
 SCHOOL = (("authorization", f"Bearer {SCHOOL_TOKEN}"),)  # scoped to sch1
@@ -35,16 +42,22 @@ def about(event_id: str, learner: str, erasure: bool = False) -> envelope_pb2.En
     return event
 
 
+def enrollment(
+    sourced_id: str, class_id: str, learner: str, school_id: str = ""
+) -> roster_pb2.RosterRecord:
+    return roster_pb2.RosterRecord(
+        enrollment=roster_pb2.Enrollment(
+            sourced_id=sourced_id,
+            class_id=class_id,
+            user_id=learner,
+            role="learner",
+            school_id=school_id,
+        )
+    )
+
+
 async def enrol_in_two_schools(stub: ingest_pb2_grpc.IngestServiceStub) -> None:
     """By a tenant-wide token: sis-a in class ca of sch1, sis-b in class cb of sch2."""
-
-    def enrollment(sourced_id: str, class_id: str, learner: str) -> roster_pb2.RosterRecord:
-        return roster_pb2.RosterRecord(
-            enrollment=roster_pb2.Enrollment(
-                sourced_id=sourced_id, class_id=class_id, user_id=learner, role="learner"
-            )
-        )
-
     request = ingest_pb2.UpsertRosterRequest(
         tenant_id=TEST_TENANT,
         records=[
@@ -130,3 +143,62 @@ async def test_a_school_token_writes_and_erases_learners_of_its_school_only(
         "x-all-b",
         "x-sis-a",
     ]
+
+
+async def test_a_school_token_cannot_enrol_another_schools_learner(settings: Settings) -> None:
+    async with running_ingest(settings) as stub:
+        await enrol_in_two_schools(stub)
+
+        async def upsert(*records: roster_pb2.RosterRecord) -> ingest_pb2.UpsertResponse:
+            request = ingest_pb2.UpsertRosterRequest(tenant_id=TEST_TENANT, records=records)
+            return await stub.UpsertRoster(request, metadata=SCHOOL)
+
+        # sis-b is sch2's: enrolled in sch1's class ca it would be in the token's scope (its
+        # events, reads). Beside a new learner of sch1, the whole batch is denied.
+        new_learner = roster_pb2.RosterRecord(
+            learner=roster_pb2.Learner(sourced_id="sis-n", school_id="sch1")
+        )
+        takeover = enrollment("en-take", "ca", "sis-b", school_id="sch1")
+        for batch, index in (([takeover], 0), ([new_learner, takeover], 1)):
+            assert await denied(upsert(*batch)) == (
+                f"records[{index}].enrollment.user_id: {ROSTER_LEARNER_OUT_OF_SCOPE}"
+            )
+        assert await denied(record(stub, SCHOOL, about("b1", "sis-b"))) == (
+            f"events[0].learner_id: {LEARNER_OUT_OF_SCOPE}"
+        )
+
+        # A new learner, record and enrollment together; sis-a, of sch1 already, once more.
+        reply = await upsert(
+            new_learner,
+            enrollment("en-n", "ca", "sis-n", school_id="sch1"),
+            enrollment("en-a2", "ca", "sis-a", school_id="sch1"),
+        )
+        assert [r.status for r in reply.results] == [ACCEPTED] * 3
+        results = await record(stub, SCHOOL, about("n1", "sis-n"))
+        assert [r.status for r in results] == [ACCEPTED]
+        assert "events[0].learner_id" not in [w.field for w in results[0].warnings]  # in sch1
+
+    # Every record but the denied batches' (the learner record's key holds a pseudonym).
+    enrollments = [k for k in roster_keys(settings) if not k.startswith(f"{TEST_TENANT}/learner/")]
+    assert sorted(enrollments) == [
+        f"{TEST_TENANT}/{key}"
+        for key in (
+            "enrollment/en-a",
+            "enrollment/en-a2",
+            "enrollment/en-b",
+            "enrollment/en-n",
+            "school_class/ca",
+            "school_class/cb",
+        )
+    ]
+
+
+def roster_keys(settings: Settings) -> list[str]:
+    consumer = create_consumer(
+        settings.kafka, group_id=None, consumer_timeout_ms=3_000, auto_offset_reset="earliest"
+    )
+    consumer.subscribe([settings.kafka.topics.name("roster")])
+    try:
+        return [(r.key or b"").decode() for r in consumer]
+    finally:
+        consumer.close()
