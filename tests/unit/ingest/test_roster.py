@@ -228,6 +228,9 @@ def test_a_learner_of_another_school_is_not_taken_over_by_an_enrollment() -> Non
             with pytest.raises(PermissionDenied) as denied:
                 upsert(principal, *batch)
             assert denied.value.message == f"{path}: {ROSTER_LEARNER_OUT_OF_SCOPE}"
+    # Teachers write no roster, not even for a learner of their class.
+    with pytest.raises(PermissionDenied):
+        upsert(TEACHER, into("c1", "sis-d"))
     assert "roster" not in publisher.records
     assert c1_learners() == members
 
@@ -241,6 +244,7 @@ def test_a_learner_of_another_school_is_not_taken_over_by_an_enrollment() -> Non
     assert PSEUDONYMS.pseudonymize(TENANT, "sis-b") not in c1_learners()
     # Tenant-wide callers and a token of both schools enrol anyone (a transfer, a second school).
     upsert(Principal(tenant_id=TENANT), into("c1", "sis-r"))
+    upsert(Principal(tenant_id="ops", role="platform_admin", schools=["s1"]), into("c3", "sis-r"))
     upsert(Principal(tenant_id=TENANT, schools=["s1", "s2"]), into("c3", "sis-b"))
     # Once the roster ends sis-b's enrollments (tombstones), sis-b is new to it again.
     for enrollment_id in ("sis-b-c2", "new-sis-b-c3"):
