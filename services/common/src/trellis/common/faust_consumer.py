@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer, Transport
 from faust.types import TP, Message
 
+from trellis.common.faust_bulk import BulkRecords
 from trellis.common.logging import get_logger
 
 log = get_logger("trellis.faust.consumer")
@@ -61,6 +62,25 @@ class RebalanceSafeConsumer(Consumer):
         # Per stream partition: the offset the next record must have (unknown: any).
         self._expected: dict[TP, int] = {}
         self._rewinding: dict[TP, asyncio.Future[None]] = {}
+        # Topic -> where its records go instead of its stream (`take_in_bulk`).
+        self._bulk: dict[str, BulkRecords] = {}
+
+    def take_in_bulk(self, records: BulkRecords) -> None:
+        """Hand the records of `records.topic` to `records` as they are fetched, in lists, instead
+        of one by one to the topic's stream (`trellis.common.faust_bulk`)."""
+        self._bulk[records.topic] = records
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        records, active = await super()._wait_next_records(timeout)
+        # With the flow stopped Faust drops the whole fetch and seeks back; so do these records.
+        if records and self._bulk and self.flow_active:
+            to_message = self._to_message
+            for tp in [tp for tp in records if tp.topic in self._bulk]:
+                fetched = cast(dict[TP, Any], records).pop(tp)
+                # As Faust's `getmany`: a partition paused since the fetch began is dropped.
+                if active is None or tp in active or tp in self._buffered_partitions:
+                    self._bulk[tp.topic].add(tp, [to_message(tp, record) for record in fetched])
+        return records, active
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
         committed = await super().seek_to_committed()

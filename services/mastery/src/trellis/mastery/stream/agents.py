@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
+from faust.events import Event
 from faust.streams import _current_event
 from faust.types import AgentT, EventT
 from prometheus_client import Counter
@@ -39,7 +40,7 @@ from trellis.common.logging import get_logger
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService
-from trellis.mastery.stream.batching import adaptive_batches
+from trellis.mastery.stream.batching import activity_records, adaptive_batches
 from trellis.mastery.stream.sending import Outgoing, kafka_producer, send_all
 from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.topics import Topics
@@ -76,12 +77,13 @@ def register_agents(
     `service` must write through `staged` (see `trellis.mastery.stream.app`)."""
 
     async def process_activity(stream: faust.StreamT[bytes]) -> None:
-        # Not acked by the stream: the events are acked here, once stored.
-        batches = adaptive_batches(stream, BATCH_MAX, BATCH_LINGER_S, BATCH_WITHIN_S)
-        async for events in batches:
+        # The records come in lists from the consumer; acked here, once stored.
+        records = activity_records(stream, topics.activity.get_topic_name(), 2 * BATCH_MAX)
+        batches = adaptive_batches(records, app.consumer, BATCH_MAX, BATCH_LINGER_S, BATCH_WITHIN_S)
+        async for messages in batches:
+            events = [Event(app, m.key, m.value, m.headers, m) for m in messages]
             await handle_batch(events, topics, service, staged)
-            for event in events:
-                await stream.ack(event)
+            records.ack(events)
 
     return app.agent(topics.activity, name="mastery.process_activity", concurrency=1)(
         process_activity
