@@ -309,20 +309,15 @@ class ClickHouseStore(ReportingStore):
         *,
         schools: Sequence[str] | None = None,
     ) -> HeatmapRows:
-        target = Target(tenant_id, class_id=class_id)
-        where, parameters = _where(target, None, schools)
-        # The class's learners are read first and bound as a parameter (the first page lists
-        # them anyway): a first page took 10-15 ms p50 this way on the benchmark's 1 M rows,
-        # 28 ms with `_enrolled`'s subqueries in the cells' query and a query for the list.
-        members = self._learners(_members(target, None, schools), parameters)
-        # When the roster enrols no one in the class, every learner with cells there (`_enrolled`).
-        enrolled = "AND has({members:Array(String)}, learner_id)" if members else ""
+        # The first page lists the class's learners: `_enrolled` reads them anyway.
+        where, parameters = self._enrolled(Target(tenant_id, class_id=class_id), None, schools)
+        members: list[str] = parameters["members"]
         after_learner, after_skill = after or ("", "")
         rows = self._query(
             f"""
             SELECT learner_id, skill_id, p_mastered, level
             FROM {{db}}.mastery_latest FINAL
-            WHERE {where} {enrolled}
+            WHERE {where}
               AND (learner_id > {{after_learner:String}}
                    OR (learner_id = {{after_learner:String}} AND skill_id > {{after_skill:String}}))
             ORDER BY learner_id, skill_id
@@ -330,7 +325,6 @@ class ClickHouseStore(ReportingStore):
             """,
             {
                 **parameters,
-                "members": members,
                 "after_learner": after_learner,
                 "after_skill": after_skill,
                 "limit": limit,
@@ -350,12 +344,32 @@ class ClickHouseStore(ReportingStore):
             )
         return HeatmapRows(cells=cells, learner_ids=members)
 
-    def _learners(self, select: str, parameters: Mapping[str, Any]) -> list[str]:
+    def _learners(
+        self, select: str, parameters: Mapping[str, Any], timeout_s: float | None = None
+    ) -> list[str]:
         """The distinct learner ids a SELECT of `learner_id` yields, by id."""
         rows = self._query(
-            f"SELECT DISTINCT learner_id FROM ({select}) ORDER BY learner_id", parameters
+            f"SELECT DISTINCT learner_id FROM ({select}) ORDER BY learner_id", parameters, timeout_s
         )
         return [str(learner) for (learner,) in rows]
+
+    def _enrolled(
+        self,
+        target: Target,
+        classes: Sequence[str] | None,
+        schools: Sequence[str] | None,
+        timeout_s: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """`_where` kept to the learners the target enrols now (`_members`, bound as `members`), so
+        that a learner who left drops out; when the roster enrols no one there (`members` empty),
+        every learner with rows there (a roster may lag activity, or not be sent at all).
+        The members are read first, in a query of their own: one roster read, cheaper than
+        subqueries of it in the report's query (bench/README.md, 2026-12-02)."""
+        where, parameters = _where(target, classes, schools)
+        members = self._learners(_members(target, classes, schools), parameters, timeout_s)
+        if members:
+            where += " AND has({members:Array(String)}, learner_id)"
+        return where, {**parameters, "members": members}
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         # Replacing tables count their live keys (FINAL); roster tables leave tombstones out.
@@ -410,7 +424,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[SupportReason]:
-        where, parameters = _where(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         if target.class_id:
             # A class's (learner, skill) cells are the table's keys: FINAL deduplicates them,
             # cheaper than argMax.
@@ -421,16 +435,14 @@ class ClickHouseStore(ReportingStore):
             # A school's view crosses classes: argMax picks a learner's newest cell among them.
             latest = _LATEST.format(where=where)
         # One GROUP BY learner over every source (each query step costs planning time, which
-        # dominates here): reasons, recent events, enrolled (`member`: `_members`), active at all.
+        # dominates here): reasons, recent events, enrolled (`member`), active at all.
         # The population is the target's members (one who left keeps old rows here, and is not
         # named; one without any activity is low on engagement), or, when the roster enrols no
-        # one there, whoever has rows (as `_enrolled`). Whether it enrols anyone is a window
-        # over all learners, so it is taken before paging filters.
+        # one there, whoever has rows (`_enrolled`).
         rows = self._query(
             f"""
             SELECT learner_id, reasons FROM (
                 SELECT learner_id, max(listed) AS member,
-                       max(max(listed)) OVER () AS roster_enrols,
                        arraySort(arrayConcat(
                            groupArrayIf((reason, skill, value, detail), reason != ''),
                            if(sum(recent) < {{min_events:UInt64}}
@@ -461,13 +473,12 @@ class ClickHouseStore(ReportingStore):
                            0, 1
                     FROM {{db}}.engagement_daily WHERE {where}
                     UNION ALL
-                    SELECT learner_id, '', '', 0, '', 0, 1, 0
-                    FROM ({_members(target, classes, schools)})
+                    SELECT arrayJoin({{members:Array(String)}}) AS learner_id, '', '', 0, '',
+                           0, 1, 0
                 )
                 GROUP BY learner_id
             )
             WHERE learner_id > {{after:String}} AND notEmpty(reasons)
-              AND (member = 1 OR roster_enrols = 0)
             ORDER BY learner_id
             LIMIT {{limit:UInt32}}
             """,
@@ -503,12 +514,11 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[ReadyLearner]:
-        where, parameters = _where(target, classes, schools)
-        enrolled = where + _enrolled(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         rows = self._query(
             f"""
             SELECT learner_id, count() AS started, countIf(level = {MASTERED_LEVEL}) AS mastered
-            FROM ({_LATEST.format(where=enrolled)})
+            FROM ({_LATEST.format(where=where)})
             WHERE learner_id > {{after:String}}
               AND learner_id NOT IN (
                 SELECT learner_id FROM {{db}}.mastery_events
@@ -544,8 +554,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[SkillGap]:
-        where, parameters = _where(target, classes, schools)
-        where += _enrolled(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         rows = self._query(
             f"""
             SELECT toString(skill_id) AS skill, count(), countIf(p < {{low_p:Float64}}),
@@ -575,8 +584,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[EngagementDay]:
-        where, parameters = _where(target, classes, schools)
-        where += _enrolled(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         after_learner, after_day = after or ("", date(1970, 1, 1))
         learner = "AND learner_id = {learner:String}" if learner_id else ""
         rows = self._query(
@@ -629,8 +637,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[ErrorCount]:
-        where, parameters = _where(target, classes, schools)
-        where += _enrolled(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         after_skill, after_tag = after or ("", "")
         skill = "AND skill = {skill:String}" if skill_id else ""
         rows = self._query(
@@ -674,8 +681,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[GrowthRow]:
-        where, parameters = _where(target, classes, schools)
-        where += _enrolled(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         after_learner, after_skill = after or ("", "")
         rows = self._query(
             f"""
@@ -803,8 +809,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[LearnerGoalsRow]:
-        where, parameters = _where(target, classes, schools)
-        where += _enrolled(target, classes, schools)
+        where, parameters = self._enrolled(target, classes, schools, timeout_s)
         rows = self._query(
             f"""
             SELECT learner_id,
@@ -988,14 +993,6 @@ def _members(target: Target, classes: Sequence[str] | None, schools: Sequence[st
             " WHERE tenant_id = {tenant:String} AND deleted = 0 AND " + " AND ".join(placed) + ")"
         )
     return "SELECT learner_id FROM {db}.roster_enrollments FINAL WHERE " + " AND ".join(terms)
-
-
-def _enrolled(target: Target, classes: Sequence[str] | None, schools: Sequence[str] | None) -> str:
-    """A WHERE term keeping a target's rows to the learners it enrols now (`_members`), so that a
-    learner who left drops out; when the roster enrols no one there, as in needs-support, every
-    learner with rows there (a roster may lag activity, or not be sent at all)."""
-    members = _members(target, classes, schools)
-    return f" AND (learner_id IN ({members}) OR (SELECT count() FROM ({members})) = 0)"
 
 
 def _time(value: datetime) -> str:
