@@ -424,7 +424,7 @@ class ClickHouseStore(ReportingStore):
         schools: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> list[SupportReason]:
-        where, parameters = self._enrolled(target, classes, schools, timeout_s)
+        where, parameters = _where(target, classes, schools)
         if target.class_id:
             # A class's (learner, skill) cells are the table's keys: FINAL deduplicates them,
             # cheaper than argMax.
@@ -435,14 +435,17 @@ class ClickHouseStore(ReportingStore):
             # A school's view crosses classes: argMax picks a learner's newest cell among them.
             latest = _LATEST.format(where=where)
         # One GROUP BY learner over every source (each query step costs planning time, which
-        # dominates here): reasons, recent events, enrolled (`member`), active at all.
+        # dominates here): reasons, recent events, enrolled (`member`: `_members`), active at all.
         # The population is the target's members (one who left keeps old rows here, and is not
         # named; one without any activity is low on engagement), or, when the roster enrols no
-        # one there, whoever has rows (`_enrolled`).
+        # one there, whoever has rows (as `_enrolled`). Whether it enrols anyone is a window
+        # over all learners, so it is taken before paging filters. The roster as a source here
+        # costs less than `_enrolled`'s query of its own (bench/README.md, 2026-12-02).
         rows = self._query(
             f"""
             SELECT learner_id, reasons FROM (
                 SELECT learner_id, max(listed) AS member,
+                       max(max(listed)) OVER () AS roster_enrols,
                        arraySort(arrayConcat(
                            groupArrayIf((reason, skill, value, detail), reason != ''),
                            if(sum(recent) < {{min_events:UInt64}}
@@ -473,12 +476,13 @@ class ClickHouseStore(ReportingStore):
                            0, 1
                     FROM {{db}}.engagement_daily WHERE {where}
                     UNION ALL
-                    SELECT arrayJoin({{members:Array(String)}}) AS learner_id, '', '', 0, '',
-                           0, 1, 0
+                    SELECT learner_id, '', '', 0, '', 0, 1, 0
+                    FROM ({_members(target, classes, schools)})
                 )
                 GROUP BY learner_id
             )
             WHERE learner_id > {{after:String}} AND notEmpty(reasons)
+              AND (member = 1 OR roster_enrols = 0)
             ORDER BY learner_id
             LIMIT {{limit:UInt32}}
             """,
