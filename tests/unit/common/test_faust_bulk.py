@@ -100,19 +100,27 @@ async def test_records_out_of_order_are_dropped_and_read_again_first() -> None:
     assert thread.seeks == [{PARTITION: 20}]
 
 
-def test_fetching_stops_past_high_and_resumes_at_low() -> None:
+async def test_fetching_waits_past_high_until_taken_down_to_low() -> None:
     subject = consumer()
-    subject._active_partitions = {PARTITION}
     records = bulk(subject, high=10, low=4)
+    subject._active_partitions = {PARTITION}
+    fetches: list[object] = []
+
+    async def getmany(active_partitions: Any, timeout: float) -> dict[TopicPartition, list[Any]]:
+        fetches.append(active_partitions)
+        return {}
+
+    subject._getmany = getmany  # type: ignore[method-assign]
     generation = subject.app.consumer_generation_id
-    # Fetches are keyed by aiokafka's partitions; Faust's consumer wants its own.
-    records.add(TopicPartition(ACTIVITY, 0), fetched(range(0, 12), generation=generation))
-    assert subject._active_partitions == set()
-    assert all(type(tp) is TP for tp in subject._buffered_partitions)
+    records.add(PARTITION, fetched(range(0, 12), generation=generation))
+    fetch = asyncio.ensure_future(subject._wait_next_records(1.0))
+    await asyncio.sleep(0.01)
     records.take(7)  # 5 left: still above low
-    assert subject._active_partitions == set()
+    await asyncio.sleep(0.01)
+    assert fetches == [] and not fetch.done()
     records.take(1)
-    assert subject._active_partitions == {PARTITION}
+    await fetch
+    assert fetches == [{PARTITION}]  # partitions are never paused for it
 
 
 def test_the_last_record_acked_per_partition_is_told_to_the_sensors() -> None:

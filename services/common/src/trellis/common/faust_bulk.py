@@ -17,9 +17,10 @@ What Faust's stream does per record is done here per list, with the same rules:
 - a taken record is tracked (Faust's unacked set) until acked, so that a rebalance waits for it
   (`Consumer.wait_empty`) and a commit covers only acked records;
 - the consumer's order guard (`take_in_order`) sees every record taken, in the order fetched;
-- past `high` records waiting, fetching from the partitions that deliver stops
-  (`Consumer.on_buffer_full`, as Faust does for a full channel) until the processor took them
-  down to `low`.
+- past `high` records waiting, the consumer fetches nothing more (`room`) until the processor
+  took them down to `low`. (Not by pausing the partitions, as Faust does for a full channel: with
+  every partition paused, Faust's fetch loop sleeps a whole second before it looks again, and
+  the worker with it.)
 Faust's per-record sensor calls are left out (its `Monitor` statistics, which nothing here
 reads), except `on_stream_event_out` for the last record acked per partition, which tells the
 read API what the worker applied (`trellis.mastery.adapters.placement`).
@@ -55,8 +56,9 @@ class BulkRecords:
         self._waiting: deque[Message] = deque()
         # Per partition, the offset of the last record added (what the broker may have past it).
         self.last_offsets: dict[TP, int] = {}
-        self._paused: set[TP] = set()
         self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -68,11 +70,12 @@ class BulkRecords:
         self._waiting.extend(messages)
         self.last_offsets[tp] = messages[-1].offset
         self._arrived.set()
-        if len(self._waiting) >= self._high and tp not in self._paused:
-            # Faust's own type: its consumer asserts it (fetches are keyed by aiokafka's).
-            tp = TP(tp.topic, tp.partition)
-            self._paused.add(tp)
-            self._app.consumer.on_buffer_full(tp)
+        if len(self._waiting) >= self._high:
+            self._room.clear()
+
+    async def room(self) -> None:
+        """Wait until fewer than `high` records wait, or `low` once `high` was reached."""
+        await self._room.wait()
 
     async def arrived(self) -> None:
         """Wait until a record is waiting."""
@@ -101,11 +104,8 @@ class BulkRecords:
         if not waiting:
             self._arrived.clear()
             self.last_offsets.clear()
-        if self._paused and len(waiting) <= self._low:
-            consumer = app.consumer
-            for tp in self._paused:
-                consumer.on_buffer_drop(tp)
-            self._paused.clear()
+        if len(waiting) <= self._low:
+            self._room.set()
         return taken
 
     def ack(self, events: Iterable[EventT[Any]]) -> None:

@@ -35,6 +35,9 @@ whole gap as processed, so a read's offsets ran ahead of its state and a rebalan
 lose the gap's records. A partition taken in order has no such gaps (the activity topic is
 neither compacted nor transactional), so none is recorded for it.
 
+It can also hand a topic's records to their processor in lists, around Faust's per-record path
+(`take_in_bulk`, `trellis.common.faust_bulk`), with the same rules applied per list.
+
 Upstream: faust-streaming/faust#596 reports a neighbouring race in the same window; #606 (open;
 fix under review in #707) commits past a record still in flight through the same bookkeeping;
 #488 made the compiled iterator ack the records a processor skips.
@@ -71,6 +74,8 @@ class RebalanceSafeConsumer(Consumer):
         self._bulk[records.topic] = records
 
     async def _wait_next_records(self, timeout: float) -> Any:
+        for bulk in self._bulk.values():
+            await bulk.room()  # fetch no more than its processor can hold
         records, active = await super()._wait_next_records(timeout)
         # With the flow stopped Faust drops the whole fetch and seeks back; so do these records.
         if records and self._bulk and self.flow_active:
