@@ -49,22 +49,14 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, cast
 
-import aiokafka
 from aiokafka.structs import TopicPartition
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.transport.drivers.aiokafka import Consumer, Transport
 from faust.types import TP, Message
 
 from trellis.common.faust_bulk import BulkRecords
 from trellis.common.logging import get_logger
 
 log = get_logger("trellis.faust.consumer")
-
-#: How long the broker may hold a fetch that found nothing new (Faust fixes 1,500 ms). A fetch
-#: leaves out the partitions whose records the consumer has not handed on yet, so one sent while
-#: the worker is behind may name only partitions without new records (changelogs): the broker
-#: holds it the whole wait, and no other fetch goes to that broker meanwhile. At 5,000 events/s
-#: the worker got its records in bursts 1 to 1.5 s apart (docs/mastery-performance.md).
-FETCH_MAX_WAIT_MS = 50
 
 
 class RebalanceSafeConsumer(Consumer):
@@ -160,9 +152,6 @@ class RebalanceSafeConsumer(Consumer):
             return
         await super()._add_gap(tp, offset_from, offset_to)
 
-    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
-        return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
-
     def ack(self, message: Message) -> bool:
         if not message.tracked:
             log.info(
@@ -173,16 +162,6 @@ class RebalanceSafeConsumer(Consumer):
             )
             return False
         return super().ack(message)
-
-
-class ShortFetchWaitThread(AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread, its fetches held by the broker `FETCH_MAX_WAIT_MS` at
-    most."""
-
-    def _create_worker_consumer(self, transport: Transport) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when it starts its fetcher
-        return consumer
 
 
 class RebalanceSafeTransport(Transport):
