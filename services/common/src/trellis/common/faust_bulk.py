@@ -29,6 +29,7 @@ read API what the worker applied (`trellis.mastery.adapters.placement`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -54,6 +55,8 @@ class BulkRecords:
         self._low = low
         self._in_order = in_order
         self._waiting: deque[Message] = deque()
+        #: When the oldest record waiting arrived (`time.monotonic()`).
+        self.since = 0.0
         # Per partition, the offset of the last record added (what the broker may have past it).
         self.last_offsets: dict[TP, int] = {}
         self._arrived = asyncio.Event()
@@ -67,6 +70,8 @@ class BulkRecords:
         """Records fetched from `tp`, in offset order."""
         if not messages:
             return
+        if not self._waiting:
+            self.since = time.monotonic()
         self._waiting.extend(messages)
         self.last_offsets[tp] = messages[-1].offset
         self._arrived.set()
