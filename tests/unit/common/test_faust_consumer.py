@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from faust._cython.streams import StreamIterator
 from faust.events import Event
@@ -148,3 +149,46 @@ def test_any_order_is_taken_before_the_first_seek() -> None:
     subject = consumer()  # agent tests: no group, no seek
     assert subject.take_in_order(message(5, tracked=True))
     assert subject.take_in_order(message(2, tracked=True))
+
+
+@dataclass
+class FakeKafka:
+    """aiokafka's consumer, as the consumer's thread holds it: its assignment and pauses."""
+
+    assigned: set[TP]
+    paused: set[TP] = field(default_factory=set)
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    def pause(self, *partitions: TP) -> None:
+        self.paused.update(partitions)
+
+
+@dataclass
+class PausingThread:
+    kafka: FakeKafka
+
+    def assignment(self) -> set[TP]:
+        return {TP(*tp) for tp in self.kafka.assigned}
+
+    def _ensure_consumer(self) -> FakeKafka:
+        return self.kafka
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
+async def test_the_changelogs_of_its_own_tables_are_not_fetched_once_recovered() -> None:
+    subject = consumer()
+    subject.app.Table("learners", partitions=2)
+    changelog = f"{subject.app.conf.id}-learners-changelog"
+    own, standby, stream = TP(changelog, 0), TP(changelog, 1), TP(ACTIVITY, 0)
+    kafka = FakeKafka(assigned={own, standby, stream})
+    subject._thread = PausingThread(kafka)  # type: ignore[assignment]
+    subject.app.assignor.assigned_standbys = lambda: {standby}  # type: ignore[method-assign]
+    await subject.app.on_rebalance_complete.send()
+    # aiokafka itself stops fetching it (Faust's own pause only stops taking its records); the
+    # standby, written by another member, and the stream are still fetched.
+    assert kafka.paused == {own}
+    assert own in subject._paused_partitions

@@ -35,6 +35,15 @@ whole gap as processed, so a read's offsets ran ahead of its state and a rebalan
 lose the gap's records. A partition taken in order has no such gaps (the activity topic is
 neither compacted nor transactional), so none is recorded for it.
 
+Once a rebalance's table recovery is over, aiokafka stops fetching the changelog partitions of
+this member's own tables. Faust's "pause" only stops taking their records from aiokafka's buffer,
+so aiokafka went on fetching them, and a partition without traffic (the erasure table's) is in
+every fetch request built while the activity partitions still have records waiting to be taken:
+the broker held such a request for Faust's fixed 1.5 s `fetch_max_wait_ms`, and the activity
+records came in bursts 1 to 1.5 s apart at 5,000 events/s (docs/mastery-performance.md). The next
+rebalance's assignment fetches everything again (aiokafka starts each assignment unpaused), so
+table recovery reads what it must.
+
 It can also hand a topic's records to their processor in lists, around Faust's per-record path
 (`take_in_bulk`, `trellis.common.faust_bulk`), with the same rules applied per list.
 
@@ -67,6 +76,24 @@ class RebalanceSafeConsumer(Consumer):
         self._rewinding: dict[TP, asyncio.Future[None]] = {}
         # Topic -> where its records go instead of its stream (`take_in_bulk`).
         self._bulk: dict[str, BulkRecords] = {}
+        self.app.on_rebalance_complete.connect(self._pause_own_changelogs)
+
+    async def _pause_own_changelogs(self, *_: Any, **__: Any) -> None:
+        """Stop fetching the changelogs of the tables this member writes (their standbys, which
+        other members write, are still followed); run when table recovery is over."""
+        changelogs = self.app.tables.changelog_topics
+        standbys = self.app.assignor.assigned_standbys()
+        own = {tp for tp in self.assignment() if tp.topic in changelogs and tp not in standbys}
+        if not own:
+            return
+        self.pause_partitions(own)
+        kafka = self._thread._ensure_consumer()
+
+        async def pause() -> None:  # in the consumer's thread, which owns aiokafka's state
+            assigned = kafka.assignment()  # a rebalance may have begun meanwhile
+            kafka.pause(*(tp for tp in (TopicPartition(*tp) for tp in own) if tp in assigned))
+
+        await self._thread.call_thread(pause)
 
     def take_in_bulk(self, records: BulkRecords) -> None:
         """Hand the records of `records.topic` to `records` as they are fetched, in lists, instead
