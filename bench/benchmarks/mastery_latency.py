@@ -8,9 +8,12 @@ offers attempts of `mastery.LEARNERS` learners to the activity topic open loop, 
 its due time in the schedule, written as the record's timestamp, so a producer that falls behind
 shows as latency, not as a lower rate. Its `MasteryUpdated` time is the timestamp the worker's
 producer gave the output record. Latency = the second minus the first, per attempt; p50 and p99
-per rate. CPU: the worker's and this process's (producer) user + system time over the phase, in
-% of one core. The next rate starts once every output of the phase was read (or `DRAIN_S`
-passed: then the missing ones count as lost and the phase as failed).
+per rate. The same from the broker's append time too (`from_append_*`: the benchmark's activity
+topic is set to `LogAppendTime`, read back after each phase), which leaves the load generator's
+own lateness out; the target is judged from the due time, as before. CPU: the worker's and this
+process's (producer) user + system time over the phase, in % of one core. The next rate starts
+once every output of the phase was read (or `DRAIN_S` passed: then the missing ones count as
+lost and the phase as failed).
 
 Ingest itself is not in the loop: on this machine it stores at most about 3,500 events/s (see
 bench/README.md "Load generator"), below the 5,000 to offer. Target: p99 < 250 ms at 5,000.
@@ -25,11 +28,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import psutil
 from kafka import TopicPartition
+from kafka.admin import ConfigResource
 
 from bench.benchmarks.mastery import (
     PARTITIONS,
@@ -41,7 +46,7 @@ from bench.benchmarks.mastery import (
     make_event,
 )
 from bench.framework import BenchContext, BenchResult, run_standalone
-from trellis.common.kafka import create_consumer, create_producer, ensure_topics
+from trellis.common.kafka import create_admin, create_consumer, create_producer, ensure_topics
 from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.common.settings import Settings
 
@@ -51,24 +56,37 @@ DRAIN_S = 60.0
 AHEAD_S = 0.001
 
 
-class Outputs:
-    """Reads `MasteryUpdated` records of the mastery topic: cause event id -> timestamp (ms)."""
+def _cause_of_update(envelope: envelope_pb2.Envelope) -> str | None:
+    if envelope.WhichOneof("payload") == "mastery_updated":
+        return envelope.mastery_updated.cause_event_id
+    return None
 
-    def __init__(self, settings: Settings) -> None:
-        topic = settings.kafka.topics.name("mastery")
+
+def _event_id(envelope: envelope_pb2.Envelope) -> str | None:
+    return envelope.event_id
+
+
+class RecordTimes:
+    """Reads a topic's envelopes: the id `id_of` gives each (None: skipped) -> the record's
+    timestamp (ms), the first one seen."""
+
+    def __init__(
+        self, settings: Settings, stream: str, id_of: Callable[[envelope_pb2.Envelope], str | None]
+    ) -> None:
+        topic = settings.kafka.topics.name(stream)
         self.consumer = create_consumer(settings.kafka, None)
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning()
+        self._id_of = id_of
         self.at_ms: dict[str, int] = {}
 
     def read(self, timeout_ms: int = 200) -> None:
         for records in self.consumer.poll(timeout_ms=timeout_ms, max_records=10_000).values():
             for record in records:
-                envelope = envelope_pb2.Envelope.FromString(record.value)
-                if envelope.WhichOneof("payload") == "mastery_updated":
-                    cause = envelope.mastery_updated.cause_event_id
-                    self.at_ms.setdefault(cause, record.timestamp)
+                found = self._id_of(envelope_pb2.Envelope.FromString(record.value))
+                if found is not None:
+                    self.at_ms.setdefault(found, record.timestamp)
 
     def wait_for(self, causes: list[str], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -123,8 +141,13 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     settings = _settings(ctx.bootstrap_servers, prefix)
     ensure_topics(settings.kafka)
     activity = settings.kafka.topics.name("activity")
+    # The broker stamps each attempt with its append time ("ingested"), besides its due time.
+    create_admin(settings.kafka).alter_configs(
+        [ConfigResource("TOPIC", activity, {"message.timestamp.type": "LogAppendTime"})]
+    )
     producer = create_producer(settings.kafka)
-    outputs = Outputs(settings)
+    outputs = RecordTimes(settings, "mastery", _cause_of_update)
+    appended = RecordTimes(settings, "activity", _event_id)
     with (ctx.work_dir / "worker-latency.log").open("wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "trellis.mastery", "worker"],
@@ -148,6 +171,12 @@ def run(ctx: BenchContext) -> list[BenchResult]:
             complete = outputs.wait_for(list(due_ms), DRAIN_S)
             wall = time.monotonic() - started
             latencies = [outputs.at_ms[e] - d for e, d in due_ms.items() if e in outputs.at_ms]
+            appended.wait_for(list(due_ms), DRAIN_S)
+            from_append = [
+                outputs.at_ms[e] - appended.at_ms[e]
+                for e in due_ms
+                if e in outputs.at_ms and e in appended.at_ms
+            ]
             phase = {
                 "offered_per_s": rate,
                 "achieved_offer_per_s": round(len(due_ms) / offered_s),
@@ -156,6 +185,8 @@ def run(ctx: BenchContext) -> list[BenchResult]:
                 "p50_ms": _percentile(latencies, 0.50),
                 "p99_ms": _percentile(latencies, 0.99),
                 "max_ms": max(latencies),
+                "from_append_p50_ms": _percentile(from_append, 0.50),
+                "from_append_p99_ms": _percentile(from_append, 0.99),
                 "worker_cpu_pct": round(100 * (_cpu(worker_ps) - cpu_worker) / wall),
                 "producer_cpu_pct": round(100 * (_cpu(me) - cpu_me) / wall),
                 "complete": complete,
@@ -165,6 +196,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     finally:
         producer.close()
         outputs.consumer.close()
+        appended.consumer.close()
         _stop(worker)
     at_5000 = next(p for p in phases if p["offered_per_s"] == 5_000)
     return [
