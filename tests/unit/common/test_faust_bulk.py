@@ -30,8 +30,7 @@ PARTITION = TP(ACTIVITY, 0)
 
 
 def bulk(subject: RebalanceSafeConsumer, *, high: int = 100, low: int = 50) -> BulkRecords:
-    records = BulkRecords(subject.app, ACTIVITY, high=high, low=low, in_order=subject.take_in_order)
-    subject.take_in_bulk(records)
+    records = subject.take_in_bulk(ACTIVITY, high=high, low=low)
     subject.app.flow_control.resume()  # as after a rebalance
     return records
 

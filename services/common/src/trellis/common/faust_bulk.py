@@ -47,7 +47,7 @@ class BulkRecords:
         *,
         high: int,
         low: int,
-        in_order: Callable[[Message], bool] | None = None,
+        in_order: Callable[[Message], bool],
     ) -> None:
         self.topic = topic
         self._app = app
@@ -101,7 +101,7 @@ class BulkRecords:
             message = waiting.popleft()
             if not flowing or message.generation_id != generation:
                 continue
-            if in_order is not None and not in_order(message):
+            if not in_order(message):
                 continue
             message.tracked = True
             unacked.add(message)

@@ -95,10 +95,12 @@ class RebalanceSafeConsumer(Consumer):
 
         await self._thread.call_thread(pause)
 
-    def take_in_bulk(self, records: BulkRecords) -> None:
-        """Hand the records of `records.topic` to `records` as they are fetched, in lists, instead
-        of one by one to the topic's stream (`trellis.common.faust_bulk`)."""
-        self._bulk[records.topic] = records
+    def take_in_bulk(self, topic: str, *, high: int, low: int) -> BulkRecords:
+        """The buffer that `topic`'s records go to as they are fetched, in lists, instead of one
+        by one to the topic's stream (`trellis.common.faust_bulk`); taken in order."""
+        records = BulkRecords(self.app, topic, high=high, low=low, in_order=self.take_in_order)
+        self._bulk[topic] = records
+        return records
 
     async def _wait_next_records(self, timeout: float) -> Any:
         for bulk in self._bulk.values():

@@ -41,17 +41,10 @@ def activity_records(stream: faust.StreamT[Any], topic: str, high: int) -> BulkR
     """The buffer of `topic`, the stream's: filled by the consumer as it fetches, and with
     whatever reaches the stream itself, which is drained in the background (its acks off)."""
     faust_stream = cast(faust.Stream[Any], stream)
-    app = faust_stream.app
-    consumer = app.consumer
-    records = BulkRecords(
-        app,
-        topic,
-        high=high,
-        low=high // 2,
-        in_order=consumer.take_in_order if isinstance(consumer, RebalanceSafeConsumer) else None,
-    )
-    if isinstance(consumer, RebalanceSafeConsumer):
-        consumer.take_in_bulk(records)
+    consumer = faust_stream.app.consumer
+    if not isinstance(consumer, RebalanceSafeConsumer):  # every app from `create_app` has one
+        raise TypeError(f"records in lists need a RebalanceSafeConsumer, not {type(consumer)}")
+    records = consumer.take_in_bulk(topic, high=high, low=high // 2)
 
     def add(value: Any) -> Any:
         event = faust_stream.current_event
