@@ -42,11 +42,20 @@ SECONDS = 122 * 86_400  # June to September
 AS_OF = datetime(2025, 9, 30, 23, 59, tzinfo=UTC)
 TARGET_P95_MS = 50.0
 
+
+def _padded(prefix: str, number: str, width: int) -> str:
+    """SQL of `prefix` and `number` zero-padded to `width` digits, or wider (leftPad would cut
+    a longer number: a district-sized roster's ids would collide)."""
+    digits = f"toString({number})"
+    padded = f"leftPad({digits}, {width}, '0')"
+    return f"concat('{prefix}', if(length({digits}) < {width}, {padded}, {digits}))"
+
+
 # Learner l sits in class l // 25, class c in school c // 10.
-_LEARNER = "concat('L', leftPad(toString({l}), 5, '0'))"
-_CLASS = "concat('C', leftPad(toString(intDiv({l}, 25)), 3, '0'))"
-_SCHOOL = "concat('S', leftPad(toString(intDiv({l}, 250)), 2, '0'))"
-_SKILL = "concat('K', leftPad(toString({k}), 2, '0'))"
+_LEARNER = _padded("L", "{l}", 5)
+_CLASS = _padded("C", "intDiv({l}, 25)", 3)
+_SCHOOL = _padded("S", "intDiv({l}, 250)", 2)
+_SKILL = _padded("K", "{k}", 2)
 
 
 def _ids(l: str) -> str:  # noqa: E741
