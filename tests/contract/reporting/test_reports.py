@@ -380,6 +380,7 @@ def test_erasure_removes_the_learner_from_every_table_and_rollup(tmp_path: Path)
             "learner_goals",
             "roster_learners",
             "roster_enrollments",
+            "roster_class_enrollments",
         ):
             left = store.client.query(
                 f"SELECT count() FROM trellis_erasure.{table} WHERE learner_id = 'n02'"
@@ -414,6 +415,66 @@ def test_an_ended_enrollment_and_a_moved_class_end_the_scope(tmp_path: Path) -> 
         assert store.learner_enrolled(TENANT, "n02", classes=["c1"])
         assert not store.learner_enrolled(TENANT, "n02", schools=["school-n"])
         assert store.learner_enrolled(TENANT, "n02", schools=["school-s"])
+    finally:
+        store.close()
+
+
+def test_a_class_s_members_are_its_enrollments_newest_versions(tmp_path: Path) -> None:
+    # After the dataset, each change in a part of its own: en-n01 ends (a tombstone), en-n03
+    # moves to c2, en-n05 moves to c2 and back, en-n02 ends and is enrolled again, n08 is
+    # enrolled in c2 and moved to c3. `roster_class_enrollments` lists every class each was in.
+    store = ChdbStore(tmp_path / "chdb", "trellis_class_members")
+    try:
+        store.migrate()
+        dataset.load(store)
+        later = dataset.Builder()
+        later.offsets[dataset.ROSTER_TOPIC] = 1_000
+
+        def enrol(enrollment: str, learner: str, class_id: str) -> None:
+            entity = roster_pb2.Enrollment(
+                sourced_id=enrollment, class_id=class_id, user_id=learner, role="learner"
+            )
+            later.roster(TENANT, "enrollment", entity)
+
+        later.tombstone(TENANT, "enrollment", "en-n01")
+        enrol("en-n03", "n03", "c2")
+        enrol("en-n05", "n05", "c2")
+        enrol("en-n05", "n05", "c1")
+        later.tombstone(TENANT, "enrollment", "en-n02")
+        enrol("en-n02", "n02", "c1")
+        enrol("en-n08", "n08", "c2")
+        enrol("en-n08", "n08", "c3")
+        for table, rows in later.tables.items():
+            for i, row in enumerate(rows):
+                store.insert(table, [row], f"later/{table}/{i}")
+
+        members = {c: store.class_heatmap(TENANT, c, 100).learner_ids for c in ("c1", "c2", "c3")}
+        assert members == {"c1": ["n02", "n04", "n05"], "c2": ["n03"], "c3": ["n08"]}
+        listed = store.client.query(
+            "SELECT class_id, groupArray(learner_id) FROM trellis_class_members"
+            ".roster_class_enrollments WHERE tenant_id = {t:String}"
+            " GROUP BY class_id ORDER BY class_id",
+            parameters={"t": TENANT},
+        ).result_rows
+        assert [(c, sorted(set(learners))) for c, learners in listed] == [
+            ("c1", ["n01", "n02", "n03", "n04", "n05", "t1"]),
+            ("c2", ["n03", "n05", "n08"]),
+            ("c3", ["n08"]),
+        ]
+        # A teacher of c1 and c2 (n03: enrolled in c2, no activity there), and the learner
+        # scope of callers with classes or schools.
+        c2 = Target(TENANT, class_id="c2")
+        assert support(store, c2, classes=["c1", "c2"]) == [("n03", "low_engagement", "", 0, "")]
+        assert [store.learner_enrolled(TENANT, "n03", classes=[c]) for c in ("c1", "c2")] == [
+            False,
+            True,
+        ]
+        assert [store.learner_enrolled(TENANT, "n05", classes=[c]) for c in ("c1", "c2")] == [
+            True,
+            False,
+        ]
+        assert not store.learner_enrolled(TENANT, "n01", classes=["c1"])
+        assert store.learner_enrolled(TENANT, "n08", schools=["school-n"]) is False  # c3: no school
     finally:
         store.close()
 
@@ -563,7 +624,7 @@ def test_migration_2_starts_the_rollups_from_activity_stored_before_it(
         store.insert("activity", rows, "before-v2")
         monkeypatch.undo()
 
-        assert store.migrate() == [2, 3, 4]
+        assert store.migrate() == [2, 3, 4, 5]
         assert store.migrate() == []
 
         days = store.engagement(C1, since=date(2025, 9, 1), until=date(2025, 9, 17), limit=100)

@@ -527,6 +527,7 @@ def test_roster_and_erasure_through_the_broker_and_a_replay_does_not_bring_them_
             "mastery_latest",
             "roster_learners",
             "roster_enrollments",
+            "roster_class_enrollments",
             "engagement_daily",
         ):
             total += store.client.query(

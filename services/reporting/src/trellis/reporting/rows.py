@@ -74,9 +74,10 @@ ROSTER_SCHOOLS = "roster_schools"
 ROSTER_CLASSES = "roster_classes"
 ROSTER_ENROLLMENTS = "roster_enrollments"
 ROSTER_LEARNERS = "roster_learners"
-# Filled by materialized views over `activity`, never by the sink.
+# Filled by materialized views (over `activity`; over `roster_enrollments`), never by the sink.
 ENGAGEMENT_DAILY = "engagement_daily"
 LEARNER_GOALS = "learner_goals"
+ROSTER_CLASS_ENROLLMENTS = "roster_class_enrollments"
 
 Stream = Literal["mastery", "activity", "roster"]
 # Which tables each consumed topic feeds (erasures come from activity and mastery).

@@ -26,6 +26,7 @@ from trellis.reporting.rows import (
     MASTERY_EVENTS,
     MASTERY_HISTORY,
     MASTERY_LATEST,
+    ROSTER_CLASS_ENROLLMENTS,
     ROSTER_CLASSES,
     ROSTER_ENROLLMENTS,
     ROSTER_LEARNERS,
@@ -81,8 +82,9 @@ LEARNER_TABLES = (
     ROSTER_LEARNERS,
     ENGAGEMENT_DAILY,
     LEARNER_GOALS,
+    ROSTER_CLASS_ENROLLMENTS,
 )
-COUNTED_TABLES = (*TABLES, ENGAGEMENT_DAILY, LEARNER_GOALS)
+COUNTED_TABLES = (*TABLES, ENGAGEMENT_DAILY, LEARNER_GOALS, ROSTER_CLASS_ENROLLMENTS)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Synchronous, deduplicated inserts: the sink commits Kafka offsets only after this returns, so
 # nothing may complete behind the call (chDB enables async_insert by default).
@@ -373,13 +375,13 @@ class ClickHouseStore(ReportingStore):
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         # Replacing tables count their live keys (FINAL); roster tables leave tombstones out.
-        final = {MASTERY_LATEST, ERASED_LEARNERS, LEARNER_GOALS}
+        final = {MASTERY_LATEST, ERASED_LEARNERS, LEARNER_GOALS, ROSTER_CLASS_ENROLLMENTS}
         parts = []
         for table in COUNTED_TABLES:
-            if table.startswith("roster_"):
-                body = f"{{db}}.{table} FINAL WHERE deleted = 0 AND"
-            elif table in final:
+            if table in final:
                 body = f"{{db}}.{table} FINAL WHERE"
+            elif table.startswith("roster_"):
+                body = f"{{db}}.{table} FINAL WHERE deleted = 0 AND"
             else:
                 body = f"{{db}}.{table} WHERE"
             parts.append(f"SELECT '{table}', count() FROM {body} tenant_id = {{tenant:String}}")
@@ -980,21 +982,34 @@ def _members(target: Target, classes: Sequence[str] | None, schools: Sequence[st
     tombstoned): in the class, or in a class the roster places in the school (the class's school
     is the roster's class record), within the caller's classes and the classes the roster places
     in its schools; a target of the tenant alone: anywhere in that scope (`learner_enrolled`).
-    Takes `_where`'s parameters; ends with its WHERE terms, so more may be appended."""
-    terms = ["tenant_id = {tenant:String}", "deleted = 0", "role = 'learner'"]
+    Takes `_where`'s parameters; ends with its WHERE terms, so more may be appended.
+
+    A read limited to classes takes only the enrollment ids that `roster_class_enrollments` ever
+    listed in them (by its key: a class's enrollments are found without scanning the tenant's,
+    whose ids, GUIDs in real feeds, do not follow classes), then their newest versions here (by
+    this table's key), which must still be in those classes and not tombstoned: a moved or ended
+    enrollment is listed in its old class for good. Every row here has its triple listed there
+    (erasure removes both), so the answer is the same as without that term."""
+    classes_terms = []
     if target.class_id:
-        terms.append("class_id = {target_class:String}")
+        classes_terms.append("class_id = {target_class:String}")
     if classes is not None:
-        terms.append("has({classes:Array(String)}, class_id)")
+        classes_terms.append("has({classes:Array(String)}, class_id)")
     placed = []
     if target.school_id:
         placed.append("school_id = {target_school:String}")
     if schools is not None:
         placed.append("has({schools:Array(String)}, toString(school_id))")
     if placed:
-        terms.append(
+        classes_terms.append(
             "class_id IN (SELECT class_id FROM {db}.roster_classes FINAL"
             " WHERE tenant_id = {tenant:String} AND deleted = 0 AND " + " AND ".join(placed) + ")"
+        )
+    terms = ["tenant_id = {tenant:String}", "deleted = 0", "role = 'learner'", *classes_terms]
+    if classes_terms:
+        terms.append(
+            "enrollment_id IN (SELECT enrollment_id FROM {db}.roster_class_enrollments"
+            " WHERE tenant_id = {tenant:String} AND " + " AND ".join(classes_terms) + ")"
         )
     return "SELECT learner_id FROM {db}.roster_enrollments FINAL WHERE " + " AND ".join(terms)
 

@@ -28,8 +28,15 @@ Why these keys:
 - `engagement_daily` (SummingMergeTree) and `learner_goals` (ReplacingMergeTree) are filled by
   materialized views over `activity`; they are erased with the same lightweight DELETE.
   `engagement_daily` has the key of `activity`; a bloom filter on class_id (migration 3) keeps a
-  class's read (no school given) from scanning the tenant. `roster_enrollments` has one on
-  class_id too (migration 4): a class's members are read by every class and school report.
+  class's read (no school given) from scanning the tenant.
+- `roster_class_enrollments` (migration 5, a materialized view over `roster_enrollments`) lists
+  the (class, enrollment, learner) triples seen, keyed by class: every class and school report
+  reads a class's members, and `roster_enrollments` is keyed by enrollment id, which in real
+  feeds (GUIDs) does not follow classes. The members are the listed enrollments whose newest
+  version, read by key, is still in the class (`_members` in `clickhouse.py`). It replaces
+  migration 4's bloom filter on `roster_enrollments.class_id` (dropped: it helped only when ids
+  followed classes, and cost more than a scan when they did not; bench/README.md). Erasure
+  deletes from it by learner, as from the others.
 - `erased_learners` lists the (tenant, learner) pairs erased: the sink consults it before every
   insert, so a replay of the log never brings an erased learner back.
 - `non_replicated_deduplication_window` keeps the hashes of the last inserts, so that a batch
@@ -333,6 +340,48 @@ WHERE kind = 'goal_set' AND (SELECT count() FROM {db}.learner_goals) = 0
             "ALTER TABLE {db}.roster_enrollments ADD INDEX IF NOT EXISTS class_bloom class_id "
             "TYPE bloom_filter(0.01) GRANULARITY 1",
             "ALTER TABLE {db}.roster_enrollments MATERIALIZE INDEX class_bloom",
+        ),
+    ),
+    Migration(
+        5,
+        "roster enrollments keyed by class",
+        (
+            # Which enrollments a class has ever had, keyed by class: a class's read finds its
+            # candidate enrollment ids by key, then their newest versions in `roster_enrollments`
+            # by key (`_members`), instead of scanning the tenant's enrollments. A list of
+            # (class, enrollment, learner) triples seen, not a state: a moved or ended enrollment
+            # keeps its row here, and the newest version decides. The learner is in the key so
+            # that erasure (which deletes by learner, here too) removes exactly the triples of
+            # the rows it removes from `roster_enrollments`.
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.roster_class_enrollments (
+    tenant_id LowCardinality(String),
+    class_id String,
+    enrollment_id String,
+    learner_id String
+) ENGINE = ReplacingMergeTree
+ORDER BY (tenant_id, class_id, enrollment_id, learner_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""",
+            # Tombstones name no class: nothing to list.
+            """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.roster_class_enrollments_mv
+TO {db}.roster_class_enrollments AS
+SELECT tenant_id, class_id, enrollment_id, learner_id
+FROM {db}.roster_enrollments
+WHERE deleted = 0
+""",
+            # Enrollments stored before: a triple listed twice (a migration redone after a crash,
+            # or a row the view took too) is harmless, and merges drop the copy.
+            """
+INSERT INTO {db}.roster_class_enrollments
+SELECT tenant_id, class_id, enrollment_id, learner_id
+FROM {db}.roster_enrollments
+WHERE deleted = 0
+""",
+            # Migration 4's index: a class's read is narrowed by the key now (to the granules of
+            # its candidates, which the index cannot narrow further); it only cost inserts.
+            "ALTER TABLE {db}.roster_enrollments DROP INDEX IF EXISTS class_bloom",
         ),
     ),
 )
