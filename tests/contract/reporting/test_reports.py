@@ -422,7 +422,7 @@ def test_an_ended_enrollment_and_a_moved_class_end_the_scope(tmp_path: Path) -> 
 def test_a_class_s_members_are_its_enrollments_newest_versions(tmp_path: Path) -> None:
     # After the dataset, each change in a part of its own: en-n01 ends (a tombstone), en-n03
     # moves to c2, en-n05 moves to c2 and back, en-n02 ends and is enrolled again, n08 is
-    # enrolled in c2 and moved to c3. `roster_class_enrollments` lists every class each was in.
+    # enrolled in c2 and moved to c3.
     store = ChdbStore(tmp_path / "chdb", "trellis_class_members")
     try:
         store.migrate()
@@ -450,16 +450,24 @@ def test_a_class_s_members_are_its_enrollments_newest_versions(tmp_path: Path) -
 
         members = {c: store.class_heatmap(TENANT, c, 100).learner_ids for c in ("c1", "c2", "c3")}
         assert members == {"c1": ["n02", "n04", "n05"], "c2": ["n03"], "c3": ["n08"]}
-        listed = store.client.query(
-            "SELECT class_id, groupArray(learner_id) FROM trellis_class_members"
-            ".roster_class_enrollments WHERE tenant_id = {t:String}"
-            " GROUP BY class_id ORDER BY class_id",
+        # A class an enrollment left keeps a tombstone of it.
+        by_class = store.client.query(
+            "SELECT class_id, enrollment_id, learner_id, deleted"
+            " FROM trellis_class_members.roster_class_enrollments FINAL"
+            " WHERE tenant_id = {t:String} ORDER BY class_id, enrollment_id",
             parameters={"t": TENANT},
         ).result_rows
-        assert [(c, sorted(set(learners))) for c, learners in listed] == [
-            ("c1", ["n01", "n02", "n03", "n04", "n05", "t1"]),
-            ("c2", ["n03", "n05", "n08"]),
-            ("c3", ["n08"]),
+        assert [tuple(row) for row in by_class] == [
+            ("c1", "en-n01", "", 1),
+            ("c1", "en-n02", "n02", 0),
+            ("c1", "en-n03", "n03", 1),
+            ("c1", "en-n04", "n04", 0),
+            ("c1", "en-n05", "n05", 0),
+            ("c1", "en-t1", "t1", 0),
+            ("c2", "en-n03", "n03", 0),
+            ("c2", "en-n05", "n05", 1),
+            ("c2", "en-n08", "n08", 1),
+            ("c3", "en-n08", "n08", 0),
         ]
         # A teacher of c1 and c2 (n03: enrolled in c2, no activity there), and the learner
         # scope of callers with classes or schools.
@@ -475,6 +483,38 @@ def test_a_class_s_members_are_its_enrollments_newest_versions(tmp_path: Path) -
         ]
         assert not store.learner_enrolled(TENANT, "n01", classes=["c1"])
         assert store.learner_enrolled(TENANT, "n08", schools=["school-n"]) is False  # c3: no school
+    finally:
+        store.close()
+
+
+def test_enrollments_stored_without_their_catch_up_are_caught_up_at_start(
+    tmp_path: Path,
+) -> None:
+    # A process that died between inserting enrollments and keeping the class-keyed table:
+    # the next start (migrate) catches up.
+    store = ChdbStore(tmp_path / "chdb", "trellis_catch_up")
+    try:
+        store.migrate()
+        dataset.load(store)
+        later = dataset.Builder()
+        later.offsets[dataset.ROSTER_TOPIC] = 1_000
+        moved = roster_pb2.Enrollment(
+            sourced_id="en-n03", class_id="c2", user_id="n03", role="learner"
+        )
+        later.roster(TENANT, "enrollment", moved)
+        [row] = later.tables["roster_enrollments"]
+        store.client.insert(
+            "trellis_catch_up.roster_enrollments",
+            [list(row)],
+            column_names=list(row._fields),
+            settings={"async_insert": 0},
+        )
+        assert "n03" in store.class_heatmap(TENANT, "c1", 100).learner_ids  # not caught up
+
+        assert store.migrate() == []
+
+        assert "n03" not in store.class_heatmap(TENANT, "c1", 100).learner_ids
+        assert store.class_heatmap(TENANT, "c2", 100).learner_ids == ["n03"]
     finally:
         store.close()
 

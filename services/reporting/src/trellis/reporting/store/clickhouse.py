@@ -54,7 +54,13 @@ from trellis.reporting.store.base import (
     Target,
     TimelineEntry,
 )
-from trellis.reporting.store.migrations import LATEST_VERSION, MIGRATIONS, SCHEMA_MIGRATIONS_DDL
+from trellis.reporting.store.migrations import (
+    CATCH_UP_CLASS_ENROLLMENTS,
+    CLASS_ENROLLMENTS_MIGRATION,
+    LATEST_VERSION,
+    MIGRATIONS,
+    SCHEMA_MIGRATIONS_DDL,
+)
 from trellis.reporting.store.native import native_block
 
 __all__ = ["TABLES", "ClickHouseStore"]
@@ -84,6 +90,7 @@ LEARNER_TABLES = (
     LEARNER_GOALS,
     ROSTER_CLASS_ENROLLMENTS,
 )
+# Kept by the store itself (`CATCH_UP_CLASS_ENROLLMENTS`), from `roster_enrollments`.
 COUNTED_TABLES = (*TABLES, ENGAGEMENT_DAILY, LEARNER_GOALS, ROSTER_CLASS_ENROLLMENTS)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Synchronous, deduplicated inserts: the sink commits Kafka offsets only after this returns, so
@@ -209,7 +216,16 @@ class ClickHouseStore(ReportingStore):
                 {"version": migration.version, "name": migration.name},
             )
             done.append(migration.version)
+        if CLASS_ENROLLMENTS_MIGRATION in applied:
+            # Enrollments stored by a process that died before catching up (`insert_native`).
+            self._catch_up_class_enrollments()
         return done
+
+    def _catch_up_class_enrollments(self) -> None:
+        try:
+            self.client.command(self._sql(CATCH_UP_CLASS_ENROLLMENTS), settings={"async_insert": 0})
+        except ClickHouseError as exc:
+            raise StoreError(f"catching up roster_class_enrollments failed: {exc}") from exc
 
     def positions(self, tables: Sequence[str]) -> dict[str, dict[PartitionKey, int]]:
         # One query for all tables (UNION ALL): a query per table took five times as long in
@@ -256,6 +272,10 @@ class ClickHouseStore(ReportingStore):
             )
         except ClickHouseError as exc:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
+        if table == ROSTER_ENROLLMENTS:
+            # Before the sink commits: a failure here retries the batch (its insert is dropped
+            # as a duplicate, the catch-up redone).
+            self._catch_up_class_enrollments()
 
     def _column_wire_types(self, table: str) -> dict[str, str]:
         """Column -> the type its values are sent as; read once, for every table at once."""
@@ -375,13 +395,13 @@ class ClickHouseStore(ReportingStore):
 
     def row_counts(self, tenant_id: str) -> dict[str, int]:
         # Replacing tables count their live keys (FINAL); roster tables leave tombstones out.
-        final = {MASTERY_LATEST, ERASED_LEARNERS, LEARNER_GOALS, ROSTER_CLASS_ENROLLMENTS}
+        final = {MASTERY_LATEST, ERASED_LEARNERS, LEARNER_GOALS}
         parts = []
         for table in COUNTED_TABLES:
-            if table in final:
-                body = f"{{db}}.{table} FINAL WHERE"
-            elif table.startswith("roster_"):
+            if table.startswith("roster_"):
                 body = f"{{db}}.{table} FINAL WHERE deleted = 0 AND"
+            elif table in final:
+                body = f"{{db}}.{table} FINAL WHERE"
             else:
                 body = f"{{db}}.{table} WHERE"
             parts.append(f"SELECT '{table}', count() FROM {body} tenant_id = {{tenant:String}}")
@@ -984,34 +1004,26 @@ def _members(target: Target, classes: Sequence[str] | None, schools: Sequence[st
     in its schools; a target of the tenant alone: anywhere in that scope (`learner_enrolled`).
     Takes `_where`'s parameters; ends with its WHERE terms, so more may be appended.
 
-    A read limited to classes takes only the enrollment ids that `roster_class_enrollments` ever
-    listed in them (by its key: a class's enrollments are found without scanning the tenant's,
-    whose ids, GUIDs in real feeds, do not follow classes), then their newest versions here (by
-    this table's key), which must still be in those classes and not tombstoned: a moved or ended
-    enrollment is listed in its old class for good. Every row here has its triple listed there
-    (erasure removes both), so the answer is the same as without that term."""
-    classes_terms = []
+    Read from `roster_class_enrollments` (`roster_enrollments` keyed by class, where a moved or
+    ended enrollment leaves a tombstone in its old class): a class's members are found by key,
+    not by scanning the tenant's enrollments, whose ids (GUIDs in real feeds) do not follow
+    classes."""
+    terms = ["tenant_id = {tenant:String}", "deleted = 0", "role = 'learner'"]
     if target.class_id:
-        classes_terms.append("class_id = {target_class:String}")
+        terms.append("class_id = {target_class:String}")
     if classes is not None:
-        classes_terms.append("has({classes:Array(String)}, class_id)")
+        terms.append("has({classes:Array(String)}, class_id)")
     placed = []
     if target.school_id:
         placed.append("school_id = {target_school:String}")
     if schools is not None:
         placed.append("has({schools:Array(String)}, toString(school_id))")
     if placed:
-        classes_terms.append(
+        terms.append(
             "class_id IN (SELECT class_id FROM {db}.roster_classes FINAL"
             " WHERE tenant_id = {tenant:String} AND deleted = 0 AND " + " AND ".join(placed) + ")"
         )
-    terms = ["tenant_id = {tenant:String}", "deleted = 0", "role = 'learner'", *classes_terms]
-    if classes_terms:
-        terms.append(
-            "enrollment_id IN (SELECT enrollment_id FROM {db}.roster_class_enrollments"
-            " WHERE tenant_id = {tenant:String} AND " + " AND ".join(classes_terms) + ")"
-        )
-    return "SELECT learner_id FROM {db}.roster_enrollments FINAL WHERE " + " AND ".join(terms)
+    return "SELECT learner_id FROM {db}.roster_class_enrollments FINAL WHERE " + " AND ".join(terms)
 
 
 def _time(value: datetime) -> str:

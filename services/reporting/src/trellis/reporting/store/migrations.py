@@ -29,14 +29,13 @@ Why these keys:
   materialized views over `activity`; they are erased with the same lightweight DELETE.
   `engagement_daily` has the key of `activity`; a bloom filter on class_id (migration 3) keeps a
   class's read (no school given) from scanning the tenant.
-- `roster_class_enrollments` (migration 5, a materialized view over `roster_enrollments`) lists
-  the (class, enrollment, learner) triples seen, keyed by class: every class and school report
-  reads a class's members, and `roster_enrollments` is keyed by enrollment id, which in real
-  feeds (GUIDs) does not follow classes. The members are the listed enrollments whose newest
-  version, read by key, is still in the class (`_members` in `clickhouse.py`). It replaces
-  migration 4's bloom filter on `roster_enrollments.class_id` (dropped: it helped only when ids
-  followed classes, and cost more than a scan when they did not; bench/README.md). Erasure
-  deletes from it by learner, as from the others.
+- `roster_class_enrollments` (migration 5) is `roster_enrollments` keyed by class, kept by the
+  store after each insert of enrollments (`CATCH_UP_CLASS_ENROLLMENTS`): every class and school
+  report reads a class's members, and `roster_enrollments` is keyed by enrollment id, which in
+  real feeds (GUIDs) does not follow classes, so that read scanned the tenant's enrollments. A
+  moved or ended enrollment leaves a tombstone in its old class. It replaces migration 4's bloom
+  filter on `roster_enrollments.class_id` (dropped: it helped only when ids followed classes, and
+  cost more than a scan when they did not; bench/README.md). Erasure deletes from it by learner.
 - `erased_learners` lists the (tenant, learner) pairs erased: the sink consults it before every
   insert, so a replay of the log never brings an erased learner back.
 - `non_replicated_deduplication_window` keeps the hashes of the last inserts, so that a batch
@@ -47,7 +46,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LATEST_VERSION", "MIGRATIONS", "SCHEMA_MIGRATIONS_DDL", "Migration"]
+__all__ = [
+    "CATCH_UP_CLASS_ENROLLMENTS",
+    "CLASS_ENROLLMENTS_MIGRATION",
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "SCHEMA_MIGRATIONS_DDL",
+    "Migration",
+]
 
 DEDUP_WINDOW = 10_000
 
@@ -73,6 +79,39 @@ _SOURCE_COLUMNS = """
     source_topic LowCardinality(String),
     source_partition UInt32,
     source_offset UInt64"""
+
+# `roster_class_enrollments`: each (class, enrollment) pair as the enrollment's newest version
+# sees it: that version's row in its own class, a tombstone (`deleted = 1`) in every other class
+# the enrollment was ever in (moved away or ended), versioned by that version's offset. It is
+# derived from `roster_enrollments` (a materialized view only sees the inserted rows, not the
+# class an enrollment leaves), for every enrollment with a version past the highest offset it
+# holds per partition: run after each insert of enrollments and at start, so that a crash in
+# between is caught up. Idempotent: the same rows again, which the engine collapses.
+CLASS_ENROLLMENTS_MIGRATION = 5
+CATCH_UP_CLASS_ENROLLMENTS = """
+INSERT INTO {db}.roster_class_enrollments
+SELECT tenant_id, class_id, enrollment_id, newest.2, newest.3,
+       toUInt8(newest.4 = 1 OR newest.1 != class_id), topic, partition, version
+FROM (
+    SELECT tenant_id, enrollment_id, any(source_topic) AS topic,
+           any(source_partition) AS partition, max(source_offset) AS version,
+           argMax((class_id, learner_id, role, deleted), source_offset) AS newest,
+           groupUniqArrayIf(class_id, deleted = 0) AS classes
+    FROM {db}.roster_enrollments
+    WHERE (tenant_id, enrollment_id) IN (
+        SELECT r.tenant_id, r.enrollment_id
+        FROM {db}.roster_enrollments AS r
+        LEFT JOIN (
+            SELECT source_topic, source_partition, max(source_offset) + 1 AS next
+            FROM {db}.roster_class_enrollments
+            GROUP BY source_topic, source_partition
+        ) AS done
+        ON r.source_topic = done.source_topic AND r.source_partition = done.source_partition
+        WHERE r.source_offset >= done.next)
+    GROUP BY tenant_id, enrollment_id
+)
+ARRAY JOIN classes AS class_id
+"""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -343,44 +382,23 @@ WHERE kind = 'goal_set' AND (SELECT count() FROM {db}.learner_goals) = 0
         ),
     ),
     Migration(
-        5,
+        CLASS_ENROLLMENTS_MIGRATION,
         "roster enrollments keyed by class",
         (
-            # Which enrollments a class has ever had, keyed by class: a class's read finds its
-            # candidate enrollment ids by key, then their newest versions in `roster_enrollments`
-            # by key (`_members`), instead of scanning the tenant's enrollments. A list of
-            # (class, enrollment, learner) triples seen, not a state: a moved or ended enrollment
-            # keeps its row here, and the newest version decides. The learner is in the key so
-            # that erasure (which deletes by learner, here too) removes exactly the triples of
-            # the rows it removes from `roster_enrollments`.
             f"""
 CREATE TABLE IF NOT EXISTS {{db}}.roster_class_enrollments (
     tenant_id LowCardinality(String),
     class_id String,
     enrollment_id String,
-    learner_id String
-) ENGINE = ReplacingMergeTree
-ORDER BY (tenant_id, class_id, enrollment_id, learner_id)
-SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+    learner_id String,
+    role LowCardinality(String),
+    deleted UInt8,{_SOURCE_COLUMNS}
+) ENGINE = ReplacingMergeTree(source_offset)
+ORDER BY (tenant_id, class_id, enrollment_id)
 """,
-            # Tombstones name no class: nothing to list.
-            """
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.roster_class_enrollments_mv
-TO {db}.roster_class_enrollments AS
-SELECT tenant_id, class_id, enrollment_id, learner_id
-FROM {db}.roster_enrollments
-WHERE deleted = 0
-""",
-            # Enrollments stored before: a triple listed twice (a migration redone after a crash,
-            # or a row the view took too) is harmless, and merges drop the copy.
-            """
-INSERT INTO {db}.roster_class_enrollments
-SELECT tenant_id, class_id, enrollment_id, learner_id
-FROM {db}.roster_enrollments
-WHERE deleted = 0
-""",
-            # Migration 4's index: a class's read is narrowed by the key now (to the granules of
-            # its candidates, which the index cannot narrow further); it only cost inserts.
+            # The enrollments stored before (idempotent: a redo writes the same rows again).
+            CATCH_UP_CLASS_ENROLLMENTS,
+            # Migration 4's index: a class's members are read from the table above now.
             "ALTER TABLE {db}.roster_enrollments DROP INDEX IF EXISTS class_bloom",
         ),
     ),
