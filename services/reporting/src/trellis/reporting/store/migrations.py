@@ -30,7 +30,8 @@ Why these keys:
   `engagement_daily` has the key of `activity`; a bloom filter on class_id (migration 3) keeps a
   class's read (no school given) from scanning the tenant.
 - `roster_class_enrollments` (migration 5) is `roster_enrollments` keyed by class, kept by the
-  store after each insert of enrollments (`CATCH_UP_CLASS_ENROLLMENTS`): every class and school
+  store after each insert of enrollments and at start (`CATCH_UP_CLASS_ENROLLMENTS`, for the
+  rows past the highest offset it holds per partition): every class and school
   report reads a class's members, and `roster_enrollments` is keyed by enrollment id, which in
   real feeds (GUIDs) does not follow classes, so that read scanned the tenant's enrollments. A
   moved or ended enrollment leaves a tombstone in its old class. It replaces migration 4's bloom
@@ -82,11 +83,11 @@ _SOURCE_COLUMNS = """
 
 # `roster_class_enrollments`: each (class, enrollment) pair as the enrollment's newest version
 # sees it: that version's row in its own class, a tombstone (`deleted = 1`) in every other class
-# the enrollment was ever in (moved away or ended), versioned by that version's offset. It is
-# derived from `roster_enrollments` (a materialized view only sees the inserted rows, not the
-# class an enrollment leaves), for every enrollment with a version past the highest offset it
-# holds per partition: run after each insert of enrollments and at start, so that a crash in
-# between is caught up. Idempotent: the same rows again, which the engine collapses.
+# the enrollment was ever in (moved away or ended), versioned by that version's offset. Derived
+# from `roster_enrollments` by the store (a materialized view sees only the inserted rows, not
+# the class an enrollment leaves) for the enrollments with a version among the rows that
+# `__NEWER__` (a WHERE term over `roster_enrollments`) selects. Idempotent: the same rows again,
+# which the engine collapses.
 CLASS_ENROLLMENTS_MIGRATION = 5
 CATCH_UP_CLASS_ENROLLMENTS = """
 INSERT INTO {db}.roster_class_enrollments
@@ -99,15 +100,7 @@ FROM (
            groupUniqArrayIf(class_id, deleted = 0) AS classes
     FROM {db}.roster_enrollments
     WHERE (tenant_id, enrollment_id) IN (
-        SELECT r.tenant_id, r.enrollment_id
-        FROM {db}.roster_enrollments AS r
-        LEFT JOIN (
-            SELECT source_topic, source_partition, max(source_offset) + 1 AS next
-            FROM {db}.roster_class_enrollments
-            GROUP BY source_topic, source_partition
-        ) AS done
-        ON r.source_topic = done.source_topic AND r.source_partition = done.source_partition
-        WHERE r.source_offset >= done.next)
+        SELECT tenant_id, enrollment_id FROM {db}.roster_enrollments WHERE __NEWER__)
     GROUP BY tenant_id, enrollment_id
 )
 ARRAY JOIN classes AS class_id
@@ -396,8 +389,8 @@ CREATE TABLE IF NOT EXISTS {{db}}.roster_class_enrollments (
 ) ENGINE = ReplacingMergeTree(source_offset)
 ORDER BY (tenant_id, class_id, enrollment_id)
 """,
-            # The enrollments stored before (idempotent: a redo writes the same rows again).
-            CATCH_UP_CLASS_ENROLLMENTS,
+            # The enrollments stored before (a redo writes the same rows again).
+            CATCH_UP_CLASS_ENROLLMENTS.replace("__NEWER__", "1"),
             # Migration 4's index: a class's members are read from the table above now.
             "ALTER TABLE {db}.roster_enrollments DROP INDEX IF EXISTS class_bloom",
         ),
