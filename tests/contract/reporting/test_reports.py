@@ -20,7 +20,7 @@ from tests.contract.reporting import dataset
 from tests.contract.reporting.dataset import AS_OF, OTHER, SINCE, TENANT, at
 from trellis.common.pb.events.v1 import roster_pb2
 from trellis.common.settings import Settings
-from trellis.reporting.rows import ActivityRow
+from trellis.reporting.rows import ActivityRow, EnrollmentRow
 from trellis.reporting.store.base import HeatmapRows, ReportingStore, Target
 from trellis.reporting.store.chdb import ChdbStore
 from trellis.reporting.store.clickhouse import ClickHouseStore
@@ -483,6 +483,41 @@ def test_a_class_s_members_are_its_enrollments_newest_versions(tmp_path: Path) -
         ]
         assert not store.learner_enrolled(TENANT, "n01", classes=["c1"])
         assert store.learner_enrolled(TENANT, "n08", schools=["school-n"]) is False  # c3: no school
+    finally:
+        store.close()
+
+
+def test_the_class_keyed_roster_follows_each_partition_s_offsets(tmp_path: Path) -> None:
+    # Roster records of two partitions, inserted one by one; a store opened afresh (its offsets
+    # per partition read back from the table) catches up from where the table is.
+    def enrollment(partition: int, offset: int, enrollment_id: str, learner: str, class_id: str):
+        return EnrollmentRow(
+            TENANT, enrollment_id, 0, class_id, learner, "learner", "", "r", partition, offset
+        )
+
+    path = tmp_path / "chdb"
+    store = ChdbStore(path, "trellis_partitions")
+    try:
+        store.migrate()
+        for i, row in enumerate(
+            [
+                enrollment(0, 0, "e1", "a", "c1"),
+                enrollment(1, 0, "e2", "b", "c1"),
+                enrollment(0, 1, "e1", "a", "c2"),
+            ]
+        ):
+            store.insert("roster_enrollments", [row], f"r/{i}")
+        assert store.class_heatmap(TENANT, "c1", 9).learner_ids == ["b"]
+        assert store.class_heatmap(TENANT, "c2", 9).learner_ids == ["a"]
+    finally:
+        store.close()
+    store = ChdbStore(path, "trellis_partitions")
+    try:
+        assert store.migrate() == []
+        store.insert("roster_enrollments", [enrollment(1, 1, "e3", "c", "c1")], "r/3")
+        store.insert("roster_enrollments", [enrollment(0, 2, "e1", "a", "c1")], "r/4")
+        assert store.class_heatmap(TENANT, "c1", 9).learner_ids == ["a", "b", "c"]
+        assert store.class_heatmap(TENANT, "c2", 9).learner_ids == []
     finally:
         store.close()
 
