@@ -30,13 +30,13 @@ Why these keys:
   `engagement_daily` has the key of `activity`; a bloom filter on class_id (migration 3) keeps a
   class's read (no school given) from scanning the tenant.
 - `roster_class_enrollments` (migration 5) is `roster_enrollments` keyed by class, kept by the
-  store after each insert of enrollments and at start (`CATCH_UP_CLASS_ENROLLMENTS`, for the
-  rows past the highest offset it holds per partition): every class and school
-  report reads a class's members, and `roster_enrollments` is keyed by enrollment id, which in
-  real feeds (GUIDs) does not follow classes, so that read scanned the tenant's enrollments. A
-  moved or ended enrollment leaves a tombstone in its old class. It replaces migration 4's bloom
-  filter on `roster_enrollments.class_id` (dropped: it helped only when ids followed classes, and
-  cost more than a scan when they did not; bench/README.md). Erasure deletes from it by learner.
+  store after each insert of enrollments and at start (`CATCH_UP_CLASS_ENROLLMENTS`, for the rows
+  past the highest offset it holds per partition): every class and school report reads a class's
+  members, and `roster_enrollments` is keyed by enrollment id, which in real feeds (GUIDs) does
+  not follow classes, so that read scanned the tenant's enrollments. A moved or ended enrollment
+  leaves a tombstone in its old class. It replaces migration 4's bloom filter on
+  `roster_enrollments.class_id` (dropped: it helped only when ids followed classes, and cost more
+  than a scan when they did not; bench/README.md). Erasure deletes from it by learner.
 - `erased_learners` lists the (tenant, learner) pairs erased: the sink consults it before every
   insert, so a replay of the log never brings an erased learner back.
 - `non_replicated_deduplication_window` keeps the hashes of the last inserts, so that a batch
