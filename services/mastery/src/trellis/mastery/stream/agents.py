@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.events import Event
 from faust.streams import _current_event
 from faust.types import AgentT, EventT
@@ -41,7 +42,14 @@ from trellis.common.pb.events.v1 import envelope_pb2
 from trellis.mastery.events import InvalidEvent
 from trellis.mastery.service import MasteryService
 from trellis.mastery.stream.batching import activity_records, adaptive_batches
-from trellis.mastery.stream.sending import Outgoing, kafka_producer, send_all
+from trellis.mastery.stream.sending import (
+    Outgoing,
+    Submitted,
+    kafka_producer,
+    send_all,
+    stored,
+    submit_all,
+)
 from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.topics import Topics
 
@@ -57,6 +65,8 @@ BATCH_LINGER_S = 0.01
 BATCH_WITHIN_S = 0.1
 #: Pause before sending a batch's records again when the broker did not acknowledge them.
 RESEND_PAUSE_S = 1.0
+#: A batch's outputs go to the producer this many at a time while it is applied (`EarlyOutputs`).
+OUTPUT_CHUNK = 200
 
 EVENTS = Counter(
     "trellis_mastery_activity_events",
@@ -95,6 +105,7 @@ async def handle_batch(
     events: Sequence[EventT[bytes]], topics: Topics, service: MasteryService, staged: StagedWrites
 ) -> None:
     records: list[Outgoing] = []
+    outputs = EarlyOutputs(kafka_producer(topics.mastery.app))
     last_of_key: dict[bytes, EventT[bytes]] = {}
     # Counted per batch: a metric's `inc` takes a lock, and costs more than a tally's.
     outcomes: Tally[str] = Tally()
@@ -104,14 +115,52 @@ async def handle_batch(
         last_of_key[key] = event
         with acting_for(event):
             records += _apply(event, key, topics, service, outcomes, kinds)
+        if len(records) - outputs.handed >= OUTPUT_CHUNK:
+            await outputs.hand(records)
     for outcome, count in outcomes.items():
         EVENTS.labels(outcome).inc(count)
     for kind, count in kinds.items():
         OUTPUTS.labels(kind).inc(count)
-    await _until_stored(lambda: _publish(topics, records), "outputs", len(records))
+    try:
+        await outputs.stored(records)
+    except Exception:
+        _log.exception("batch not stored by the broker: sending again", what="outputs")
+        await asyncio.sleep(RESEND_PAUSE_S)
+        await _until_stored(lambda: _publish(topics, records), "outputs", len(records))
     await _until_stored(
         lambda: staged.flush(lambda key: acting_for(last_of_key[key])), "states", len(last_of_key)
     )
+
+
+class EarlyOutputs:
+    """A batch's outputs and dead letters handed to the producer a chunk at a time while the
+    batch is still being applied (`hand`), so that an event's outputs leave when its chunk is
+    applied, not when the whole batch is; `stored` hands the rest and waits until the broker has
+    stored them all. Nothing else changes: states are still written only after that, and a
+    failure anywhere makes the caller send every output of the batch again."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._submitted: list[Submitted] = []
+        self._failure: Exception | None = None
+        self.handed = 0  # how many of the batch's records went to the producer
+
+    async def hand(self, records: list[Outgoing]) -> None:
+        if self._failure is not None:
+            return
+        try:
+            self._submitted += await submit_all(self._producer, records[self.handed :])
+        except Exception as exc:  # left to `stored`, which raises it: the caller sends again
+            self._failure = exc
+            return
+        self.handed = len(records)
+        await asyncio.sleep(0)  # a loop turn: the producer's sender writes them now
+
+    async def stored(self, records: list[Outgoing]) -> None:
+        await self.hand(records)
+        if self._failure is not None:
+            raise self._failure
+        await stored(self._submitted)
 
 
 class acting_for:

@@ -39,15 +39,26 @@ def kafka_producer(app: AppT) -> AIOKafkaProducer:
     return producer
 
 
+#: A record batch handed to the producer: its partition, its record count, and the future of the
+#: broker's answer (the offset of its first record).
+Submitted = tuple[TopicPartition, int, "asyncio.Future[Any]"]
+
+
 async def send_all(
     producer: AIOKafkaProducer, records: Iterable[Outgoing]
 ) -> dict[TopicPartition, int]:
     """Send `records` and wait until the broker has stored every one of them (raises if it did
     not: the caller sends them all again). Returns the offset of the last record stored in each
     partition written."""
+    return await stored(await submit_all(producer, records))
+
+
+async def submit_all(producer: AIOKafkaProducer, records: Iterable[Outgoing]) -> list[Submitted]:
+    """Hand `records` to the producer in record batches, without waiting for the broker (its
+    sender writes them once the event loop runs it)."""
     partitions: dict[str, list[int]] = {}
     open_batches: dict[TopicPartition, Any] = {}
-    submitted: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
+    submitted: list[Submitted] = []
     for topic, partition, key, value, headers in records:
         if partition is None:
             if topic not in partitions:
@@ -67,11 +78,19 @@ async def send_all(
             raise MessageSizeTooLargeError(f"a record for {where} is larger than a batch")
     for where, batch in open_batches.items():
         submitted.append(await _submit(producer, batch, where))
-    stored = await asyncio.gather(*(future for _, _, future in submitted))
+    return submitted
+
+
+async def stored(submitted: list[Submitted]) -> dict[TopicPartition, int]:
+    """Wait until the broker has stored every batch of `submitted` (raises the first failure,
+    after all have an answer); returns the offset of the last record stored per partition."""
+    answers = await asyncio.gather(*(future for _, _, future in submitted), return_exceptions=True)
     last: dict[TopicPartition, int] = {}
-    for (where, count, _), metadata in zip(submitted, stored, strict=True):
+    for (where, count, _), answer in zip(submitted, answers, strict=True):
+        if isinstance(answer, BaseException):
+            raise answer
         # A batch's records take consecutive offsets from the one the broker returns.
-        last[where] = max(last.get(where, -1), metadata.offset + count - 1)
+        last[where] = max(last.get(where, -1), answer.offset + count - 1)
     return last
 
 
@@ -89,9 +108,7 @@ def _append(batch: Any, key: bytes | None, value: bytes | None, headers: Headers
     return batch.append(timestamp=None, key=key, value=value, headers=headers or []) is not None
 
 
-async def _submit(
-    producer: AIOKafkaProducer, batch: Any, where: TopicPartition
-) -> tuple[TopicPartition, int, asyncio.Future[Any]]:
+async def _submit(producer: AIOKafkaProducer, batch: Any, where: TopicPartition) -> Submitted:
     # Closed: complete, so the producer sends it at once instead of letting it linger for
     # records that will not come (and no other sender can add to it).
     batch.close()
