@@ -271,3 +271,54 @@ async def test_a_batch_writes_each_learner_once_after_its_outputs_are_stored(
     [(_, key, value)] = sent.changelog
     assert key == KEY and value is not None and stream.tables.learners.get(KEY) == value
     assert decode_state(value).skills["a"].attempts == 3
+
+
+async def test_a_batch_s_outputs_leave_while_it_is_applied(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, _, sent = running
+    sent_before_each_apply: list[int] = []
+    apply = agents._apply
+
+    def spy(*args: Any) -> Any:
+        sent_before_each_apply.append(len(sent.mastery))
+        return apply(*args)
+
+    with mock.patch.object(agents, "OUTPUT_CHUNK", 1), mock.patch.object(agents, "_apply", spy):
+        events = []
+        for n in range(3):
+            encoded = encode_envelope(attempt(f"evt-c{n}"))
+            events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
+        async with asyncio.timeout(5):
+            while not all(e.message.acked for e in events):
+                await asyncio.sleep(0.005)
+    # One batch (one state write), and each event's output was out before the next was applied.
+    assert len(sent.changelog) == 1
+    assert sent_before_each_apply == [0, 1, 2]
+
+
+async def test_outputs_not_stored_are_all_sent_again_before_the_states(
+    running: tuple[Any, MasteryStream, Sent],
+) -> None:
+    agent, _, sent = running
+    sent.hold = asyncio.get_running_loop().create_future()
+    with (
+        mock.patch.object(agents, "OUTPUT_CHUNK", 1),
+        mock.patch.object(agents, "RESEND_PAUSE_S", 0.01),
+    ):
+        events = []
+        for n in range(3):
+            encoded = encode_envelope(attempt(f"evt-f{n}"))
+            events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
+        async with asyncio.timeout(5):
+            while len(sent.mastery) < 4:
+                await asyncio.sleep(0.005)
+        assert sent.changelog == []
+        refused, sent.hold = sent.hold, None
+        refused.set_exception(RuntimeError("the broker did not store them"))
+        async with asyncio.timeout(5):
+            while not all(e.message.acked for e in events):
+                await asyncio.sleep(0.005)
+    first, again = sent.mastery[:4], sent.mastery[4:]
+    assert [e.event_id for e in again] == [e.event_id for e in first]
+    assert len(sent.changelog) == 1
