@@ -284,7 +284,7 @@ async def test_a_batch_s_outputs_leave_while_it_is_applied(
         sent_before_each_apply.append(len(sent.mastery))
         return apply(*args)
 
-    with mock.patch.object(agents, "OUTPUT_CHUNK", 1), mock.patch.object(agents, "_apply", spy):
+    with mock.patch.object(agents, "OUTPUT_EVERY_S", 0.0), mock.patch.object(agents, "_apply", spy):
         events = []
         for n in range(3):
             encoded = encode_envelope(attempt(f"evt-c{n}"))
@@ -303,7 +303,7 @@ async def test_outputs_not_stored_are_all_sent_again_before_the_states(
     agent, _, sent = running
     sent.hold = asyncio.get_running_loop().create_future()
     with (
-        mock.patch.object(agents, "OUTPUT_CHUNK", 1),
+        mock.patch.object(agents, "OUTPUT_EVERY_S", 0.0),
         mock.patch.object(agents, "RESEND_PAUSE_S", 0.01),
     ):
         events = []

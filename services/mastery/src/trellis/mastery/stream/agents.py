@@ -23,6 +23,7 @@ batch's place, so every failure becomes a dead letter instead.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Sequence
@@ -65,8 +66,9 @@ BATCH_LINGER_S = 0.01
 BATCH_WITHIN_S = 0.1
 #: Pause before sending a batch's records again when the broker did not acknowledge them.
 RESEND_PAUSE_S = 1.0
-#: A batch's outputs go to the producer this many at a time while it is applied (`EarlyOutputs`).
-OUTPUT_CHUNK = 200
+#: While a batch is applied, its outputs go to the producer at least this often (`EarlyOutputs`):
+#: by time, not count, so that a large batch on a backlog is not cut into many small sends.
+OUTPUT_EVERY_S = 0.02
 
 EVENTS = Counter(
     "trellis_mastery_activity_events",
@@ -115,7 +117,7 @@ async def handle_batch(
         last_of_key[key] = event
         with acting_for(event):
             records += _apply(event, key, topics, service, outcomes, kinds)
-        if len(records) - outputs.handed >= OUTPUT_CHUNK:
+        if time.monotonic() - outputs.handed_at >= OUTPUT_EVERY_S:
             await outputs.hand(records)
     for outcome, count in outcomes.items():
         EVENTS.labels(outcome).inc(count)
@@ -133,8 +135,8 @@ async def handle_batch(
 
 
 class EarlyOutputs:
-    """A batch's outputs and dead letters handed to the producer a chunk at a time while the
-    batch is still being applied (`hand`), so that an event's outputs leave when its chunk is
+    """A batch's outputs and dead letters handed to the producer part by part while the batch
+    is still being applied (`hand`), so that an event's outputs leave when its chunk is
     applied, not when the whole batch is; `stored` hands the rest and waits until the broker has
     stored them all. Nothing else changes: states are still written only after that, and a
     failure anywhere makes the caller send every output of the batch again."""
@@ -143,18 +145,20 @@ class EarlyOutputs:
         self._producer = producer
         self._submitted: list[Submitted] = []
         self._failure: Exception | None = None
-        self.handed = 0  # how many of the batch's records went to the producer
+        self._handed = 0  # how many of the batch's records went to the producer
+        self.handed_at = time.monotonic()
 
     async def hand(self, records: list[Outgoing]) -> None:
-        if self._failure is not None:
+        if self._failure is not None or len(records) == self._handed:
             return
         try:
-            self._submitted += await submit_all(self._producer, records[self.handed :])
+            self._submitted += await submit_all(self._producer, records[self._handed :])
         except Exception as exc:  # left to `stored`, which raises it: the caller sends again
             self._failure = exc
             return
-        self.handed = len(records)
+        self._handed = len(records)
         await asyncio.sleep(0)  # a loop turn: the producer's sender writes them now
+        self.handed_at = time.monotonic()
 
     async def stored(self, records: list[Outgoing]) -> None:
         await self.hand(records)
