@@ -8,7 +8,9 @@ up to `BATCH_MAX` events, the batch going once no more are waiting after its wai
    so in their order), over `StagedWrites`: a learner's state is read once per batch, and a bad
    event becomes a dead letter (original bytes, error, source topic/partition/offset);
 2. every output and dead letter is sent, and the broker's acknowledgement of all of them awaited
-   (resent until it comes: a batch is never half stored and never skipped);
+   (resent until it comes: a batch is never half stored and never skipped); they go to the
+   producer every `OUTPUT_EVERY_S` while step 1 runs (`EarlyOutputs`), so an event's outputs
+   leave soon after it is applied, not after the whole batch;
 3. each changed learner is written once to the table: its changelog record, awaited until the
    broker stored it, then RocksDB (`TableLearnerStore.write_stored_first`);
 4. the batch's events are acked: Faust commits their offsets later, after flushing the producer.
