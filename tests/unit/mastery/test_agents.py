@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 from unittest import mock
@@ -45,6 +45,22 @@ async def put(agent: Any, value: bytes, key: bytes, headers: Any = None) -> None
     event = await agent.put(value, key=key, headers=headers)
     async with asyncio.timeout(5):
         while not event.message.acked:
+            await asyncio.sleep(0.005)
+
+
+async def put_batch(agent: Any, prefix: str, n: int) -> list[Any]:
+    """Put `n` attempts without waiting, so that they make one batch; their events."""
+    events = []
+    for i in range(n):
+        encoded = encode_envelope(attempt(f"{prefix}{i}"))
+        events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
+    return events
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (5 s at most) until `condition()` holds."""
+    async with asyncio.timeout(5):
+        while not condition():
             await asyncio.sleep(0.005)
 
 
@@ -248,22 +264,15 @@ async def test_a_batch_writes_each_learner_once_after_its_outputs_are_stored(
 ) -> None:
     agent, stream, sent = running
     sent.hold = asyncio.get_running_loop().create_future()
-    events = []
-    for n in range(3):
-        encoded = encode_envelope(attempt(f"evt-b{n}"))
-        events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
-    async with asyncio.timeout(5):
-        while len(sent.mastery) < 4:
-            await asyncio.sleep(0.005)
+    events = await put_batch(agent, "evt-b", 3)
+    await until(lambda: len(sent.mastery) >= 4)
     # The outputs are out, the broker has not acknowledged them: no state written, no ack.
     await asyncio.sleep(0.05)
     assert stream.tables.learners.get(KEY) is None
     assert sent.changelog == []
     assert not any(e.message.acked for e in events)
     sent.hold.set_result(None)
-    async with asyncio.timeout(5):
-        while not all(e.message.acked for e in events):
-            await asyncio.sleep(0.005)
+    await until(lambda: all(e.message.acked for e in events))
     # The third correct answer crosses the threshold: SkillMastered follows its update.
     assert [e.WhichOneof("payload") for e in sent.mastery][-1] == "skill_mastered"
     assert [e.mastery_updated.attempts for e in sent.mastery[:3]] == [1, 2, 3]
@@ -285,13 +294,8 @@ async def test_a_batch_s_outputs_leave_while_it_is_applied(
         return apply(*args)
 
     with mock.patch.object(agents, "OUTPUT_EVERY_S", 0.0), mock.patch.object(agents, "_apply", spy):
-        events = []
-        for n in range(3):
-            encoded = encode_envelope(attempt(f"evt-c{n}"))
-            events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
-        async with asyncio.timeout(5):
-            while not all(e.message.acked for e in events):
-                await asyncio.sleep(0.005)
+        events = await put_batch(agent, "evt-c", 3)
+        await until(lambda: all(e.message.acked for e in events))
     # One batch (one state write), and each event's output was out before the next was applied.
     assert len(sent.changelog) == 1
     assert sent_before_each_apply == [0, 1, 2]
@@ -306,19 +310,12 @@ async def test_outputs_not_stored_are_all_sent_again_before_the_states(
         mock.patch.object(agents, "OUTPUT_EVERY_S", 0.0),
         mock.patch.object(agents, "RESEND_PAUSE_S", 0.01),
     ):
-        events = []
-        for n in range(3):
-            encoded = encode_envelope(attempt(f"evt-f{n}"))
-            events.append(await agent.put(encoded.value, key=encoded.key, wait=False))
-        async with asyncio.timeout(5):
-            while len(sent.mastery) < 4:
-                await asyncio.sleep(0.005)
+        events = await put_batch(agent, "evt-f", 3)
+        await until(lambda: len(sent.mastery) >= 4)
         assert sent.changelog == []
         refused, sent.hold = sent.hold, None
         refused.set_exception(RuntimeError("the broker did not store them"))
-        async with asyncio.timeout(5):
-            while not all(e.message.acked for e in events):
-                await asyncio.sleep(0.005)
+        await until(lambda: all(e.message.acked for e in events))
     first, again = sent.mastery[:4], sent.mastery[4:]
     assert [e.event_id for e in again] == [e.event_id for e in first]
     assert len(sent.changelog) == 1

@@ -50,8 +50,8 @@ from trellis.mastery.stream.sending import (
     Submitted,
     kafka_producer,
     send_all,
-    stored,
     submit_all,
+    wait_stored,
 )
 from trellis.mastery.stream.staging import StagedWrites
 from trellis.mastery.stream.topics import Topics
@@ -164,9 +164,9 @@ class EarlyOutputs:
 
     async def stored(self, records: list[Outgoing]) -> None:
         await self.hand(records)
+        await wait_stored(self._submitted)  # every answer awaited; raises a refused batch's error
         if self._failure is not None:
             raise self._failure
-        await stored(self._submitted)
 
 
 class acting_for:

@@ -50,7 +50,7 @@ async def send_all(
     """Send `records` and wait until the broker has stored every one of them (raises if it did
     not: the caller sends them all again). Returns the offset of the last record stored in each
     partition written."""
-    return await stored(await submit_all(producer, records))
+    return await wait_stored(await submit_all(producer, records))
 
 
 async def submit_all(producer: AIOKafkaProducer, records: Iterable[Outgoing]) -> list[Submitted]:
@@ -81,7 +81,7 @@ async def submit_all(producer: AIOKafkaProducer, records: Iterable[Outgoing]) ->
     return submitted
 
 
-async def stored(submitted: list[Submitted]) -> dict[TopicPartition, int]:
+async def wait_stored(submitted: list[Submitted]) -> dict[TopicPartition, int]:
     """Wait until the broker has stored every batch of `submitted` (raises the first failure,
     after all have an answer); returns the offset of the last record stored per partition."""
     answers = await asyncio.gather(*(future for _, _, future in submitted), return_exceptions=True)
